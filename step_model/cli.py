@@ -1,0 +1,344 @@
+"""``step-model``: inspect presets, train tokenizers, look at corpora, train and evaluate models."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from step_model.cli_common import console_for, emit_json, table, user_errors
+from step_model.config import PRESETS, preset
+from step_model.corpus import LanguageSelection, read_corpus, resolve_corpus
+from step_model.errors import StepError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_help=True)
+corpus_app = typer.Typer(
+    help="Corpus statistics and rebuilding STEP-35 from its sources.", no_args_is_help=True
+)
+app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(corpus_app, name="corpus")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Last line of stdout: a JSON summary.")]
+LanguagesOpt = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated language codes, or a group: 'eu' (24 EU languages), 'all'."),
+]
+
+
+@app.command()
+@user_errors
+def info(
+    preset_name: Annotated[str, typer.Option("--preset", help=f"One of: {', '.join(PRESETS)}.")],
+    vocab_size: Annotated[
+        int | None, typer.Option(help="Override the preset's vocabulary.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Shape and exact parameter count of a model preset."""
+    cfg = preset(preset_name)
+    if vocab_size is not None:
+        cfg = cfg.with_vocab(vocab_size)
+    summary: dict[str, Any] = {
+        "preset": preset_name,
+        "params": cfg.num_params(),
+        "non_embedding_params": cfg.num_params() - 2 * cfg.vocab_size * cfg.dim,
+        **asdict(cfg),
+    }
+    console = console_for(json_out)
+    rows = [(k, f"{v:,}" if isinstance(v, int) else v) for k, v in summary.items()]
+    console.print(table(f"preset {preset_name}", ["field", "value"], rows))
+    if json_out:
+        emit_json(summary)
+
+
+@tokenizer_app.command("train")
+@user_errors
+def tokenizer_train(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder (STEP-35 layout or .txt/.jsonl).")],
+    vocab_size: Annotated[int, typer.Option(help="Vocabulary size, special tokens included.")],
+    out: Annotated[Path, typer.Option(help="Where to write tokenizer.json.")],
+    languages: LanguagesOpt = None,
+    sample_chars: Annotated[
+        int, typer.Option(help="Training characters taken per language.")
+    ] = 500_000,
+    json_out: JsonFlag = False,
+) -> None:
+    """Train a byte-level BPE on a language-balanced sample of the corpus."""
+    from step_model.stats import language_stats
+    from step_model.tokenizer import balanced_sample, save_tokenizer, train_bpe
+
+    console = console_for(json_out)
+    texts = read_corpus(resolve_corpus(corpus), "train", LanguageSelection.parse(languages))
+    with console.status(f"training a {vocab_size}-token BPE on {len(texts)} languages"):
+        tok = train_bpe(balanced_sample(texts, sample_chars), vocab_size)
+    save_tokenizer(tok, out)
+    stats = language_stats(texts, tok)
+    cpt = {lang: round(s.chars_per_token, 3) for lang, s in stats.items()}
+    console.print(
+        table("characters per token (train split)", ["lang", "chars/token"], sorted(cpt.items()))
+    )
+    console.print(f"wrote {out} ({tok.vocab_size} tokens)")
+    if json_out:
+        emit_json({"out": str(out), "vocab_size": tok.vocab_size, "chars_per_token": cpt})
+
+
+@corpus_app.command("stats")
+@user_errors
+def corpus_stats(
+    corpus: Annotated[Path, typer.Argument(help="Corpus folder.")],
+    split: Annotated[str, typer.Option(help="train, valid or udhr.")] = "train",
+    tokenizer: Annotated[str, typer.Option(help="'byte' or a tokenizer.json.")] = "byte",
+    languages: LanguagesOpt = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Bytes, paragraphs and tokens per language."""
+    from step_model.stats import language_stats
+    from step_model.tokenizer import load_tokenizer
+
+    texts = read_corpus(resolve_corpus(corpus), split, LanguageSelection.parse(languages))
+    stats = language_stats(texts, load_tokenizer(tokenizer))
+    rows = [
+        (lang, f"{s.bytes:,}", f"{s.paragraphs:,}", f"{s.tokens:,}", f"{s.chars_per_token:.2f}")
+        for lang, s in sorted(stats.items())
+    ]
+    total = [sum(getattr(s, f) for s in stats.values()) for f in ("bytes", "paragraphs", "tokens")]
+    rows.append(("total", f"{total[0]:,}", f"{total[1]:,}", f"{total[2]:,}", ""))
+    console_for(json_out).print(
+        table(
+            f"{corpus} [{split}], tokenizer {tokenizer}",
+            ["lang", "bytes", "paragraphs", "tokens", "chars/token"],
+            rows,
+        )
+    )
+    if json_out:
+        emit_json(
+            {
+                "split": split,
+                "tokenizer": tokenizer,
+                "languages": {lang: s.to_dict() for lang, s in sorted(stats.items())},
+            }
+        )
+
+
+@corpus_app.command("build")
+@user_errors
+def corpus_build(
+    out: Annotated[Path, typer.Argument(help="New folder for the corpus (must not exist).")],
+    languages: LanguagesOpt = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where downloads are kept (default: OUT/../.corpus-cache).")
+    ] = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(help="Debian mirror URL (default: the one in /etc/apt, else deb.debian.org)."),
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Rebuild a STEP-35 style corpus from the Debian packages its manifest names.
+
+    Pure Python: needs network access to a Debian mirror and the npm registry, not a Debian system.
+    """
+    from step_model.corpus_build import build_corpus
+
+    console = console_for(json_out)
+    selection = LanguageSelection.parse(languages)
+    manifest = build_corpus(
+        out,
+        cache_dir=cache_dir,
+        languages=selection.languages,
+        mirror=mirror,
+        progress=lambda msg: console.print(msg),
+    )
+    console.print(f"wrote {out}")
+    if json_out:
+        emit_json({"out": str(out), "languages": sorted(manifest.get("files", {}))})
+
+
+def _progress_bar(json_mode: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} tok/s"),
+        TextColumn("{task.fields[bpb]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console_for(True),
+        transient=False,
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    out: Annotated[
+        Path, typer.Option(help="Run folder: metrics.jsonl, checkpoints/, summary.json.")
+    ],
+    preset_name: Annotated[
+        str, typer.Option("--preset", help=f"One of: {', '.join(PRESETS)}.")
+    ] = "debug",
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Corpus folder (default: $STEP_CORPUS, then ../shared/corpus/step35)."),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
+    languages: LanguagesOpt = None,
+    tokenizer: Annotated[str, typer.Option(help="'byte' or a tokenizer.json.")] = "byte",
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 64,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 256,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
+    min_lr_ratio: Annotated[float, typer.Option(help="Final lr as a fraction of the peak.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
+    grad_clip: Annotated[float, typer.Option(help="Global gradient-norm clip (0: off).")] = 1.0,
+    alpha: Annotated[
+        float,
+        typer.Option(help="Language sampling temperature (0 uniform, 1 proportional to bytes)."),
+    ] = 0.3,
+    seed: Annotated[int, typer.Option(help="Seed of init and data order.")] = 0,
+    eval_every: Annotated[
+        int, typer.Option(help="Quick evaluation every N steps (0: end only).")
+    ] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model.")
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Train a model on the pooled data of the selected languages (the centralized baseline)."""
+    from step_model.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        preset=preset_name,
+        tokenizer=tokenizer,
+        corpus=str(corpus) if corpus else None,
+        languages=languages,
+        steps=steps,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        min_lr_ratio=min_lr_ratio,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        alpha=alpha,
+        seed=seed,
+        eval_every=eval_every,
+        checkpoint_every=checkpoint_every,
+        device=device,
+        compile=compile_model,
+    )
+    console = console_for(json_out)
+    with console.status("reading and tokenizing the corpus"):
+        trainer = Trainer(cfg, out, resume=resume)
+    console.print(
+        f"{cfg.preset}: {trainer.model.num_params():,} parameters, tokenizer "
+        f"{trainer.data.tokenizer.name} ({trainer.data.tokenizer.vocab_size} tokens), "
+        f"{len(trainer.data.train)} languages, device {trainer.device}"
+        + (f", resuming at step {trainer.step}" if resume else "")
+    )
+    if trainer.data.skipped:
+        console.print(f"left out (less text than one sequence): {', '.join(trainer.data.skipped)}")
+    with _progress_bar(json_out) as bar:
+        task = bar.add_task(
+            "train", total=cfg.steps, completed=trainer.step, loss="-", speed="-", bpb=""
+        )
+
+        def on_step(step: int, stats: dict[str, float]) -> None:
+            bpb = f"bpb {stats['mean_bpb']:.3f}" if "mean_bpb" in stats else None
+            loss, speed = f"{stats['loss']:.3f}", f"{stats['tokens_per_s']:,.0f}"
+            if bpb:
+                bar.update(task, completed=step, loss=loss, speed=speed, bpb=bpb)
+            else:
+                bar.update(task, completed=step, loss=loss, speed=speed)
+
+        summary = trainer.run(progress=on_step)
+    if summary["bpb"]:
+        _print_bpb_table(console, summary["bpb"], "valid bits per byte (uniform: 8.0)")
+    quality = (
+        f"mean valid bpb {summary['mean_bpb']:.4f}"
+        if summary["bpb"]
+        else "no held-out text (valid/) to evaluate"
+    )
+    console.print(
+        f"{quality} after {summary['steps']} steps, {summary['tokens']:,} tokens, "
+        f"{summary['tokens_per_s']:,.0f} tokens/s; run in {out}"
+    )
+    if json_out:
+        emit_json(summary)
+
+
+def _print_bpb_table(console: Any, bpb: dict[str, float], title: str) -> None:
+    from step_model.evaluate import mean_bpb
+
+    rows = [(lang, f"{v:.4f}") for lang, v in sorted(bpb.items())]
+    rows.append(("mean", f"{mean_bpb(bpb):.4f}"))
+    console.print(table(title, ["lang", "bpb"], rows))
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A run folder or one of its checkpoints.")],
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (STEP-35 layout).")] = None,
+    split: Annotated[str, typer.Option(help="valid or udhr.")] = "valid",
+    languages: LanguagesOpt = None,
+    seq_len: Annotated[
+        int | None, typer.Option(help="Context length (default: training's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    json_out: JsonFlag = False,
+) -> None:
+    """Bits per byte per language of a checkpoint on a held-out split."""
+    from step_model.checkpoint import load_checkpoint
+    from step_model.data import tokenize_texts
+    from step_model.evaluate import bits_per_byte, mean_bpb
+    from step_model.model import Transformer
+    from step_model.train import pick_device
+
+    if split not in ("valid", "udhr"):
+        raise StepError(f"--split {split!r}: evaluate on 'valid' or 'udhr' (never on train)")
+    ckpt = load_checkpoint(checkpoint, with_optimizer=False)
+    context = seq_len or int(ckpt.state.get("train_config", {}).get("seq_len", 256))
+    texts = read_corpus(resolve_corpus(corpus), split, LanguageSelection.parse(languages))
+    dev = pick_device(device)
+    model = Transformer(ckpt.config).to(dev)
+    model.load_state_dict(ckpt.weights)
+    console = console_for(json_out)
+    with console.status(f"evaluating {len(texts)} languages"):
+        bpb = bits_per_byte(
+            model,
+            tokenize_texts(texts, ckpt.tokenizer),
+            ckpt.tokenizer.token_bytes(),
+            seq_len=context,
+            bos_id=ckpt.tokenizer.bos_id,
+        )
+    _print_bpb_table(console, bpb, f"{split} bits per byte")
+    if json_out:
+        emit_json(
+            {
+                "split": split,
+                "mean_bpb": mean_bpb(bpb),
+                "bpb": bpb,
+                "seq_len": context,
+                "step": ckpt.state.get("step"),
+            }
+        )
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,109 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from step_model.corpus import (
+    EU_LANGUAGES,
+    LanguageSelection,
+    read_corpus,
+    read_step_corpus,
+    read_text_dir,
+    resolve_corpus,
+)
+from step_model.errors import StepError
+
+
+def test_reads_the_selected_languages(tiny_corpus: Path) -> None:
+    texts = read_step_corpus(tiny_corpus, "train", LanguageSelection.parse("el,et"))
+    assert sorted(texts) == ["el", "et"]
+    assert "Ο" in texts["el"] or "ο" in texts["el"]
+    assert texts["et"].endswith("\n") and "\n\n" not in texts["et"]
+
+
+def test_a_group_takes_what_exists_and_the_shared_corpus_lacks_maltese(step35: Path) -> None:
+    texts = read_step_corpus(step35, "valid", LanguageSelection.parse("eu"))
+    assert "mt" not in texts and len(texts) == len(EU_LANGUAGES) - 1
+
+
+def test_a_missing_language_is_named_with_what_is_available(tiny_corpus: Path) -> None:
+    with pytest.raises(StepError, match=r"\['fi'\].*available: de,el,et"):
+        read_step_corpus(tiny_corpus, "train", LanguageSelection.parse("de,fi"))
+
+
+def test_bad_language_codes_and_splits(tiny_corpus: Path) -> None:
+    with pytest.raises(StepError, match="not language codes"):
+        LanguageSelection.parse("de,German")
+    with pytest.raises(StepError, match="unknown split"):
+        read_step_corpus(tiny_corpus, "test")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"abc\x00\x01def", "looks binary"),
+        (b"caf\xe9 au lait", "not UTF-8 .*0xe9"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path: Path, content: bytes, message: str) -> None:
+    (tmp_path / "de.txt").write_bytes(content)
+    with pytest.raises(StepError, match=message) as err:
+        read_text_dir(tmp_path, LanguageSelection.parse("de"))
+    assert "de.txt" in str(err.value)
+
+
+def test_institution_folder_with_txt_and_jsonl(tmp_path: Path) -> None:
+    (tmp_path / "de.txt").write_text("Erste Zeile.\n\nZweite Zeile.  \n", encoding="utf-8")
+    (tmp_path / "fi").mkdir()
+    (tmp_path / "fi" / "notes.txt").write_text("Hyvää päivää.\n", encoding="utf-8")
+    (tmp_path / "archive.el.txt").write_text("Καλημέρα.\n", encoding="utf-8")
+    records = [
+        {"text": "Noch ein Absatz.", "lang": "de"},
+        {"text": "Tere hommikust.", "lang": "et"},
+    ]
+    (tmp_path / "mixed.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in records), encoding="utf-8"
+    )
+    texts = read_text_dir(tmp_path)
+    assert texts == {
+        "de": "Erste Zeile.\nZweite Zeile.\nNoch ein Absatz.\n",
+        "el": "Καλημέρα.\n",
+        "et": "Tere hommikust.\n",
+        "fi": "Hyvää päivää.\n",
+    }
+    assert read_corpus(tmp_path, "train", LanguageSelection.parse("fi")) == {
+        "fi": "Hyvää päivää.\n"
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("notes.txt", "Some text.", "cannot tell the language"),
+        ("x.jsonl", '{"text": "hi"}', "no valid 'lang'"),
+        ("de.jsonl", "{broken", "not valid JSON"),
+        ("de.jsonl", '{"body": "hi"}', "no string 'text'"),
+    ],
+)
+def test_institution_folder_errors(tmp_path: Path, name: str, content: str, message: str) -> None:
+    (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(StepError, match=message):
+        read_text_dir(tmp_path)
+
+
+def test_empty_or_missing_folders(tmp_path: Path) -> None:
+    with pytest.raises(StepError, match=r"no \.txt or \.jsonl"):
+        read_text_dir(tmp_path)
+    with pytest.raises(StepError, match="not found"):
+        read_text_dir(tmp_path / "nope")
+    with pytest.raises(StepError, match="not found"):
+        resolve_corpus(tmp_path / "nope")
+
+
+def test_resolve_prefers_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEP_CORPUS", str(tmp_path))
+    assert resolve_corpus(None) == tmp_path
+    monkeypatch.setenv("STEP_CORPUS", str(tmp_path / "missing"))
+    with pytest.raises(StepError, match="STEP_CORPUS"):
+        resolve_corpus(None)
