@@ -116,7 +116,7 @@ def corpus_stats(
     rows.append(("total", f"{total[0]:,}", f"{total[1]:,}", f"{total[2]:,}", ""))
     console_for(json_out).print(
         table(
-            f"{corpus} [{split}], tokenizer {tokenizer}",
+            f"{corpus} ({split} split), tokenizer {tokenizer}",
             ["lang", "bytes", "paragraphs", "tokens", "chars/token"],
             rows,
         )
