@@ -80,6 +80,25 @@ def unpack_tree(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+def write_tree(folder: Path, stem: str, tree: Any) -> None:
+    """``stem.safetensors`` (the tensors) + ``stem.json`` (the skeleton) in ``folder``."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = pack_tree(tree, tensors)
+    save_file(tensors, str(folder / f"{stem}.safetensors"))
+    atomic_write_text(folder / f"{stem}.json", json.dumps(skeleton))
+
+
+def read_tree(folder: Path, stem: str) -> Any:
+    skeleton = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
+    return unpack_tree(skeleton, load_file(str(folder / f"{stem}.safetensors")))
+
+
+def write_sums(folder: Path) -> None:
+    """SHA256SUMS over every other file of ``folder`` (``sha256sum -c`` format)."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != SUMS)
+    atomic_write_text(folder / SUMS, "".join(f"{sha256_file(folder / n)}  {n}\n" for n in files))
+
+
 # --- writing ------------------------------------------------------------------------------------
 
 
@@ -96,13 +115,8 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         atomic_write_text(tmp / "tokenizer.json", ckpt.tokenizer.to_json())
         atomic_write_text(tmp / "state.json", json.dumps(ckpt.state, indent=1, sort_keys=True))
         if ckpt.optimizer is not None:
-            tensors: dict[str, torch.Tensor] = {}
-            skeleton = pack_tree(ckpt.optimizer, tensors)
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            atomic_write_text(tmp / "optimizer.json", json.dumps(skeleton))
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        sums = "".join(f"{sha256_file(tmp / name)}  {name}\n" for name in files)
-        atomic_write_text(tmp / SUMS, sums)
+            write_tree(tmp, "optimizer", ckpt.optimizer)
+        write_sums(tmp)
 
 
 def save_in_run(run_dir: Path, name: str, ckpt: Checkpoint, keep: int = 2) -> Path:
@@ -144,7 +158,7 @@ def resolve_checkpoint(path: Path) -> Path:
     )
 
 
-def verify_checkpoint(path: Path) -> None:
+def verify_checkpoint(path: Path, required: tuple[str, ...] = REQUIRED) -> None:
     """Raise StepError unless every file listed in SHA256SUMS is present and unchanged."""
     sums = path / SUMS
     if not sums.is_file():
@@ -153,7 +167,7 @@ def verify_checkpoint(path: Path) -> None:
     for line in sums.read_text(encoding="utf-8").splitlines():
         digest, _, name = line.partition("  ")
         listed[name] = digest
-    for name in REQUIRED:
+    for name in required:
         if name not in listed:
             raise StepError(f"{path}/{SUMS} does not list {name}: the checkpoint is incomplete")
     for name, digest in listed.items():
@@ -185,6 +199,5 @@ def load_checkpoint(path: Path, with_optimizer: bool = True) -> Checkpoint:
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     optimizer = None
     if with_optimizer and (path / "optimizer.json").is_file():
-        skeleton = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-        optimizer = unpack_tree(skeleton, load_file(str(path / "optimizer.safetensors")))
+        optimizer = read_tree(path, "optimizer")
     return Checkpoint(config, weights, tokenizer, state, optimizer)

@@ -20,6 +20,7 @@ from step_model.cli_common import console_for, emit_json, table, user_errors
 from step_model.config import PRESETS, preset
 from step_model.corpus import LanguageSelection, read_corpus, resolve_corpus
 from step_model.errors import StepError
+from step_model.tokenizer import BPE_SAMPLE_CHARS
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_help=True)
@@ -71,7 +72,7 @@ def tokenizer_train(
     languages: LanguagesOpt = None,
     sample_chars: Annotated[
         int, typer.Option(help="Training characters taken per language.")
-    ] = 500_000,
+    ] = BPE_SAMPLE_CHARS,
     json_out: JsonFlag = False,
 ) -> None:
     """Train a byte-level BPE on a language-balanced sample of the corpus."""

@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from step_model.errors import StepError
@@ -47,7 +48,10 @@ def user_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except StepError as e:
-            Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {e}", soft_wrap=True)
+            # escape: messages quote logs and paths, whose brackets are not rich markup
+            Console(stderr=True, highlight=False).print(
+                f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True
+            )
             raise typer.Exit(e.exit_code) from None
 
     return wrapper

@@ -213,3 +213,32 @@ def balanced_sample(texts: dict[str, str], chars_per_language: int, seed: int = 
             sample.append(p)
             taken += len(p)
     return sample
+
+
+BPE_SAMPLE_CHARS = 500_000
+
+
+def resolve_tokenizer(spec: str, corpus: Path | None, cache_dir: Path) -> Tokenizer:
+    """``"byte"``, a tokenizer.json path, or ``"bpe:N"``: an N-token BPE trained on a balanced
+    sample of the corpus's train split (all languages), saved once as
+    ``cache_dir/tokenizer-bpeN.json`` and reused from there."""
+    if not spec.startswith("bpe:"):
+        return load_tokenizer(spec)
+    try:
+        vocab_size = int(spec[4:])
+    except ValueError:
+        raise StepError(f"tokenizer {spec!r}: write bpe:N with N the vocabulary size") from None
+    cached = Path(cache_dir) / f"tokenizer-bpe{vocab_size}.json"
+    if cached.is_file():
+        return load_tokenizer(cached)
+    if corpus is None:
+        raise StepError(
+            f"tokenizer {spec!r} must be trained on a corpus, and none is configured: "
+            "give a tokenizer.json path instead"
+        )
+    from step_model.corpus import LanguageSelection, read_step_corpus
+
+    texts = read_step_corpus(Path(corpus), "train", LanguageSelection(None, strict=False))
+    tok = train_bpe(balanced_sample(texts, BPE_SAMPLE_CHARS), vocab_size)
+    save_tokenizer(tok, cached)
+    return tok

@@ -163,10 +163,24 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_there(
 
     out = tmp_path / "run"
     exe = Path(sys.executable).parent / "step-model"
-    flags = ["--corpus", str(tiny_corpus), "--steps", "100000", "--batch-size", "2",
-             "--seq-len", "16", "--checkpoint-every", "100000"]  # fmt: skip
-    proc = subprocess.Popen([str(exe), "train", *flags, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    flags = [
+        "--corpus",
+        str(tiny_corpus),
+        "--steps",
+        "100000",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--checkpoint-every",
+        "100000",
+    ]
+    proc = subprocess.Popen(
+        [str(exe), "train", *flags, "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
@@ -177,7 +191,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_there(
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "--resume" in stderr
-    cfg = TrainConfig(corpus=str(tiny_corpus), steps=100000, batch_size=2, seq_len=16,
-                      checkpoint_every=100000)  # fmt: skip
+    cfg = TrainConfig(
+        corpus=str(tiny_corpus), steps=100000, batch_size=2, seq_len=16, checkpoint_every=100000
+    )
     resumed = Trainer(cfg, out, resume=True)
     assert 10 <= resumed.step < 100000  # metrics.jsonl exists only after the 10th step

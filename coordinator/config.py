@@ -1,0 +1,143 @@
+"""The federation's settings: the ``federation:`` section of a simulation or coordinator YAML.
+
+Every field is documented here and validated at load time; a bad value names the file, the key
+and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from step_model.corpus import resolve_corpus
+from step_model.errors import StepError
+from step_model.protocol import ENCODINGS
+
+STRATEGIES = ("diloco", "fedavg")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    preset: str = "debug"
+    """Model preset (step_model.config)."""
+    tokenizer: str = "byte"
+    """'byte' or the path of a tokenizer.json (step-sim also takes 'bpe:N' and trains one)."""
+    rounds: int = 20
+    """Outer rounds."""
+    strategy: str = "diloco"
+    """'diloco' (outer SGD with Nesterov momentum) or 'fedavg' (mean of the node weights)."""
+    inner_steps: int = 50
+    """H: local AdamW steps per node per round."""
+    inner_lr: float = 3e-3
+    """Peak inner learning rate (cosine schedule over rounds * inner_steps global steps)."""
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    """Linear warmup, in global inner steps."""
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    batch_size: int = 8
+    """Sequences per inner step, per node."""
+    seq_len: int = 128
+    alpha: float = 0.3
+    """Language sampling temperature inside each node."""
+    outer_lr: float = 0.7
+    """DiLoCo outer learning rate (DiLoCo, INTELLECT-1: 0.7)."""
+    outer_momentum: float = 0.9
+    """DiLoCo outer Nesterov momentum (0.9)."""
+    eval_every: int = 5
+    """Federated evaluation every K rounds (and always after the last)."""
+    eval_max_tokens: int = 0
+    """Held-out tokens per language and node in evaluations (0: all)."""
+    min_nodes: int = 1
+    """Replies needed to commit a round; keep it below the node count so one loss does not stall."""
+    round_timeout_s: float = 600.0
+    """How long a round waits for replies."""
+    update_encoding: str = "fp32"
+    """How nodes send their update: fp32, bf16 or int8."""
+    max_update_norm: float = 0.0
+    """Reject an update whose L2 norm exceeds this (0: no limit)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> StepError:
+            return StepError(f"federation.{key} = {getattr(self, key)!r}: {allowed}")
+
+        for key in ("rounds", "inner_steps", "batch_size", "seq_len", "eval_every", "min_nodes"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be a positive integer")
+        for key in ("inner_lr", "outer_lr", "round_timeout_s"):
+            if not getattr(self, key) > 0:
+                raise bad(key, "must be positive")
+        if self.strategy not in STRATEGIES:
+            raise bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
+        if self.update_encoding not in ENCODINGS:
+            raise bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
+        if not 0 <= self.outer_momentum < 1:
+            raise bad("outer_momentum", "must be in [0, 1)")
+        if not 0 <= self.alpha <= 1 or not 0 <= self.min_lr_ratio <= 1:
+            raise StepError("federation.alpha and federation.min_lr_ratio must be in [0, 1]")
+        if self.warmup_steps < 0 or self.eval_max_tokens < 0 or self.max_update_norm < 0:
+            raise StepError(
+                "federation.warmup_steps, eval_max_tokens, max_update_norm must be >= 0"
+            )
+
+    @property
+    def total_inner_steps(self) -> int:
+        return self.rounds * self.inner_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def federation_from_dict(data: Any, source: str) -> FederationConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StepError(f"{source}: 'federation' must be a mapping of settings")
+    known = {f.name: f for f in fields(FederationConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise StepError(f"{source}: unknown keys federation.{unknown}; allowed: {sorted(known)}")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        want = {"int": int, "float": float, "str": str}[str(known[key].type)]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise StepError(f"{source}: federation.{key} = {value!r} must be a {want.__name__}")
+        values[key] = value
+    try:
+        return FederationConfig(**values)
+    except StepError as e:
+        raise StepError(f"{source}: {e}") from None
+
+
+def load_federation_config(path: Path) -> FederationConfig:
+    """The ``federation:`` section of a YAML file."""
+    return federation_from_dict(_read_yaml(path).get("federation"), str(path))
+
+
+def load_corpus_setting(path: Path) -> Path | None:
+    """The file's top-level ``corpus`` (simulations: where a ``bpe:N`` tokenizer is trained)."""
+    corpus = _read_yaml(path).get("corpus")
+    try:
+        return resolve_corpus(str(corpus) if corpus else None)
+    except StepError:
+        return None  # a deployment: the coordinator holds no text
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StepError(f"config file {path} not found: check the path") from None
+    except yaml.YAMLError as e:
+        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None
+    if not isinstance(data, dict):
+        raise StepError(f"{path}: expected a mapping with a 'federation' section")
+    return data

@@ -1,0 +1,77 @@
+"""The round loop's transport over Flower's Grid (Message API): nodes are Flower SuperNodes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from coordinator.replies import RawReply, Weights
+from coordinator.rounds import Kind
+from step_model import protocol as P
+from step_model.errors import StepError
+
+log = logging.getLogger("step.coordinator")
+
+
+def raw_from_message(msg: Message) -> RawReply:
+    """A node's reply as plain Python: metrics, node name, arrays, or the error it reported."""
+    node_id = msg.metadata.src_node_id
+    if msg.has_error():
+        return RawReply(node_id, error=f"node error {msg.error.code}: {msg.error.reason}")
+    content = msg.content
+    info = content.get(P.NODE_INFO)
+    name = str(info.get(P.NODE_NAME, "")) if isinstance(info, ConfigRecord) else ""
+    metrics = content.get(P.METRICS)
+    arrays = content.get(P.ARRAYS)
+    return RawReply(
+        node_id,
+        name,
+        _scalars(metrics) if isinstance(metrics, MetricRecord) else {},
+        dict(arrays.to_torch_state_dict()) if isinstance(arrays, ArrayRecord) else {},
+    )
+
+
+def _scalars(metrics: MetricRecord) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+class GridTransport:
+    def __init__(self, grid: Grid, timeout_s: float) -> None:
+        self.grid, self.timeout_s = grid, timeout_s
+        self.settled = False
+
+    def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
+        """Wait for ``minimum`` nodes, then until the count holds still for a second (nodes
+        register one by one when a run starts; a round should not go out half-addressed)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ids = sorted(self.grid.get_node_ids())
+            if len(ids) >= minimum and self.settled:
+                return ids
+            if len(ids) >= minimum:
+                time.sleep(1.0)
+                again = sorted(self.grid.get_node_ids())
+                if again == ids:
+                    self.settled = True
+                    return ids
+                continue
+            if time.monotonic() > deadline:
+                raise StepError(
+                    f"only {len(ids)} nodes connected after {timeout_s:.0f} s, "
+                    f"federation.min_nodes is {minimum}: start more nodes"
+                )
+            log.info("waiting for nodes: %d of %d connected", len(ids), minimum)
+            time.sleep(2.0)
+
+    def send(
+        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+    ) -> list[RawReply]:
+        content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.CONFIG: ConfigRecord(config)})
+        message_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+        messages = [Message(content, dst_node_id=n, message_type=message_type) for n in node_ids]
+        replies = self.grid.send_and_receive(messages, timeout=self.timeout_s)
+        return [raw_from_message(m) for m in replies]

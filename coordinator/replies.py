@@ -1,0 +1,136 @@
+"""Checking what nodes send back before anything of it touches the global model.
+
+A transport (Flower in production, an in-process loop in tests) hands over ``RawReply``s; here
+each becomes a ``TrainReply``/``EvalReply`` or a ``Rejection`` with the reason: an error reply,
+a reply for another round, missing or malformed metrics, an update whose keys, shapes or dtypes
+differ from the model's, non-finite values, or an update norm over the configured limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from step_model import protocol as P
+from step_model.update_codec import decode, encoded_bytes
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class RawReply:
+    node_id: int
+    node: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: Weights = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Rejection:
+    node_id: int
+    node: str
+    reason: str
+
+
+@dataclass
+class TrainReply:
+    node_id: int
+    node: str
+    num_tokens: int
+    loss: float
+    tokens_per_language: dict[str, int]
+    delta: Weights
+    bytes_up: int
+    wall_s: float
+    norm: float
+
+
+@dataclass
+class EvalReply:
+    node_id: int
+    node: str
+    nll: dict[str, float]
+    n_bytes: dict[str, int]
+
+
+def _metric(raw: RawReply, key: str) -> float:
+    value = raw.metrics.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"metric {key!r} missing or not a finite number")
+    return float(value)
+
+
+def check_train_reply(
+    raw: RawReply, round_: int, encoding: str, shapes: dict[str, torch.Size], max_norm: float
+) -> TrainReply | Rejection:
+    def reject(reason: str) -> Rejection:
+        return Rejection(raw.node_id, raw.node or f"node {raw.node_id}", reason)
+
+    if raw.error is not None:
+        return reject(raw.error)
+    try:
+        if int(_metric(raw, P.M_ROUND)) != round_:
+            return reject(f"reply is for round {int(_metric(raw, P.M_ROUND))}, not {round_}")
+        num_tokens = int(_metric(raw, P.M_NUM_TOKENS))
+        if num_tokens <= 0:
+            return reject("reported no training tokens")
+        delta = decode(raw.arrays, encoding, shapes)
+    except ValueError as e:
+        return reject(str(e))
+    bad = [k for k, t in delta.items() if not torch.isfinite(t).all()]
+    if bad:
+        return reject(f"update has non-finite values in {bad[:3]}")
+    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
+    if max_norm and norm > max_norm:
+        return reject(f"update norm {norm:.3g} exceeds federation.max_update_norm {max_norm:.3g}")
+    tokens = {k: int(v) for k, v in P.per_language(P.M_TOKENS_PREFIX, raw.metrics).items()}
+    return TrainReply(
+        raw.node_id,
+        raw.node or f"node {raw.node_id}",
+        num_tokens,
+        float(raw.metrics.get(P.M_TRAIN_LOSS, float("nan"))),
+        tokens,
+        delta,
+        encoded_bytes(raw.arrays),
+        float(raw.metrics.get(P.M_WALL_S, 0.0)),
+        norm,
+    )
+
+
+def check_eval_reply(raw: RawReply, round_: int) -> EvalReply | Rejection:
+    name = raw.node or f"node {raw.node_id}"
+    if raw.error is not None:
+        return Rejection(raw.node_id, name, raw.error)
+    nll = P.per_language(P.M_NLL_PREFIX, raw.metrics)
+    n_bytes = {k: int(v) for k, v in P.per_language(P.M_EVAL_BYTES_PREFIX, raw.metrics).items()}
+    if set(nll) != set(n_bytes) or not all(math.isfinite(v) and v >= 0 for v in nll.values()):
+        return Rejection(raw.node_id, name, "evaluation metrics are inconsistent or not finite")
+    if raw.metrics.get(P.M_ROUND) != round_:
+        return Rejection(raw.node_id, name, f"evaluation reply is not for round {round_}")
+    return EvalReply(raw.node_id, name, nll, n_bytes)
+
+
+def weighted_mean_delta(replies: list[TrainReply]) -> Weights:
+    """Token-weighted mean of the updates, summed in node-name order (bitwise reproducible)."""
+    ordered = sorted(replies, key=lambda r: (r.node, r.node_id))
+    total = sum(r.num_tokens for r in ordered)
+    out: Weights = {}
+    for r in ordered:
+        w = r.num_tokens / total
+        for k, t in r.delta.items():
+            out[k] = out[k].add_(t, alpha=w) if k in out else t * w
+    return out
+
+
+def bits_per_byte(replies: list[EvalReply]) -> dict[str, float]:
+    """Per language: NLL summed over nodes / (ln 2 * bytes summed over nodes)."""
+    nll: dict[str, float] = {}
+    n_bytes: dict[str, int] = {}
+    for r in sorted(replies, key=lambda r: (r.node, r.node_id)):
+        for lang, v in r.nll.items():
+            nll[lang] = nll.get(lang, 0.0) + v
+            n_bytes[lang] = n_bytes.get(lang, 0) + r.n_bytes[lang]
+    return {lang: nll[lang] / math.log(2) / n_bytes[lang] for lang in sorted(nll) if n_bytes[lang]}

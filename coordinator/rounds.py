@@ -1,0 +1,311 @@
+"""The round loop: broadcast, collect, check, aggregate, outer step, evaluate, checkpoint.
+
+Transport-neutral: ``Transport`` is whatever delivers messages to nodes (Flower's Grid in the
+ServerApp; a plain loop in tests), so the algorithm is tested without starting a federation.
+
+After every round the global weights, the strategy's state, the round number and the metrics
+history are committed atomically (a step_model checkpoint under ``<run_dir>/checkpoints``);
+``resume=True`` continues from the last one. Replies are aggregated in node-name order, so a
+resumed run reproduces an uninterrupted one bit for bit (nodes restore their own state, see
+node/state.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from coordinator.config import FederationConfig
+from coordinator.replies import (
+    EvalReply,
+    RawReply,
+    Rejection,
+    TrainReply,
+    Weights,
+    bits_per_byte,
+    check_eval_reply,
+    check_train_reply,
+    weighted_mean_delta,
+)
+from coordinator.strategy import make_strategy
+from step_model import protocol as P
+from step_model.checkpoint import LATEST, Checkpoint, load_checkpoint, save_in_run
+from step_model.config import ModelConfig, preset
+from step_model.errors import StepError
+from step_model.evaluate import mean_bpb
+from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from step_model.model import Transformer
+from step_model.tokenizer import Tokenizer, resolve_tokenizer
+
+log = logging.getLogger("step.coordinator")
+Kind = Literal["train", "evaluate"]
+
+
+class Transport(Protocol):
+    def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
+        """Connected nodes, waiting up to ``timeout_s`` for at least ``minimum``."""
+        ...
+
+    def send(
+        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+    ) -> list[RawReply]:
+        """Send one message per node and collect the replies (missing ones are simply absent)."""
+        ...
+
+
+@dataclass
+class Totals:
+    bytes_down: int = 0
+    bytes_up: int = 0
+    tokens: int = 0
+    tokens_per_language: dict[str, int] = field(default_factory=dict)
+
+
+class RoundRunner:
+    def __init__(
+        self,
+        cfg: FederationConfig,
+        run_dir: Path,
+        transport: Transport,
+        resume: bool = False,
+        corpus: Path | None = None,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """``corpus`` is only needed to train a ``bpe:N`` tokenizer (simulations)."""
+        self.cfg, self.run_dir, self.transport = cfg, Path(run_dir), transport
+        self.on_round = on_round
+        self.tokenizer: Tokenizer = resolve_tokenizer(cfg.tokenizer, corpus, self.run_dir)
+        self.tokenizer_json = self.tokenizer.to_json()
+        self.model_config: ModelConfig = preset(cfg.preset).with_vocab(self.tokenizer.vocab_size)
+        if cfg.seq_len > self.model_config.max_seq_len:
+            raise StepError(
+                f"federation.seq_len {cfg.seq_len} exceeds the {cfg.preset} preset's "
+                f"max_seq_len {self.model_config.max_seq_len}"
+            )
+        self.strategy = make_strategy(cfg)
+        self.round = 0
+        self.totals = Totals()
+        self.history: list[dict[str, Any]] = []
+        self.started = time.monotonic()
+        self.elapsed_before = 0.0
+        if resume:
+            self._restore()
+        else:
+            if (self.run_dir / LATEST).exists():
+                raise StepError(
+                    f"{self.run_dir} already holds a federated run: resume it or "
+                    "choose another run folder"
+                )
+            torch.manual_seed(cfg.seed)
+            self.weights: Weights = dict(Transformer(self.model_config).state_dict())
+        self.shapes = {k: v.shape for k, v in self.weights.items()}
+        self.params = sum(v.numel() for v in self.weights.values())
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        if not (self.run_dir / LATEST).exists():
+            raise StepError(f"nothing to resume in {self.run_dir}: start without --resume")
+        ckpt = load_checkpoint(self.run_dir)
+        saved = ckpt.state.get("federation", {})
+        changed = [
+            k
+            for k, v in self.cfg.to_dict().items()
+            if k not in ("rounds", "eval_every", "round_timeout_s") and saved.get(k) != v
+        ]
+        if changed:
+            raise StepError(
+                f"resume with different federation settings {changed}: use the "
+                "original config or start a new run"
+            )
+        self.weights = {k: v.clone() for k, v in ckpt.weights.items()}
+        self.strategy.load_state_dict(ckpt.optimizer or {})
+        self.round = int(ckpt.state["round"])
+        self.totals = Totals(**ckpt.state["totals"])
+        self.history = list(ckpt.state["history"])
+        self.elapsed_before = float(ckpt.state.get("wall_s", 0.0))
+        self._truncate_metrics()
+        log.info("resuming after round %d", self.round)
+
+    def _truncate_metrics(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [x for x in lines if x.strip() and json.loads(x).get("round", 0) <= self.round]
+            atomic_write_text(path, "".join(x + "\n" for x in kept))
+
+    def _save(self) -> None:
+        state = {
+            "round": self.round,
+            "totals": asdict(self.totals),
+            "history": self.history,
+            "federation": self.cfg.to_dict(),
+            "wall_s": self.wall_s(),
+        }
+        ckpt = Checkpoint(
+            self.model_config, self.weights, self.tokenizer, state, self.strategy.state_dict()
+        )
+        save_in_run(self.run_dir, f"round-{self.round:06d}", ckpt)
+
+    def wall_s(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    # --- one round -----------------------------------------------------------------------------
+
+    def round_config(self, round_: int, final_eval: bool = False) -> P.RoundConfig:
+        c = self.cfg
+        return P.RoundConfig(
+            round=round_,
+            total_rounds=c.rounds,
+            inner_steps=c.inner_steps,
+            inner_lr=c.inner_lr,
+            min_lr_ratio=c.min_lr_ratio,
+            warmup_steps=c.warmup_steps,
+            weight_decay=c.weight_decay,
+            beta1=c.beta1,
+            beta2=c.beta2,
+            grad_clip=c.grad_clip,
+            batch_size=c.batch_size,
+            seq_len=c.seq_len,
+            alpha=c.alpha,
+            seed=c.seed,
+            update_encoding=c.update_encoding,
+            model_config=json.dumps(self.model_config.to_dict(), sort_keys=True),
+            tokenizer=self.tokenizer_json,
+            tokenizer_sha256=hashlib.sha256(self.tokenizer_json.encode("utf-8")).hexdigest(),
+            eval_max_tokens=0 if final_eval else c.eval_max_tokens,
+        )
+
+    def broadcast_bytes(self, config: P.RoundConfig) -> int:
+        """Payload bytes of one node's message: the weights' tensor bytes + the config's text."""
+        arrays = sum(v.numel() * v.element_size() for v in self.weights.values())
+        return arrays + len(config.tokenizer) + len(config.model_config)
+
+    def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:
+        node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
+        raws = self.transport.send(kind, node_ids, self.weights, config.to_wire())
+        return raws, len(node_ids) * self.broadcast_bytes(config)
+
+    def train_round(self, round_: int) -> dict[str, Any]:
+        t0 = time.monotonic()
+        config = self.round_config(round_)
+        raws, bytes_down = self._send("train", config)
+        checked = [
+            check_train_reply(
+                r, round_, self.cfg.update_encoding, self.shapes, self.cfg.max_update_norm
+            )
+            for r in raws
+        ]
+        ok = [c for c in checked if isinstance(c, TrainReply)]
+        rejected = [c for c in checked if isinstance(c, Rejection)]
+        for rej in rejected:
+            log.warning("round %d: rejected %s: %s", round_, rej.node, rej.reason)
+        if len(ok) < self.cfg.min_nodes:
+            reasons = "; ".join(f"{rej.node}: {rej.reason}" for rej in rejected) or "no replies"
+            raise StepError(
+                f"round {round_}: {len(ok)} usable updates, federation.min_nodes is "
+                f"{self.cfg.min_nodes} ({reasons})"
+            )
+        delta = weighted_mean_delta(ok)
+        self.weights = self.strategy.step(self.weights, delta)
+        bytes_up = sum(r.bytes_up for r in ok)
+        tokens = sum(r.num_tokens for r in ok)
+        per_lang: dict[str, int] = {}
+        for r in ok:
+            for lang, n in r.tokens_per_language.items():
+                per_lang[lang] = per_lang.get(lang, 0) + n
+        self.totals.bytes_down += bytes_down
+        self.totals.bytes_up += bytes_up
+        self.totals.tokens += tokens
+        for lang, n in per_lang.items():
+            self.totals.tokens_per_language[lang] = self.totals.tokens_per_language.get(lang, 0) + n
+        loss = sum(r.loss * r.num_tokens for r in ok) / tokens
+        return {
+            "kind": "round",
+            "round": round_,
+            "nodes": len(ok),
+            "rejected": {r.node: r.reason for r in rejected},
+            "loss": loss,
+            "tokens": tokens,
+            "bytes_down": bytes_down,
+            "bytes_up": bytes_up,
+            "update_norm": max(r.norm for r in ok),
+            "wall_s": time.monotonic() - t0,
+            "node_wall_s": {r.node: round(r.wall_s, 3) for r in ok},
+        }
+
+    def evaluate(self, round_: int, final: bool) -> dict[str, Any]:
+        config = self.round_config(round_, final_eval=final)
+        raws, bytes_down = self._send("evaluate", config)
+        checked = [check_eval_reply(r, round_) for r in raws]
+        ok = [c for c in checked if isinstance(c, EvalReply)]
+        for r in checked:
+            if isinstance(r, Rejection):
+                log.warning("round %d evaluation: rejected %s: %s", round_, r.node, r.reason)
+        self.totals.bytes_down += bytes_down
+        bpb = bits_per_byte(ok)
+        return {
+            "kind": "eval",
+            "round": round_,
+            "nodes": len(ok),
+            "bpb": bpb,
+            "mean_bpb": mean_bpb(bpb) if bpb else None,
+            "final": final,
+        }
+
+    # --- the run -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "federation: %s, %d rounds x %d inner steps, %s, %d parameters",
+            self.cfg.strategy,
+            self.cfg.rounds,
+            self.cfg.inner_steps,
+            self.cfg.preset,
+            self.params,
+        )
+        while self.round < self.cfg.rounds:
+            r = self.round + 1
+            records = [self.train_round(r)]
+            last = r == self.cfg.rounds
+            if last or r % self.cfg.eval_every == 0:
+                records.append(self.evaluate(r, final=last))
+            self.round = r
+            self.history.extend(records)
+            self._save()
+            for rec in records:
+                append_jsonl(self.run_dir / "metrics.jsonl", {**rec, "wall_total_s": self.wall_s()})
+                if self.on_round:
+                    self.on_round(rec)
+        summary = self.summary()
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        evals = [h for h in self.history if h["kind"] == "eval"]
+        last = evals[-1] if evals else {"bpb": {}, "mean_bpb": None}
+        rounds = [h for h in self.history if h["kind"] == "round"]
+        return {
+            "mode": "federated",
+            "strategy": self.cfg.strategy,
+            "rounds": self.round,
+            "nodes": max((h["nodes"] for h in rounds), default=0),
+            "mean_bpb": last["mean_bpb"],
+            "bpb": last["bpb"],
+            "bytes_up": self.totals.bytes_up,
+            "bytes_down": self.totals.bytes_down,
+            "tokens": self.totals.tokens,
+            "tokens_per_language": self.totals.tokens_per_language,
+            "params": self.params,
+            "inner_steps": self.cfg.inner_steps,
+            "wall_s": self.wall_s(),
+        }

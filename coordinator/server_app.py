@@ -1,0 +1,46 @@
+"""The Flower ServerApp of the coordinator (Message API).
+
+Reads the federation YAML named by the run config (``config-file``), writes checkpoints and
+metrics into ``run-dir``, and runs the round loop over Flower's Grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.config import load_corpus_setting, load_federation_config
+from coordinator.flower_transport import GridTransport
+from coordinator.rounds import RoundRunner
+from step_model import protocol as P
+from step_model.errors import StepError
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config_file = context.run_config.get(P.RUN_CONFIG_FILE)
+    run_dir = context.run_config.get(P.RUN_DIR)
+    if not config_file or not run_dir:
+        raise StepError(
+            f"the run config needs {P.RUN_CONFIG_FILE!r} and {P.RUN_DIR!r}: start runs with "
+            "step-sim or step-coord, or pass them with `flwr run . --run-config`"
+        )
+    config_path, run_path = app_path(str(config_file)), app_path(str(run_dir))
+    cfg = load_federation_config(config_path)
+    resume = bool(context.run_config.get(P.RUN_RESUME, False))
+    transport = GridTransport(grid, cfg.round_timeout_s)
+    corpus = load_corpus_setting(config_path)
+    RoundRunner(cfg, run_path, transport, resume=resume, corpus=corpus).run()
+
+
+def app_path(value: str) -> Path:
+    """Paths in the run config are absolute (step-sim, step-coord) or relative to the app root
+    (``flwr run .`` with the defaults of pyproject.toml)."""
+    path = Path(value)
+    return path if path.is_absolute() else Path(__file__).resolve().parent.parent / path

@@ -1,0 +1,40 @@
+"""DiLoCo's outer optimizer: SGD with Nesterov momentum on the pseudo-gradient.
+
+Douillard et al. 2023 (DiLoCo) and INTELLECT-1 use lr 0.7, momentum 0.9. Same update as
+``torch.optim.SGD(nesterov=True, dampening=0)``, written out so the state is plain tensors:
+
+    b <- mu * b + delta            (b = delta on the first step)
+    theta <- theta - lr * (delta + mu * b)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from coordinator.strategy.base import Strategy, Weights
+
+
+class DiLoCo(Strategy):
+    name = "diloco"
+
+    def __init__(self, lr: float = 0.7, momentum: float = 0.9) -> None:
+        self.lr, self.momentum = lr, momentum
+        self.buffers: Weights = {}
+
+    def step(self, weights: Weights, delta: Weights) -> Weights:
+        out = {}
+        for k, w in weights.items():
+            d = delta[k]
+            b = self.buffers.get(k)
+            b = d.clone() if b is None else b.mul_(self.momentum).add_(d)
+            self.buffers[k] = b
+            out[k] = w - self.lr * (d + self.momentum * b)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "momentum": self.momentum, "buffers": dict(self.buffers)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffers = {k: torch.as_tensor(v).clone() for k, v in state.get("buffers", {}).items()}

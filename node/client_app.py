@@ -1,0 +1,135 @@
+"""The Flower ClientApp of a node (Message API): ``train`` and ``evaluate``.
+
+Node settings come from the node itself (settings.py); the round config and the global weights
+come from the coordinator's message. Every failure is answered with an error reply naming the
+cause, so the coordinator can report it and carry on with the other nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from node.data import NodeData, load_node_data
+from node.settings import NodeSettings, sim_node_settings
+from node.state import NodeStateStore
+from node.trainer import TrainingDiverged, evaluate_round, train_round
+from step_model import protocol as P
+from step_model.errors import StepError
+from step_model.tokenizer import Tokenizer, tokenizer_from_json
+from step_model.update_codec import encode
+
+app = ClientApp()
+
+# Per-process caches: a simulation worker serves many rounds and virtual nodes.
+_TOKENIZERS: dict[str, Tokenizer] = {}
+_DATA: dict[tuple[str, str], NodeData] = {}  # (repr of settings, tokenizer sha)
+
+
+def node_settings(context: Context) -> NodeSettings:
+    """This node's settings: from the simulation config (by partition-id) in a simulation."""
+    partition = context.node_config.get("partition-id")
+    config_file = context.run_config.get(P.RUN_CONFIG_FILE)
+    run_dir = context.run_config.get(P.RUN_DIR)
+    if partition is None or not config_file or not run_dir:
+        raise StepError(
+            "this node has no settings: in a simulation the run config needs "
+            f"{P.RUN_CONFIG_FILE!r} and {P.RUN_DIR!r} (step-sim sets them)"
+        )
+    path = Path(str(config_file))
+    sim = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return sim_node_settings(sim, int(partition), Path(str(run_dir)), source=str(path))
+
+
+def _tokenizer(cfg: P.RoundConfig) -> Tokenizer:
+    if cfg.tokenizer_sha256 not in _TOKENIZERS:
+        actual = hashlib.sha256(cfg.tokenizer.encode("utf-8")).hexdigest()
+        if actual != cfg.tokenizer_sha256:
+            raise ValueError("the tokenizer does not match its sha256: corrupted in transit")
+        _TOKENIZERS[cfg.tokenizer_sha256] = tokenizer_from_json(cfg.tokenizer, "round config")
+    return _TOKENIZERS[cfg.tokenizer_sha256]
+
+
+def _data(settings: NodeSettings, cfg: P.RoundConfig, tokenizer: Tokenizer) -> NodeData:
+    key = (repr(settings), cfg.tokenizer_sha256)
+    if key not in _DATA:
+        _DATA[key] = load_node_data(settings, tokenizer)
+    return _DATA[key]
+
+
+def _received_bytes(msg: Message, cfg: P.RoundConfig) -> int:
+    arrays = msg.content[P.ARRAYS]
+    assert isinstance(arrays, ArrayRecord)
+    return arrays.count_bytes() + len(cfg.tokenizer) + len(cfg.model_config)
+
+
+def _node_info(settings: NodeSettings) -> ConfigRecord:
+    return ConfigRecord({P.NODE_NAME: settings.name})
+
+
+def _error_reply(msg: Message, exc: Exception) -> Message:
+    if isinstance(exc, TrainingDiverged):
+        code = P.ERR_TRAINING
+    elif isinstance(exc, StepError):
+        code = P.ERR_NODE_SETUP
+    else:
+        code = P.ERR_BAD_CONFIG
+    return Message(Error(code=code, reason=str(exc)), reply_to=msg)
+
+
+def _parse(msg: Message) -> tuple[P.RoundConfig, dict[str, torch.Tensor]]:
+    config = msg.content[P.CONFIG]
+    arrays = msg.content[P.ARRAYS]
+    assert isinstance(arrays, ArrayRecord)
+    return P.RoundConfig.from_wire(dict(config)), dict(arrays.to_torch_state_dict())
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    try:
+        settings = node_settings(context)
+        cfg, weights = _parse(msg)
+        tokenizer = _tokenizer(cfg)
+        data = _data(settings, cfg, tokenizer)
+        store = NodeStateStore(settings.state_dir)
+        result = train_round(settings.name, data, tokenizer, cfg, weights, store)
+    except (StepError, ValueError) as exc:
+        return _error_reply(msg, exc)
+    arrays = ArrayRecord(encode(result.delta, cfg.update_encoding))
+    metrics: dict[str, Any] = {
+        P.M_ROUND: cfg.round,
+        P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
+        P.M_TRAIN_LOSS: result.mean_loss,
+        P.M_WALL_S: result.wall_s,
+        P.M_BYTES_RECEIVED: _received_bytes(msg, cfg),
+        P.M_BYTES_SENT: arrays.count_bytes(),
+    }
+    for lang, n in result.tokens_per_language.items():
+        metrics[P.M_TOKENS_PREFIX + lang] = n
+    content = RecordDict(
+        {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)}
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    try:
+        settings = node_settings(context)
+        cfg, weights = _parse(msg)
+        tokenizer = _tokenizer(cfg)
+        per_lang = evaluate_round(_data(settings, cfg, tokenizer), tokenizer, cfg, weights)
+    except (StepError, ValueError) as exc:
+        return _error_reply(msg, exc)
+    metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg, cfg)}
+    for lang, (nll, n_bytes) in per_lang.items():
+        metrics[P.M_NLL_PREFIX + lang] = nll
+        metrics[P.M_EVAL_BYTES_PREFIX + lang] = n_bytes
+    content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
+    return Message(content, reply_to=msg)

@@ -1,0 +1,86 @@
+"""What a node keeps between rounds: its inner AdamW state and its data position.
+
+DiLoCo keeps each worker's inner optimizer state across rounds; the data position (inner steps
+done so far) seeds the node's batches, so it never replays the same batch order. Both are saved
+after every round, atomically, as ``<state_dir>/rounds/round-<N>/`` (safetensors + JSON +
+SHA256SUMS), and the newest few are kept.
+
+A round's state is looked up as "the newest saved before round N", not "the newest": if the
+coordinator crashes after this node trained round N but before it committed round N, it resumes
+by asking for round N again, and the node starts from exactly the state it had the first time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from step_model.checkpoint import read_tree, verify_checkpoint, write_sums, write_tree
+from step_model.errors import StepError
+from step_model.fileio import atomic_directory, atomic_write_text
+
+KEEP = 3
+
+
+@dataclass
+class InnerState:
+    round: int
+    """The round whose training produced this state (0: before any)."""
+    node_step: int
+    """Inner steps this node has taken in total: its data position."""
+    optimizer: dict[str, Any] | None
+    """The inner AdamW ``state_dict``, or None before the first round."""
+    model_sha: str = ""
+    """Which model (config + tokenizer) the optimizer state belongs to."""
+
+
+class NodeStateStore:
+    def __init__(self, state_dir: Path, keep: int = KEEP) -> None:
+        self.root = Path(state_dir) / "rounds"
+        self.keep = keep
+
+    def _dirs(self) -> list[tuple[int, Path]]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for p in self.root.iterdir():
+            if p.is_dir() and p.name.startswith("round-") and p.name[6:].isdigit():
+                found.append((int(p.name[6:]), p))
+        return sorted(found)
+
+    def latest_before(self, round_: int) -> InnerState:
+        """The newest state saved by a round before ``round_`` (a fresh state if none)."""
+        earlier = [(r, p) for r, p in self._dirs() if r < round_]
+        if not earlier:
+            return InnerState(round=0, node_step=0, optimizer=None)
+        _, path = earlier[-1]
+        verify_checkpoint(path, required=("state.json",))
+        meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        optimizer = read_tree(path, "optimizer") if (path / "optimizer.json").is_file() else None
+        return InnerState(meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""))
+
+    def save(self, state: InnerState) -> None:
+        target = self.root / f"round-{state.round:08d}"
+        if target.exists():  # this round was trained before (a coordinator resume): replace
+            shutil.rmtree(target)
+        try:
+            with atomic_directory(target) as tmp:
+                meta = {
+                    "round": state.round,
+                    "node_step": state.node_step,
+                    "model_sha": state.model_sha,
+                }
+                atomic_write_text(tmp / "state.json", json.dumps(meta))
+                if state.optimizer is not None:
+                    write_tree(tmp, "optimizer", state.optimizer)
+                write_sums(tmp)
+        except OSError as e:
+            raise StepError(
+                f"cannot write node state in {self.root} ({e}): check the state "
+                "folder's permissions and free space"
+            ) from None
+        for _, old in self._dirs()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""The node's local (inner) trainer: H AdamW steps from the global weights, then the update.
+
+One round (DiLoCo's inner loop):
+  1. load the global weights theta_t into a fresh model; restore the node's inner AdamW state;
+  2. H steps of ``step_model.train.train_step`` on batches of the node's own languages, with the
+     learning rate of the *global* step (round - 1) * H + h on the federation's cosine schedule;
+  3. reply with the pseudo-gradient  delta = theta_t - theta_local  (what an outer optimizer
+     treats as a gradient), tokens per language and the mean loss.
+
+Batches come from ``LanguageMixture`` seeded by (federation seed, node index) at the node's own
+step counter, which persists with the optimizer state (state.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from node.data import NodeData
+from node.state import InnerState, NodeStateStore
+from step_model.config import ModelConfig
+from step_model.data import LanguageMixture
+from step_model.errors import StepError
+from step_model.evaluate import language_nll
+from step_model.model import Transformer
+from step_model.protocol import RoundConfig
+from step_model.tokenizer import Tokenizer
+from step_model.train import lr_at, make_optimizer, train_step
+
+
+@dataclass
+class RoundResult:
+    delta: dict[str, torch.Tensor]
+    """theta_global - theta_local, fp32, one entry per parameter."""
+    tokens_per_language: dict[str, int]
+    mean_loss: float
+    wall_s: float
+
+
+class TrainingDiverged(StepError):
+    pass
+
+
+def model_sha(cfg: RoundConfig) -> str:
+    """Identifies model shape + tokenizer: inner optimizer state only carries over within one."""
+    return hashlib.sha256((cfg.model_config + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
+
+
+def build_model(cfg: RoundConfig, weights: dict[str, torch.Tensor]) -> Transformer:
+    import json
+
+    model_config = ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
+    torch.manual_seed(cfg.seed)
+    model = Transformer(model_config)
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+def node_seed(seed: int, name: str) -> int:
+    """A per-node data seed: the federation seed mixed with the institution's name."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
+
+
+def train_round(
+    name: str,
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    weights: dict[str, torch.Tensor],
+    store: NodeStateStore,
+) -> RoundResult:
+    t0 = time.perf_counter()
+    model = build_model(cfg, weights)
+    model.train()
+    optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    state = store.latest_before(cfg.round)
+    sha = model_sha(cfg)
+    if state.optimizer is not None and state.model_sha == sha:
+        optimizer.load_state_dict(state.optimizer)
+    mixture = LanguageMixture(
+        data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
+    )
+    total = cfg.total_rounds * cfg.inner_steps
+    losses: list[float] = []
+    tokens = dict.fromkeys(mixture.langs, 0)
+    for h in range(cfg.inner_steps):
+        x, y, counts = mixture.batch(state.node_step + h, cfg.batch_size)
+        global_step = (cfg.round - 1) * cfg.inner_steps + h
+        lr = lr_at(
+            global_step,
+            peak=cfg.inner_lr,
+            warmup=cfg.warmup_steps,
+            total=total,
+            min_ratio=cfg.min_lr_ratio,
+        )
+        loss = train_step(model, optimizer, x, y, cfg.grad_clip, lr)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"node {name}: loss became {loss} at inner step {h} of round "
+                f"{cfg.round}: lower the inner lr"
+            )
+        losses.append(loss)
+        for lang, n in zip(mixture.langs, counts, strict=True):
+            tokens[lang] += int(n)
+    local = model.state_dict()
+    delta = {k: (weights[k].float() - local[k].float()) for k in weights}
+    store.save(
+        InnerState(cfg.round, state.node_step + cfg.inner_steps, optimizer.state_dict(), sha)
+    )
+    return RoundResult(delta, tokens, sum(losses) / len(losses), time.perf_counter() - t0)
+
+
+def evaluate_round(
+    data: NodeData, tokenizer: Tokenizer, cfg: RoundConfig, weights: dict[str, torch.Tensor]
+) -> dict[str, tuple[float, int]]:
+    """{lang: (summed NLL in nats, bytes predicted)} over the node's held-out text."""
+    model = build_model(cfg, weights)
+    model.eval()
+    token_bytes = tokenizer.token_bytes()
+    max_tokens = cfg.eval_max_tokens or None
+    return {
+        lang: language_nll(
+            model,
+            stream,
+            token_bytes,
+            seq_len=cfg.seq_len,
+            bos_id=tokenizer.bos_id,
+            max_tokens=max_tokens,
+        )
+        for lang, stream in sorted(data.valid.items())
+    }

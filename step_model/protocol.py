@@ -1,0 +1,163 @@
+"""The wire protocol between coordinator and nodes: every record key, config key and metric name.
+
+Both sides import these names; no string literal of the protocol appears anywhere else. A round's
+train message carries:
+
+    RecordDict {ARRAYS: ArrayRecord(global weights), CONFIG: ConfigRecord(round config)}
+
+and a node replies with
+
+    RecordDict {ARRAYS: ArrayRecord(encoded pseudo-gradient), METRICS: MetricRecord(...)}
+
+An evaluate message carries the global weights and the config; its reply carries METRICS only,
+with the summed negative log-likelihood and the bytes predicted per language (so that the
+coordinator can weight languages by each node's held-out bytes exactly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar, Final
+
+PROTOCOL_VERSION: Final = 1
+
+# --- record names inside a Message's RecordDict ---
+ARRAYS: Final = "arrays"
+CONFIG: Final = "config"
+METRICS: Final = "metrics"
+
+# --- round config (coordinator -> node) ---
+CFG_PROTOCOL: Final = "protocol-version"
+CFG_ROUND: Final = "round"
+CFG_TOTAL_ROUNDS: Final = "total-rounds"
+CFG_INNER_STEPS: Final = "inner-steps"
+CFG_INNER_LR: Final = "inner-lr"
+CFG_MIN_LR_RATIO: Final = "min-lr-ratio"
+CFG_WARMUP_STEPS: Final = "warmup-steps"
+CFG_WEIGHT_DECAY: Final = "weight-decay"
+CFG_BETA1: Final = "beta1"
+CFG_BETA2: Final = "beta2"
+CFG_GRAD_CLIP: Final = "grad-clip"
+CFG_BATCH_SIZE: Final = "batch-size"
+CFG_SEQ_LEN: Final = "seq-len"
+CFG_ALPHA: Final = "alpha"
+CFG_SEED: Final = "seed"
+CFG_UPDATE_ENCODING: Final = "update-encoding"
+CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
+CFG_TOKENIZER: Final = "tokenizer"  # the tokenizer.json text
+CFG_TOKENIZER_SHA256: Final = "tokenizer-sha256"
+CFG_EVAL_MAX_TOKENS: Final = "eval-max-tokens"  # 0: all held-out text
+
+# --- metrics (node -> coordinator) ---
+M_ROUND: Final = "round"  # echoed, so a late reply from another round is recognised
+M_NUM_TOKENS: Final = "num-tokens"  # training tokens this round: the aggregation weight
+M_TRAIN_LOSS: Final = "train-loss"  # mean over the round's inner steps, nats per token
+M_WALL_S: Final = "wall-s"
+M_BYTES_RECEIVED: Final = "bytes-received"
+M_BYTES_SENT: Final = "bytes-sent"
+M_TOKENS_PREFIX: Final = "tokens."  # "tokens.de": training tokens per language
+M_NLL_PREFIX: Final = "nll."  # "nll.de": summed NLL in nats over the held-out text
+M_EVAL_BYTES_PREFIX: Final = "eval-bytes."  # "eval-bytes.de": held-out UTF-8 bytes predicted
+
+# --- error codes in an error reply (node -> coordinator) ---
+ERR_BAD_CONFIG: Final = 1001  # the round config is missing keys or has a protocol mismatch
+ERR_NODE_SETUP: Final = 1002  # the node's own settings or data are wrong (operator must fix)
+ERR_TRAINING: Final = 1003  # training diverged (non-finite loss)
+
+# --- update encodings (see update_codec.py) ---
+ENCODINGS: Final = ("fp32", "bf16", "int8")
+
+
+def per_language(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    """``{"tokens.de": 5, "loss": 1}`` with prefix ``"tokens."`` -> ``{"de": 5}``."""
+    return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """What a node needs to train or evaluate one round, as sent in the CONFIG record."""
+
+    round: int
+    total_rounds: int
+    inner_steps: int
+    inner_lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    beta1: float
+    beta2: float
+    grad_clip: float
+    batch_size: int
+    seq_len: int
+    alpha: float
+    seed: int
+    update_encoding: str
+    model_config: str  # JSON of step_model.config.ModelConfig
+    tokenizer: str  # tokenizer.json text
+    tokenizer_sha256: str
+    eval_max_tokens: int = 0
+
+    _KEYS: ClassVar[dict[str, str]] = {
+        "round": CFG_ROUND,
+        "total_rounds": CFG_TOTAL_ROUNDS,
+        "inner_steps": CFG_INNER_STEPS,
+        "inner_lr": CFG_INNER_LR,
+        "min_lr_ratio": CFG_MIN_LR_RATIO,
+        "warmup_steps": CFG_WARMUP_STEPS,
+        "weight_decay": CFG_WEIGHT_DECAY,
+        "beta1": CFG_BETA1,
+        "beta2": CFG_BETA2,
+        "grad_clip": CFG_GRAD_CLIP,
+        "batch_size": CFG_BATCH_SIZE,
+        "seq_len": CFG_SEQ_LEN,
+        "alpha": CFG_ALPHA,
+        "seed": CFG_SEED,
+        "update_encoding": CFG_UPDATE_ENCODING,
+        "model_config": CFG_MODEL_CONFIG,
+        "tokenizer": CFG_TOKENIZER,
+        "tokenizer_sha256": CFG_TOKENIZER_SHA256,
+        "eval_max_tokens": CFG_EVAL_MAX_TOKENS,
+    }
+
+    def to_wire(self) -> dict[str, int | float | str]:
+        wire: dict[str, int | float | str] = {CFG_PROTOCOL: PROTOCOL_VERSION}
+        for f in fields(self):
+            wire[self._KEYS[f.name]] = getattr(self, f.name)
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: Mapping[str, object]) -> RoundConfig:
+        """Parse and type-check a received config; ValueError names what is wrong."""
+        if wire.get(CFG_PROTOCOL) != PROTOCOL_VERSION:
+            raise ValueError(
+                f"protocol version {wire.get(CFG_PROTOCOL)!r} != {PROTOCOL_VERSION}: "
+                "coordinator and node run different step-federated versions"
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls._KEYS[f.name]
+            if key not in wire:
+                if f.default is not MISSING:
+                    continue
+                raise ValueError(f"round config lacks {key!r}")
+            want = {"int": int, "float": float, "str": str}[str(f.type)]
+            value = wire[key]
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ValueError(
+                    f"round config {key!r} is {type(value).__name__}, expected {want.__name__}"
+                )
+            values[f.name] = value
+        return cls(**values)
+
+
+# --- run config (pyproject [tool.flwr.app.config], overridden by step-sim / step-coord) ---
+RUN_CONFIG_FILE: Final = "config-file"  # the federation (or simulation) YAML
+RUN_DIR: Final = "run-dir"  # where the coordinator writes checkpoints and metrics
+RUN_RESUME: Final = "resume"  # continue from the last checkpoint in run-dir
+
+# --- node identity in replies (a ConfigRecord, so it can carry text) ---
+NODE_INFO: Final = "node"
+NODE_NAME: Final = "name"

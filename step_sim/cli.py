@@ -1,0 +1,194 @@
+"""``step-sim``: the whole federation on one machine, or its centralized baseline.
+
+    step-sim --config examples/sim-eu8.yaml [--rounds N] [--preset P] [--out DIR]
+             [--centralized] [--resume] [--json]
+
+The federated mode runs the real ServerApp (coordinator/) and ClientApp (node/) on Flower's
+simulation engine (a simulation SuperLink + Ray, see flower_runner.py). ``--centralized`` trains
+the same model on the pooled data of the same institutions (centralized.py). Both write into the
+run folder: ``metrics.jsonl``, ``summary.json``, checkpoints, ``bpb.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from step_model import protocol as P
+from step_model.cli_common import console_for, emit_json, table, user_errors
+from step_model.corpus import project_root
+from step_model.errors import StepError
+from step_model.evaluate import mean_bpb
+from step_model.fileio import atomic_write_text
+from step_model.tokenizer import resolve_tokenizer
+from step_sim.config import SimConfig, load_sim_config
+from step_sim.plot import plot_bpb
+
+app = typer.Typer(help=__doc__, add_completion=False)
+
+
+def _resolve_tokenizer(sim: SimConfig, out: Path) -> SimConfig:
+    """Train (or reuse) a ``bpe:N`` tokenizer into the run folder and point the config at it."""
+    spec = sim.federation.tokenizer
+    if not spec.startswith("bpe:"):
+        return sim
+    resolve_tokenizer(spec, sim.corpus, out)
+    return sim.with_overrides(tokenizer=str(out / f"tokenizer-bpe{spec[4:]}.json"))
+
+
+def _prepare_run_folder(out: Path, resume: bool) -> None:
+    if resume:
+        if not (out / "sim.yaml").is_file():
+            raise StepError(f"--resume: {out} holds no step-sim run (no sim.yaml): drop --resume")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise StepError(
+            f"run folder {out} is not empty: pass --resume to continue it, or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class MetricsFollower:
+    """Reads the records a run appends to metrics.jsonl, as they arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def new_records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open("r", encoding="utf-8") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind("\n") + 1]  # a line still being written waits
+        self.offset += len(complete.encode("utf-8"))
+        return [json.loads(x) for x in complete.splitlines() if x.strip()]
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[bpb]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _show(record: dict[str, Any], bar: Progress, task: Any, console: Console) -> None:
+    if record["kind"] == "round":
+        bar.update(task, completed=record["round"], loss=f"{record['loss']:.3f}")
+        for node, reason in record.get("rejected", {}).items():
+            console.print(f"[yellow]round {record['round']}: {node} rejected: {reason}[/]")
+    elif record["kind"] == "eval" and record.get("mean_bpb") is not None:
+        bar.update(task, bpb=f"bpb {record['mean_bpb']:.3f}")
+        console.print(f"round {record['round']}: mean held-out bpb {record['mean_bpb']:.4f}")
+
+
+def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) -> dict[str, Any]:
+    from step_sim.flower_runner import SimulationSpec, run_simulation_app
+
+    follower = MetricsFollower(out / "metrics.jsonl")
+    follower.new_records()  # a resumed run's earlier rounds are not news
+    spec = SimulationSpec(
+        app_dir=project_root(),
+        run_dir=out / "flower",
+        num_supernodes=len(sim.names),
+        run_config={
+            P.RUN_CONFIG_FILE: str(out / "sim.yaml"),
+            P.RUN_DIR: str(out),
+            P.RUN_RESUME: resume,
+        },
+        cpus_per_client=1,
+    )
+    with _progress(console) as bar:
+        task = bar.add_task("rounds", total=sim.federation.rounds, loss="-", bpb="")
+
+        def poll() -> None:
+            for record in follower.new_records():
+                _show(record, bar, task, console)
+
+        run_simulation_app(spec, on_poll=poll)
+        poll()
+    return dict(json.loads((out / "summary.json").read_text(encoding="utf-8")))
+
+
+def _run_centralized(sim: SimConfig, out: Path, console: Console) -> dict[str, Any]:
+    from step_sim.centralized import run_centralized
+
+    with _progress(console) as bar:
+        task = bar.add_task("rounds (centralized)", total=sim.federation.rounds, loss="-", bpb="")
+        return run_centralized(sim, out, on_record=lambda r: _show(r, bar, task, console))
+
+
+@app.command()
+@user_errors
+def main(
+    config: Annotated[Path, typer.Option(help="Simulation YAML (see examples/sim-eu8.yaml).")],
+    rounds: Annotated[int | None, typer.Option(help="Override federation.rounds.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Override federation.preset.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default: runs/<config>-<time>).")
+    ] = None,
+    centralized: Annotated[
+        bool,
+        typer.Option(
+            "--centralized", help="Train the pooled-data baseline instead of the federation."
+        ),
+    ] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Last line: a JSON summary.")] = False,
+) -> None:
+    """Run the federation of a simulation config on this machine (or its centralized baseline)."""
+    t0 = time.monotonic()
+    console = console_for(json_out)
+    mode = "centralized" if centralized else "federated"
+    if resume and out is None:
+        raise StepError("--resume needs --out: the run folder to continue")
+    out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sim = load_sim_config(config).with_overrides(rounds=rounds, preset=preset)
+    _prepare_run_folder(out, resume)
+    out = out.resolve()
+    with console.status("preparing the tokenizer"):
+        sim = _resolve_tokenizer(sim, out)
+    if not resume:
+        atomic_write_text(out / "sim.yaml", yaml.safe_dump(sim.to_yaml_dict(), sort_keys=False))
+    fed = sim.federation
+    console.print(
+        f"{mode}: {len(sim.names)} institutions, {len(sim.languages())} languages, "
+        f"{fed.strategy if not centralized else 'AdamW'}, {fed.rounds} rounds x "
+        f"{fed.inner_steps} steps, preset {fed.preset}; run folder {out}"
+    )
+    summary = (
+        _run_centralized(sim, out, console)
+        if centralized
+        else _run_federated(sim, out, resume, console)
+    )
+    summary["wall_s"] = time.monotonic() - t0
+    plot = plot_bpb(out / "metrics.jsonl", out / "bpb.png", f"{config.stem}: {mode}")
+    bpb = summary.get("bpb") or {}
+    rows = [(lang, f"{v:.4f}") for lang, v in sorted(bpb.items())]
+    if bpb:
+        rows.append(("mean", f"{mean_bpb(bpb):.4f}"))
+        console.print(table("held-out bits per byte", ["lang", "bpb"], rows))
+    console.print(
+        f"{summary['tokens']:,} training tokens; up {summary['bytes_up'] / 1e6:,.1f} MB, "
+        f"down {summary['bytes_down'] / 1e6:,.1f} MB; {summary['wall_s']:.0f} s"
+    )
+    if plot:
+        console.print(f"plot: {plot}")
+    if json_out:
+        emit_json({**summary, "run_dir": str(out), "plot": str(plot) if plot else None})
+
+
+def main_entry() -> None:
+    app()

@@ -1,0 +1,853 @@
+"""Run a Flower App on Flower's simulation engine, and always clean up after it.
+
+The path (flwr 1.39, no deprecated API):
+
+1. start a simulation SuperLink by hand::
+
+       flower-superlink --insecure --simulation --disable-runtime-dependency-installation \\
+           --database RUN/superlink.db --host 127.0.0.1 --port PORT
+
+   In simulation mode the SuperLink opens exactly one port, the HTTP port that carries both the
+   Control API (``flwr`` CLI) and the Runtime API (its SuperExec and the simulation process); no
+   Fleet API is started. ``--disable-runtime-dependency-installation`` stops it from running
+   ``uv sync`` per run (which would download a CUDA torch).
+2. write a connection named ``step-sim`` into ``$FLWR_HOME/config.toml`` and submit::
+
+       flwr run APP_DIR step-sim --format json --run-config RUN/run_config.toml \\
+           --federation-config 'num-supernodes=N client-resources-num-cpus=C init-args-num-cpus=T'
+
+   (``options.*`` in the connection are deprecated in 1.39; ``--federation-config`` replaces
+   them. Run-config overrides go through a TOML file so strings with spaces survive.)
+3. stream the run's logs with ``flwr log RUN_ID step-sim --stream`` (it returns when the run
+   ends) and read the outcome with ``flwr ls --run-id RUN_ID step-sim --format json``:
+   ``flwr run`` exits 0 even when the run later fails, the status is what counts.
+
+Cleanup: the SuperLink starts its SuperExec in a *new session* (``start_new_session=True``), so
+killing the SuperLink's process group does not reach it, nor the simulation process and Ray
+below it. Every child therefore carries a random marker in its environment; on every exit path
+(success, failure, exception, KeyboardInterrupt) the launcher terminates its own process groups,
+every descendant it can see, and every process that carries the marker (SIGTERM, then SIGKILL
+after a grace period). A small watchdog process (its own session, stdlib only) does the same
+sweep when this process dies without running ``finally`` (SIGKILL, SIGTERM, SIGHUP).
+
+Everything the run writes stays in ``run_dir``: ``flwr_home/`` (``FLWR_HOME``: CLI config,
+installed FABs), ``ray/`` (``RAY_TMPDIR``: Ray sessions and logs), ``superlink.db``,
+``run_config.toml`` and ``simulation.log`` (SuperLink output, CLI output and the run's
+ServerApp/ClientApp logs, one file). Ray's Unix socket paths must fit in 107 bytes, so when
+``run_dir`` is deep, ``RAY_TMPDIR`` is a short symlink in the system temp folder that points into
+``run_dir/ray`` (removed afterwards); Ray's files still land in ``run_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from step_model.errors import StepError
+
+ConfigValue = str | int | float | bool
+
+CONNECTION_NAME = "step-sim"
+"""Name of the SuperLink connection written into ``$FLWR_HOME/config.toml``."""
+
+LOG_NAME = "simulation.log"
+
+_MARKER_ENV = "STEP_SIM_LAUNCH_MARKER"
+_POLL_S = 0.5
+_STATUS_EVERY_S = 10.0  # `flwr ls` costs ~0.8 s CPU; the log stream ending is the main signal
+_STATUS_EVERY_AFTER_STREAM_S = 2.0
+_SUPERLINK_START_TIMEOUT_S = 60.0
+_CLI_TIMEOUT_S = 120.0
+_PORT_ATTEMPTS = 3
+_TERM_GRACE_S = 5.0
+_LOG_DRAIN_S = 10.0
+_TAIL_LINES = 40
+# Ray binds Unix sockets at RAY_TMPDIR + "/ray/session_<date>_<time>_<usec>_<pid>/sockets/
+# plasma_store" and refuses paths over 107 bytes; 75 bytes covers the suffix with a 7-digit pid.
+_AF_UNIX_MAX = 107
+_RAY_SOCKET_SUFFIX = 75
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class SimulationSpec:
+    """One simulation: which Flower App, where it writes, how big the federation is."""
+
+    app_dir: Path
+    """The Flower App folder: a ``pyproject.toml`` with ``[tool.flwr.app]`` components."""
+    run_dir: Path
+    """Everything the run writes: FLWR_HOME, Ray's temp dir, SuperLink database, logs."""
+    num_supernodes: int
+    """Simulated SuperNodes (virtual institutions); ``node_config["partition-id"]`` is 0..N-1."""
+    run_config: dict[str, ConfigValue] = field(default_factory=dict)
+    """Overrides of ``[tool.flwr.app.config]``; dotted keys address nested tables."""
+    cpus_per_client: int = 1
+    """Ray CPUs per ClientApp actor. Flower 1.39 carries this as an integer
+    (``SimulationConfig.client_resources_num_cpus``), so fractions are not possible.
+    Concurrent actors = total_cpus // cpus_per_client."""
+    total_cpus: int | None = None
+    """CPUs given to Ray (``ray.init(num_cpus=...)``); None: the CPUs this process may use."""
+    timeout_s: float = 3600.0
+    """Wall-clock limit from launch (SuperLink start included); past it the run is stopped and a
+    StepError raised."""
+
+    def __post_init__(self) -> None:
+        self.app_dir = Path(self.app_dir)
+        self.run_dir = Path(self.run_dir)
+        if not (self.app_dir / "pyproject.toml").is_file():
+            raise StepError(
+                f"{self.app_dir} has no pyproject.toml: point app_dir at a Flower App folder"
+            )
+        if self.num_supernodes < 1:
+            raise StepError(f"num_supernodes is {self.num_supernodes}: use 1 or more")
+        if isinstance(self.cpus_per_client, bool) or not isinstance(self.cpus_per_client, int):
+            raise StepError(
+                f"cpus_per_client is {self.cpus_per_client!r}: use a whole number of CPUs "
+                "(Flower 1.39 accepts only integers)"
+            )
+        if self.cpus_per_client < 1:
+            raise StepError(f"cpus_per_client is {self.cpus_per_client}: use 1 or more")
+        if self.total_cpus is not None and self.total_cpus < self.cpus_per_client:
+            raise StepError(
+                f"total_cpus ({self.total_cpus}) is below cpus_per_client "
+                f"({self.cpus_per_client}): no ClientApp could start; raise total_cpus"
+            )
+        if not self.timeout_s > 0:
+            raise StepError(f"timeout_s is {self.timeout_s}: use a positive number of seconds")
+        known = _app_config_keys(self.app_dir / "pyproject.toml")
+        for key in self.run_config:
+            if not all(_BARE_KEY.match(part) for part in key.split(".")):
+                raise StepError(
+                    f"run_config key {key!r} is not a TOML key: use letters, digits, '-', '_' "
+                    "and '.' between table names"
+                )
+            if key not in known:
+                raise StepError(
+                    f"run_config key {key!r} is not in [tool.flwr.app.config] of "
+                    f"{self.app_dir / 'pyproject.toml'}: use one of {', '.join(sorted(known))} "
+                    "or add it there"
+                )
+
+
+def _app_config_keys(pyproject: Path) -> set[str]:
+    """The flattened keys of ``[tool.flwr.app.config]`` (Flower rejects overrides of others,
+    but only once the run has started)."""
+    try:
+        doc = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise StepError(f"{pyproject} cannot be read as TOML ({e}): fix the file") from None
+    config = doc.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {})
+
+    def flat(table: dict[str, Any], prefix: str) -> Iterator[str]:
+        for key, value in table.items():
+            if isinstance(value, dict):
+                yield from flat(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    return set(flat(config, "")) if isinstance(config, dict) else set()
+
+
+@dataclass
+class SimulationOutcome:
+    """How a simulation run ended."""
+
+    run_id: int
+    status: str
+    """Flower's run status: ``finished:completed``, ``finished:failed``, ``finished:stopped``."""
+    ok: bool
+    """True when status is ``finished:completed``."""
+    wall_s: float
+    """From launch (SuperLink start) to cleanup done."""
+    log_path: Path
+    """SuperLink output, CLI output and the run's ServerApp/ClientApp logs."""
+    details: str = ""
+    """Flower's status details (the exception message of a failed run)."""
+    phases_s: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in: superlink_start, submit, run (submit done to finished), cleanup."""
+
+
+def run_simulation_app(
+    spec: SimulationSpec,
+    on_poll: Callable[[], None] | None = None,
+    *,
+    check: bool = True,
+) -> SimulationOutcome:
+    """Run ``spec.app_dir`` on a fresh simulation SuperLink and wait until the run ends.
+
+    ``on_poll`` is called about every 0.5 s while waiting (e.g. to refresh a progress display).
+    With ``check`` (the default) a run that does not end ``finished:completed`` raises a
+    StepError whose message ends with the tail of the log; with ``check=False`` it is returned
+    with ``ok=False``. Starting problems (no ``flower-superlink``, no free port, SuperLink
+    crash, timeout) always raise StepError. All child processes are gone when this returns or
+    raises, KeyboardInterrupt included.
+    """
+    t0 = time.monotonic()
+    exes = _executables()
+    run_dir = spec.run_dir.resolve()
+    app_dir = spec.app_dir.resolve()
+    flwr_home = run_dir / "flwr_home"
+    ray_dir = run_dir / "ray"
+    for d in (run_dir, flwr_home, ray_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / LOG_NAME
+    with log_path.open("a", encoding="utf-8") as f:
+        f.write(f"=== step-sim launch {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n")
+    log_start = log_path.stat().st_size
+    db_path = run_dir / "superlink.db"
+    for stale in ("", "-wal", "-shm"):  # state of an earlier launch only confuses this one
+        Path(f"{db_path}{stale}").unlink(missing_ok=True)
+
+    marker = uuid.uuid4().hex
+    phases: dict[str, float] = {}
+    with (
+        _ray_tmpdir(ray_dir) as ray_tmp,
+        _watchdog(marker, ray_tmp),
+        _ChildProcesses(marker) as procs,
+    ):
+        env = _child_env(flwr_home, ray_tmp, marker, exes["flwr"].parent)
+
+        t = time.monotonic()
+        superlink, port = _start_superlink(procs, exes, env, db_path, log_path, log_start, on_poll)
+        phases["superlink_start"] = time.monotonic() - t
+        _write_flower_config(flwr_home, port)
+
+        t = time.monotonic()
+        run_id = _submit(procs, exes, env, spec, app_dir, run_dir, log_path, log_start)
+        phases["submit"] = time.monotonic() - t
+
+        t = time.monotonic()
+        status, details = _wait_for_run(
+            procs, exes, env, spec, superlink, run_id, log_path, log_start, t0, on_poll
+        )
+        phases["run"] = time.monotonic() - t
+        log_end = log_path.stat().st_size  # the tail should end with the run, not our shutdown
+        t = time.monotonic()
+    phases["cleanup"] = time.monotonic() - t
+
+    outcome = SimulationOutcome(
+        run_id=run_id,
+        status=status,
+        ok=status == "finished:completed",
+        wall_s=time.monotonic() - t0,
+        log_path=log_path,
+        details=details,
+        phases_s=phases,
+    )
+    if check and not outcome.ok:
+        raise StepError(
+            f"Flower run {run_id} ended {status!r} ({details or 'no details'}): fix the cause "
+            f"shown in the log tail below; full log: {log_path}\n"
+            + log_tail(log_path, start=log_start, end=log_end)
+        )
+    return outcome
+
+
+def log_tail(
+    log_path: Path, start: int = 0, end: int | None = None, lines: int = _TAIL_LINES
+) -> str:
+    """The last ``lines`` meaningful lines of bytes ``start:end`` of a log: colour codes and
+    per-request HTTP access lines removed."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(start)
+            raw = f.read() if end is None else f.read(max(0, end - start))
+        text = raw.decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = [
+        _ANSI.sub("", line).rstrip()
+        for line in text.splitlines()
+        if "[uvicorn.access]" not in line and line.strip()
+    ]
+    return "\n".join(kept[-lines:])
+
+
+# --- executables and environment ---------------------------------------------------------
+
+
+def _executables() -> dict[str, Path]:
+    """flower-superlink and flwr next to this interpreter, else on PATH."""
+    found: dict[str, Path] = {}
+    bin_dir = Path(sys.executable).parent
+    # flower-superexec and flwr-simulation are started *by name* by the SuperLink.
+    for name in ("flower-superlink", "flwr", "flower-superexec", "flwr-simulation"):
+        candidate = bin_dir / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            found[name] = candidate
+            continue
+        on_path = _which(name)
+        if on_path is None:
+            raise StepError(
+                f"{name} not found next to {sys.executable} nor on PATH: install the "
+                "project (pip install -e .) so that flwr[simulation]==1.39.* is present"
+            )
+        found[name] = on_path
+    return found
+
+
+def _which(name: str) -> Path | None:
+    import shutil
+
+    hit = shutil.which(name)
+    return Path(hit) if hit else None
+
+
+def _child_env(flwr_home: Path, ray_tmp: Path, marker: str, bin_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # An inherited RAY_ADDRESS would attach the simulation to someone else's Ray cluster; the
+    # internal flag would make the SuperLink open a second (gRPC Control API) port.
+    for key in ("RAY_ADDRESS", "FLWR_INTERNAL_GRPC_CONTROL_API"):
+        env.pop(key, None)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "RAY_TMPDIR": str(ray_tmp),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": str(bin_dir) + os.pathsep + env.get("PATH", ""),
+            _MARKER_ENV: marker,
+        }
+    )
+    return env
+
+
+@contextlib.contextmanager
+def _ray_tmpdir(ray_dir: Path) -> Iterator[Path]:
+    """``ray_dir`` itself when short enough for Ray's socket paths, else a short symlink to it."""
+    if len(os.fsencode(ray_dir)) + _RAY_SOCKET_SUFFIX <= _AF_UNIX_MAX:
+        yield ray_dir
+        return
+    base = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+    holder = Path(tempfile.mkdtemp(prefix="stepsim-", dir=base))
+    link = holder / "r"
+    link.symlink_to(ray_dir, target_is_directory=True)
+    if len(os.fsencode(link)) + _RAY_SOCKET_SUFFIX > _AF_UNIX_MAX:
+        link.unlink()
+        holder.rmdir()
+        raise StepError(
+            f"no temp folder short enough for Ray's socket paths ({link}): set TMPDIR to a "
+            "short path such as /tmp"
+        )
+    try:
+        yield link
+    finally:
+        link.unlink(missing_ok=True)
+        _repoint_session_latest(ray_dir)
+        with contextlib.suppress(OSError):
+            holder.rmdir()
+
+
+def _repoint_session_latest(ray_dir: Path) -> None:
+    """Ray's ``session_latest`` link names the short temp path; point it into ``ray_dir``."""
+    latest = ray_dir / "ray" / "session_latest"
+    if latest.is_symlink():
+        target = Path(os.readlink(latest)).name
+        if (ray_dir / "ray" / target).is_dir():
+            latest.unlink()
+            latest.symlink_to(target, target_is_directory=True)
+
+
+def _write_flower_config(flwr_home: Path, port: int) -> None:
+    text = (
+        "# Written by step-sim for one launch: the simulation SuperLink it started.\n"
+        "[superlink]\n"
+        f'default = "{CONNECTION_NAME}"\n\n'
+        f"[superlink.{CONNECTION_NAME}]\n"
+        f'address = "127.0.0.1:{port}"\n'
+        "insecure = true\n"
+    )
+    (flwr_home / "config.toml").write_text(text, encoding="utf-8")
+
+
+def _toml_value(value: ConfigValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)  # nan / inf / -inf are valid TOML as written by repr
+    return json.dumps(value)  # a JSON string with \uXXXX escapes is a valid TOML basic string
+
+
+def _run_config_toml(run_config: dict[str, ConfigValue]) -> str:
+    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in run_config.items())
+
+
+# --- child processes ---------------------------------------------------------------------
+
+
+_WATCHDOG = r"""
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+needle = sys.argv[1].encode()
+sys.stdin.buffer.read()  # returns at EOF: the launcher is done with its cleanup, or died
+
+def marked():
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                if needle in open("/proc/%s/environ" % name, "rb").read().split(b"\0"):
+                    state = open("/proc/%s/stat" % name).read().rsplit(")", 1)[1].split()[0]
+                    if state not in ("Z", "X"):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+def sweep():
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            left = marked()
+            if not left:
+                return
+            for pid in left:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            time.sleep(0.2)
+
+sweep()
+if len(sys.argv) > 2:  # the short symlink for Ray's sockets, when the launcher could not remove it
+    try:
+        os.unlink(os.path.join(sys.argv[2], "r"))
+        os.rmdir(sys.argv[2])
+    except OSError:
+        pass
+"""
+
+
+@contextlib.contextmanager
+def _watchdog(marker: str, ray_tmp: Path) -> Iterator[None]:
+    """A tiny process that, once this launcher ends (even by SIGKILL, SIGTERM or a closed
+    terminal, when no ``finally`` runs), terminates whatever still carries the marker."""
+    if not Path("/proc").is_dir():
+        yield
+        return
+    env = {k: v for k, v in os.environ.items() if k != _MARKER_ENV}
+    guard = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _WATCHDOG, f"{_MARKER_ENV}={marker}"]
+        + ([str(ray_tmp.parent)] if ray_tmp.is_symlink() else []),
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield
+    finally:
+        if guard.stdin is not None:
+            guard.stdin.close()
+        try:
+            guard.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            guard.kill()
+            guard.wait()
+
+
+class _ChildProcesses:
+    """Starts children in their own sessions; on exit terminates them and everything marked."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> _ChildProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.terminate_all()
+
+    def spawn(
+        self,
+        argv: Sequence[str | Path],
+        env: dict[str, str],
+        stdout: IO[bytes] | int,
+        stderr: IO[bytes] | int,
+    ) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        self.children.append(proc)
+        return proc
+
+    def run(
+        self, argv: Sequence[str | Path], env: dict[str, str], timeout_s: float
+    ) -> tuple[int, str, str]:
+        """Run a short CLI command to completion: (exit code, stdout, stderr)."""
+        proc = self.spawn(argv, env, subprocess.PIPE, subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop(proc)
+            raise StepError(
+                f"{Path(str(argv[0])).name} {argv[1]} did not answer within {timeout_s:.0f} s: "
+                "the machine may be overloaded; retry when it is less busy"
+            ) from None
+        self.children.remove(proc)
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def stop(self, proc: subprocess.Popen[bytes], grace_s: float = _TERM_GRACE_S) -> None:
+        """Terminate one child's process group (SIGTERM, then SIGKILL) and reap it."""
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _signal_group(proc.pid, signal.SIGKILL)  # stragglers left in the group
+        if proc in self.children:
+            self.children.remove(proc)
+
+    def terminate_all(self) -> None:
+        """SIGTERM to our groups, their descendants and marked processes; SIGKILL what stays.
+
+        A second Ctrl-C during these few seconds is ignored so that nothing is left behind.
+        """
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            self._terminate_all()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _terminate_all(self) -> None:
+        roots = [p.pid for p in self.children]
+        targets = _descendants(roots) | _marked(self.marker)
+        for p in self.children:
+            _signal_group(p.pid, signal.SIGTERM)
+        for pid in targets:
+            _signal_pid(pid, signal.SIGTERM)
+        deadline = time.monotonic() + _TERM_GRACE_S
+        while time.monotonic() < deadline:
+            for p in self.children:
+                p.poll()
+            alive = {pid for pid in targets if _alive(pid)}
+            if all(p.returncode is not None for p in self.children) and not alive:
+                break
+            time.sleep(0.1)
+        for p in self.children:
+            _signal_group(p.pid, signal.SIGKILL)
+        # Late children (spawned while we were terminating) carry the marker too.
+        for _ in range(20):
+            left = {pid for pid in targets | _marked(self.marker) if _alive(pid)}
+            if not left:
+                break
+            for pid in left:
+                _signal_pid(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        for p in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=_TERM_GRACE_S)
+        self.children.clear()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _signal_pid(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process from /proc, None when it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1])
+
+
+def _alive(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
+
+
+def _pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _descendants(roots: Sequence[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid in _pids():
+        stat = _proc_stat(pid)
+        if stat is not None:
+            children.setdefault(stat[1], []).append(pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _marked(marker: str) -> set[int]:
+    """Processes whose environment carries this launch's marker."""
+    needle = f"{_MARKER_ENV}={marker}".encode()
+    own = os.getpid()
+    found: set[int] = set()
+    for pid in _pids():
+        if pid == own:
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found.add(pid)
+    return found
+
+
+# --- the three phases ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode("utf-8", errors="replace")
+
+
+def _start_superlink(
+    procs: _ChildProcesses,
+    exes: dict[str, Path],
+    env: dict[str, str],
+    db_path: Path,
+    log_path: Path,
+    log_start: int,
+    on_poll: Callable[[], None] | None,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the SuperLink on a free port (new port on a bind race); return it once it serves."""
+    for _attempt in range(_PORT_ATTEMPTS):
+        port = _free_port()
+        offset = log_path.stat().st_size
+        argv: list[str | Path] = [
+            exes["flower-superlink"],
+            "--insecure",
+            "--simulation",
+            "--disable-runtime-dependency-installation",
+            "--database",
+            db_path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        with log_path.open("ab") as log:
+            log.write(("$ " + " ".join(str(a) for a in argv) + "\n").encode())
+            log.flush()
+            proc = procs.spawn(argv, env, log, subprocess.STDOUT)
+        ready_line = f"Uvicorn running on http://127.0.0.1:{port}"
+        deadline = time.monotonic() + _SUPERLINK_START_TIMEOUT_S
+        while True:
+            if on_poll is not None:
+                on_poll()
+            text = _read_from(log_path, offset)
+            if proc.poll() is not None:
+                break
+            if ready_line in text and _port_open(port):
+                return proc, port
+            if time.monotonic() > deadline:
+                raise StepError(
+                    f"the Flower SuperLink did not start within {_SUPERLINK_START_TIMEOUT_S:.0f} "
+                    f"s: see {log_path}; retry when the machine is less busy\n"
+                    + log_tail(log_path, start=log_start)
+                )
+            time.sleep(0.1)
+        lowered = text.lower()
+        procs.stop(proc)
+        if "address already in use" in lowered or "errno 98" in lowered:
+            continue  # another process took the port between our probe and the bind
+        raise StepError(
+            f"the Flower SuperLink exited at start (exit code {proc.returncode}): see "
+            f"{log_path} and fix the cause shown below\n" + log_tail(log_path, start=log_start)
+        )
+    raise StepError(
+        f"no free port held for the Flower SuperLink in {_PORT_ATTEMPTS} tries: other programs "
+        "are grabbing loopback ports; retry"
+    )
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _parse_json_stdout(out: str) -> dict[str, Any] | None:
+    start = out.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(out[start:])
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _submit(
+    procs: _ChildProcesses,
+    exes: dict[str, Path],
+    env: dict[str, str],
+    spec: SimulationSpec,
+    app_dir: Path,
+    run_dir: Path,
+    log_path: Path,
+    log_start: int,
+) -> int:
+    """``flwr run``: build the FAB, start the run; return its run id."""
+    total_cpus = spec.total_cpus if spec.total_cpus is not None else _available_cpus()
+    federation = (
+        f"num-supernodes={spec.num_supernodes} "
+        f"client-resources-num-cpus={spec.cpus_per_client} "
+        f"init-args-num-cpus={total_cpus}"
+    )
+    argv: list[str | Path] = [exes["flwr"], "run", app_dir, CONNECTION_NAME, "--format", "json"]
+    if spec.run_config:
+        overrides = run_dir / "run_config.toml"
+        overrides.write_text(_run_config_toml(spec.run_config), encoding="utf-8")
+        argv += ["--run-config", overrides]
+    argv += ["--federation-config", federation]
+    rc, out, err = procs.run(argv, env, _CLI_TIMEOUT_S)
+    with log_path.open("a", encoding="utf-8") as log:
+        log.write("$ " + " ".join(str(a) for a in argv) + "\n" + out + err)
+    reply = _parse_json_stdout(out)
+    run_id = reply.get("run-id") if reply else None
+    if rc != 0 or not reply or not reply.get("success") or run_id is None:
+        why = (reply or {}).get("error-message") or _ANSI.sub("", (err or out).strip())
+        raise StepError(
+            f"flwr run could not start the run ({why or f'exit code {rc}'}): fix the Flower "
+            f"App in {app_dir} or the run_config keys; full log: {log_path}\n"
+            + log_tail(log_path, start=log_start)
+        )
+    return int(run_id)
+
+
+def _available_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _query_status(
+    procs: _ChildProcesses, exes: dict[str, Path], env: dict[str, str], run_id: int
+) -> tuple[str, str]:
+    """(status, details) from ``flwr ls``; ("unknown", why) when it cannot tell."""
+    argv: list[str | Path] = [
+        exes["flwr"],
+        "ls",
+        CONNECTION_NAME,
+        "--run-id",
+        str(run_id),
+        "--format",
+        "json",
+    ]
+    rc, out, err = procs.run(argv, env, _CLI_TIMEOUT_S)
+    reply = _parse_json_stdout(out)
+    runs = reply.get("runs") if reply else None
+    if rc != 0 or not isinstance(runs, list) or not runs:
+        return "unknown", _ANSI.sub("", (err or out).strip())[-500:]
+    run = runs[0]
+    details = str(run.get("status-details", ""))
+    return str(run.get("status", "unknown")), "" if details == "N/A" else details
+
+
+def _wait_for_run(
+    procs: _ChildProcesses,
+    exes: dict[str, Path],
+    env: dict[str, str],
+    spec: SimulationSpec,
+    superlink: subprocess.Popen[bytes],
+    run_id: int,
+    log_path: Path,
+    log_start: int,
+    t0: float,
+    on_poll: Callable[[], None] | None,
+) -> tuple[str, str]:
+    """Stream the run's logs into the log file until it finishes; return (status, details)."""
+    with log_path.open("ab") as log:
+        argv: list[str | Path] = [exes["flwr"], "log", str(run_id), CONNECTION_NAME, "--stream"]
+        stream = procs.spawn(argv, env, log, log)
+    deadline = t0 + spec.timeout_s
+    next_status = time.monotonic() + _STATUS_EVERY_S
+    status, details = "unknown", ""
+    while True:
+        if on_poll is not None:
+            on_poll()
+        if superlink.poll() is not None:
+            raise StepError(
+                f"the Flower SuperLink stopped during run {run_id} (exit code "
+                f"{superlink.returncode}): see {log_path}\n" + log_tail(log_path, start=log_start)
+            )
+        stream_ended = stream.poll() is not None
+        now = time.monotonic()
+        if stream_ended or now >= next_status:
+            status, details = _query_status(procs, exes, env, run_id)
+            if status.startswith("finished"):
+                break
+            every = _STATUS_EVERY_AFTER_STREAM_S if stream_ended else _STATUS_EVERY_S
+            next_status = time.monotonic() + every
+        if now >= deadline:
+            with contextlib.suppress(StepError):
+                status, _ = _query_status(procs, exes, env, run_id)
+                procs.run([exes["flwr"], "stop", str(run_id), CONNECTION_NAME], env, 30.0)
+            raise StepError(
+                f"Flower run {run_id} did not finish within timeout_s={spec.timeout_s:g} s "
+                f"(status {status!r}): raise SimulationSpec.timeout_s or shorten the run; "
+                f"log: {log_path}\n" + log_tail(log_path, start=log_start)
+            )
+        time.sleep(_POLL_S)
+    # Let the stream deliver the run's last lines (it returns by itself once they are out).
+    drain_until = time.monotonic() + _LOG_DRAIN_S
+    while stream.poll() is None and time.monotonic() < drain_until:
+        if on_poll is not None:
+            on_poll()
+        time.sleep(0.1)
+    if stream.poll() is None:
+        procs.stop(stream)
+    return status, details
