@@ -59,6 +59,9 @@ class FederationConfig:
     """How long a round waits for replies."""
     update_encoding: str = "fp32"
     """How nodes send their update: fp32, bf16 or int8."""
+    token_rows: bool = True
+    """Average each token's embedding and output rows over the nodes that saw the token (in
+    proportion to how often), instead of over all nodes (see coordinator/replies.py)."""
     max_update_norm: float = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
     seed: int = 0
@@ -105,10 +108,10 @@ def federation_from_dict(data: Any, source: str) -> FederationConfig:
         raise StepError(f"{source}: unknown keys federation.{unknown}; allowed: {sorted(known)}")
     values: dict[str, Any] = {}
     for key, value in data.items():
-        want = {"int": int, "float": float, "str": str}[str(known[key].type)]
+        want = {"int": int, "float": float, "str": str, "bool": bool}[str(known[key].type)]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             raise StepError(f"{source}: federation.{key} = {value!r} must be a {want.__name__}")
         values[key] = value
     try:

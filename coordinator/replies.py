@@ -46,6 +46,8 @@ class TrainReply:
     bytes_up: int
     wall_s: float
     norm: float
+    token_counts: torch.Tensor | None = None
+    """(vocab,) how often each token id was a training target at this node this round."""
 
 
 @dataclass
@@ -77,7 +79,14 @@ def check_train_reply(
         num_tokens = int(_metric(raw, P.M_NUM_TOKENS))
         if num_tokens <= 0:
             return reject("reported no training tokens")
-        delta = decode(raw.arrays, encoding, shapes)
+        arrays = dict(raw.arrays)
+        counts = arrays.pop(P.TOKEN_COUNTS, None)
+        vocab = shapes[EMBEDDING][0]
+        if counts is not None and (
+            counts.shape != (vocab,) or counts.dtype != torch.int32 or bool((counts < 0).any())
+        ):
+            return reject(f"{P.TOKEN_COUNTS} must be ({vocab},) non-negative int32")
+        delta = decode(arrays, encoding, shapes)
     except ValueError as e:
         return reject(str(e))
     bad = [k for k, t in delta.items() if not torch.isfinite(t).all()]
@@ -97,6 +106,7 @@ def check_train_reply(
         encoded_bytes(raw.arrays),
         float(raw.metrics.get(P.M_WALL_S, 0.0)),
         norm,
+        counts,
     )
 
 
@@ -113,8 +123,20 @@ def check_eval_reply(raw: RawReply, round_: int) -> EvalReply | Rejection:
     return EvalReply(raw.node_id, name, nll, n_bytes)
 
 
-def weighted_mean_delta(replies: list[TrainReply]) -> Weights:
-    """Token-weighted mean of the updates, summed in node-name order (bitwise reproducible)."""
+EMBEDDING = "model.embed_tokens.weight"
+OUTPUT = "lm_head.weight"
+TOKEN_ROWS = (EMBEDDING, OUTPUT)
+
+
+def weighted_mean_delta(replies: list[TrainReply], token_rows: bool = False) -> Weights:
+    """Token-weighted mean of the updates, summed in node-name order (bitwise reproducible).
+
+    With ``token_rows``, row k of the input embedding and of the output head is instead averaged
+    over the nodes in proportion to how often each saw token k. A language held by one node
+    would otherwise have its script's rows moved at 1/N speed by the plain mean, where the
+    centralized AdamW gives them full steps (Adam normalises per coordinate). Rows that no node
+    saw fall back to the plain mean.
+    """
     ordered = sorted(replies, key=lambda r: (r.node, r.node_id))
     total = sum(r.num_tokens for r in ordered)
     out: Weights = {}
@@ -122,6 +144,16 @@ def weighted_mean_delta(replies: list[TrainReply]) -> Weights:
         w = r.num_tokens / total
         for k, t in r.delta.items():
             out[k] = out[k].add_(t, alpha=w) if k in out else t * w
+    counts = [r.token_counts for r in ordered]
+    if token_rows and all(c is not None for c in counts):
+        stacked = torch.stack([c.double() for c in counts if c is not None])  # (nodes, vocab)
+        seen = stacked.sum(dim=0)  # (vocab,)
+        share = (stacked / seen.clamp_min(1)).float()  # (nodes, vocab), columns sum to 1
+        for name in TOKEN_ROWS:
+            rows = torch.zeros_like(out[name])
+            for r, s in zip(ordered, share, strict=True):
+                rows.add_(r.delta[name] * s[:, None])
+            out[name] = torch.where((seen > 0)[:, None], rows, out[name])
     return out
 
 

@@ -214,7 +214,7 @@ class RoundRunner:
                 f"round {round_}: {len(ok)} usable updates, federation.min_nodes is "
                 f"{self.cfg.min_nodes} ({reasons})"
             )
-        delta = weighted_mean_delta(ok)
+        delta = weighted_mean_delta(ok, token_rows=self.cfg.token_rows)
         self.weights = self.strategy.step(self.weights, delta)
         bytes_up = sum(r.bytes_up for r in ok)
         tokens = sum(r.num_tokens for r in ok)

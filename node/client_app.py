@@ -101,7 +101,8 @@ def train(msg: Message, context: Context) -> Message:
         result = train_round(settings.name, data, tokenizer, cfg, weights, store)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
-    arrays = ArrayRecord(encode(result.delta, cfg.update_encoding))
+    encoded = encode(result.delta, cfg.update_encoding)
+    arrays = ArrayRecord({**encoded, P.TOKEN_COUNTS: result.token_counts})
     metrics: dict[str, Any] = {
         P.M_ROUND: cfg.round,
         P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),

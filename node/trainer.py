@@ -37,6 +37,8 @@ class RoundResult:
     delta: dict[str, torch.Tensor]
     """theta_global - theta_local, fp32, one entry per parameter."""
     tokens_per_language: dict[str, int]
+    token_counts: torch.Tensor
+    """(vocab,) int32: how often each token id was a target this round."""
     mean_loss: float
     wall_s: float
 
@@ -87,6 +89,8 @@ def train_round(
     total = cfg.total_rounds * cfg.inner_steps
     losses: list[float] = []
     tokens = dict.fromkeys(mixture.langs, 0)
+    vocab = tokenizer.vocab_size
+    token_counts = torch.zeros(vocab, dtype=torch.int64)
     for h in range(cfg.inner_steps):
         x, y, counts = mixture.batch(state.node_step + h, cfg.batch_size)
         global_step = (cfg.round - 1) * cfg.inner_steps + h
@@ -106,12 +110,19 @@ def train_round(
         losses.append(loss)
         for lang, n in zip(mixture.langs, counts, strict=True):
             tokens[lang] += int(n)
+        token_counts += torch.bincount(y.reshape(-1), minlength=vocab)
     local = model.state_dict()
     delta = {k: (weights[k].float() - local[k].float()) for k in weights}
     store.save(
         InnerState(cfg.round, state.node_step + cfg.inner_steps, optimizer.state_dict(), sha)
     )
-    return RoundResult(delta, tokens, sum(losses) / len(losses), time.perf_counter() - t0)
+    return RoundResult(
+        delta,
+        tokens,
+        token_counts.to(torch.int32),
+        sum(losses) / len(losses),
+        time.perf_counter() - t0,
+    )
 
 
 def evaluate_round(

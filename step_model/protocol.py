@@ -60,6 +60,11 @@ M_TOKENS_PREFIX: Final = "tokens."  # "tokens.de": training tokens per language
 M_NLL_PREFIX: Final = "nll."  # "nll.de": summed NLL in nats over the held-out text
 M_EVAL_BYTES_PREFIX: Final = "eval-bytes."  # "eval-bytes.de": held-out UTF-8 bytes predicted
 
+# The update's ArrayRecord also carries how often each token id was a training target this
+# round, (vocab,) int32: the coordinator averages each embedding / output row over the nodes
+# that saw that token (see coordinator/replies.py).
+TOKEN_COUNTS: Final = "#token-counts"
+
 # --- error codes in an error reply (node -> coordinator) ---
 ERR_BAD_CONFIG: Final = 1001  # the round config is missing keys or has a protocol mismatch
 ERR_NODE_SETUP: Final = 1002  # the node's own settings or data are wrong (operator must fix)

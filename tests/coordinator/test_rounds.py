@@ -30,7 +30,8 @@ def test_two_rounds_of_diloco_train_evaluate_and_checkpoint(
     assert summary["rounds"] == 2 and summary["nodes"] == 2
     assert set(summary["bpb"]) == {"de", "el", "et"} and 0 < summary["mean_bpb"] < 9
     assert summary["tokens"] == 2 * 2 * 3 * 2 * 32  # rounds x nodes x H x batch x seq
-    assert summary["bytes_up"] == 2 * 2 * runner.params * 4  # rounds x nodes x fp32 update
+    # rounds x nodes x (fp32 update + int32 token counts)
+    assert summary["bytes_up"] == 2 * 2 * (runner.params * 4 + runner.tokenizer.vocab_size * 4)
     records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["kind"], r["round"]) for r in records] == [
         ("round", 1),

@@ -37,3 +37,23 @@ def test_fedavg_of_token_weighted_deltas_is_the_weighted_mean_of_models() -> Non
     ]
     new = FedAvg().step(g, weighted_mean_delta(replies))
     assert torch.allclose(new["x"], 0.75 * locals_[0] + 0.25 * locals_[1])
+
+
+def test_token_rows_are_averaged_over_the_nodes_that_saw_the_token() -> None:
+    vocab, dim = 4, 2
+    names = ("model.embed_tokens.weight", "lm_head.weight")
+
+    def reply(i: int, value: float, counts: list[int]) -> TrainReply:
+        delta = {n: torch.full((vocab, dim), value) for n in names}
+        delta["other"] = torch.full((3,), value)
+        c = torch.tensor(counts, dtype=torch.int32)
+        return TrainReply(i, f"n{i}", 100, 0.0, {}, delta, 0, 0.0, 0.0, c)
+
+    # token 0: only node a saw it; token 1: both, 3:1; token 2: only b; token 3: nobody
+    a, b = reply(0, 1.0, [5, 3, 0, 0]), reply(1, 3.0, [0, 1, 7, 0])
+    plain = weighted_mean_delta([a, b])
+    rows = weighted_mean_delta([a, b], token_rows=True)
+    assert torch.allclose(plain["model.embed_tokens.weight"], torch.full((vocab, dim), 2.0))
+    for name in names:
+        assert rows[name][:, 0].tolist() == [1.0, 1.5, 3.0, 2.0]
+    assert torch.equal(rows["other"], plain["other"])  # shared weights: the plain mean

@@ -1,0 +1,62 @@
+"""step-sim end to end: the real ServerApp and ClientApp on Flower's simulation engine."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from step_sim.cli import app
+from tests.local_federation import write_sim_config
+
+INSTITUTIONS = [
+    {"name": "hellas", "languages": {"el": 1.0, "de": 0.5}},
+    {"name": "baltic", "languages": {"et": 1.0, "de": 0.5}},
+]
+KEYS = {"mode", "rounds", "nodes", "mean_bpb", "bpb", "bytes_up", "bytes_down", "tokens", "wall_s"}
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2)
+    out = tmp_path / "run"
+    exe = Path(sys.executable).parent / "step-sim"
+    proc = subprocess.run(
+        [str(exe), "--config", str(cfg), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = last_json(proc.stdout)
+    assert KEYS <= set(summary)
+    assert summary["mode"] == "federated" and summary["rounds"] == 2 and summary["nodes"] == 2
+    assert set(summary["bpb"]) == {"de", "el", "et"}
+    assert summary["tokens"] == 2 * 2 * 3 * 2 * 32
+    assert (out / "bpb.png").stat().st_size > 10_000
+    assert (out / "LATEST").is_file() and (out / "nodes" / "hellas").is_dir()
+    kinds = [json.loads(x)["kind"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kinds == ["round", "eval", "round", "eval"]
+
+
+def test_the_centralized_baseline_has_the_same_report(tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2)
+    result = CliRunner().invoke(
+        app, ["--config", str(cfg), "--out", str(tmp_path / "c"), "--centralized", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = last_json(result.stdout)
+    assert KEYS <= set(summary) and summary["mode"] == "centralized"
+    assert summary["tokens"] == 2 * 2 * 3 * 2 * 32
+
+
+def test_a_non_empty_run_folder_is_refused(tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("x")
+    result = CliRunner().invoke(app, ["--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "not empty" in result.stderr
