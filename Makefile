@@ -32,20 +32,13 @@ lint: $(STAMP)
 # The corpus: $STEP_CORPUS, else the shared STEP-35 next to the checkout, else one rebuilt from
 # its Debian sources into data/step35 (network access to a Debian mirror needed, ~430 MB).
 CORPUS := $(or $(STEP_CORPUS),$(wildcard ../shared/corpus/step35),data/step35)
-RUN := runs/sim-$(shell date +%Y%m%d-%H%M%S)
-
 data/step35: | $(STAMP)
 	$(BIN)/step-model corpus build data/step35
 
-# The default run on real data: until the federation lands (step-sim), the centralized model
-# every federated run is compared against: a 2048-token BPE, then ~9 minutes of training on the
-# 24 EU languages (2 CPU cores), evaluated per language.
+# The default simulation on real data: eight institutions, 23 EU languages, non-IID
+# (examples/sim-eu8.yaml) on Flower's simulation engine; prints where the plot is.
 sim: $(STAMP) $(filter data/step35,$(CORPUS))
-	$(BIN)/step-model tokenizer train --corpus $(CORPUS) --vocab-size 2048 --out $(RUN)/tokenizer.json
-	$(BIN)/step-model train --corpus $(CORPUS) --tokenizer $(RUN)/tokenizer.json --languages eu \
-		--preset debug --steps 1100 --batch-size 64 --seq-len 128 --lr 3e-3 --warmup-steps 50 \
-		--eval-every 110 --out $(RUN)/model
-	@echo "run folder: $(RUN)"
+	STEP_CORPUS=$(CORPUS) $(BIN)/step-sim --config examples/sim-eu8.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,7 @@ import yaml
 
 from step_model.corpus import resolve_corpus
 from step_model.errors import StepError
-from step_model.protocol import ENCODINGS
+from step_model.protocol import BROADCAST_ENCODINGS, ENCODINGS
 
 STRATEGIES = ("diloco", "fedavg")
 
@@ -58,7 +58,9 @@ class FederationConfig:
     round_timeout_s: float = 600.0
     """How long a round waits for replies."""
     update_encoding: str = "fp32"
-    """How nodes send their update: fp32, bf16 or int8."""
+    """How nodes send their update: fp32, bf16 or int8 (per-row absmax)."""
+    broadcast_encoding: str = "fp32"
+    """How the global weights go to the nodes: fp32 or bf16 (the coordinator keeps fp32)."""
     token_rows: bool = True
     """Average each token's embedding and output rows over the nodes that saw the token (in
     proportion to how often), instead of over all nodes (see coordinator/replies.py)."""
@@ -80,6 +82,8 @@ class FederationConfig:
             raise bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
         if self.update_encoding not in ENCODINGS:
             raise bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
+        if self.broadcast_encoding not in BROADCAST_ENCODINGS:
+            raise bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
         if not 0 <= self.outer_momentum < 1:
             raise bad("outer_momentum", "must be in [0, 1)")
         if not 0 <= self.alpha <= 1 or not 0 <= self.min_lr_ratio <= 1:

@@ -44,6 +44,7 @@ from step_model.evaluate import mean_bpb
 from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, resolve_tokenizer
+from step_model.update_codec import encode, encoded_bytes
 
 log = logging.getLogger("step.coordinator")
 Kind = Literal["train", "evaluate"]
@@ -182,17 +183,17 @@ class RoundRunner:
             tokenizer=self.tokenizer_json,
             tokenizer_sha256=hashlib.sha256(self.tokenizer_json.encode("utf-8")).hexdigest(),
             eval_max_tokens=0 if final_eval else c.eval_max_tokens,
+            broadcast_encoding=c.broadcast_encoding,
         )
 
-    def broadcast_bytes(self, config: P.RoundConfig) -> int:
-        """Payload bytes of one node's message: the weights' tensor bytes + the config's text."""
-        arrays = sum(v.numel() * v.element_size() for v in self.weights.values())
-        return arrays + len(config.tokenizer) + len(config.model_config)
-
     def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:
+        """Send the round to every node; returns the replies and the payload bytes sent
+        (tensor bytes of the weights as encoded + the config's text, per node)."""
         node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
-        raws = self.transport.send(kind, node_ids, self.weights, config.to_wire())
-        return raws, len(node_ids) * self.broadcast_bytes(config)
+        weights = encode(self.weights, config.broadcast_encoding)
+        raws = self.transport.send(kind, node_ids, weights, config.to_wire())
+        per_node = encoded_bytes(weights) + len(config.tokenizer) + len(config.model_config)
+        return raws, len(node_ids) * per_node
 
     def train_round(self, round_: int) -> dict[str, Any]:
         t0 = time.monotonic()

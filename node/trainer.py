@@ -14,6 +14,7 @@ step counter, which persists with the optimizer state (state.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from step_model.model import Transformer
 from step_model.protocol import RoundConfig
 from step_model.tokenizer import Tokenizer
 from step_model.train import lr_at, make_optimizer, train_step
+from step_model.update_codec import decode
+
+Weights = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -52,14 +56,16 @@ def model_sha(cfg: RoundConfig) -> str:
     return hashlib.sha256((cfg.model_config + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
 
 
-def build_model(cfg: RoundConfig, weights: dict[str, torch.Tensor]) -> Transformer:
-    import json
-
+def build_model(cfg: RoundConfig, received: dict[str, torch.Tensor]) -> tuple[Transformer, Weights]:
+    """The model with the global weights as received (decoded from the broadcast encoding);
+    returns the model and those weights (fp32), from which the update is measured."""
     model_config = ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
     torch.manual_seed(cfg.seed)
     model = Transformer(model_config)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    weights = decode(received, cfg.broadcast_encoding, shapes)
     model.load_state_dict(weights, strict=True)
-    return model
+    return model, weights
 
 
 def node_seed(seed: int, name: str) -> int:
@@ -72,11 +78,11 @@ def train_round(
     data: NodeData,
     tokenizer: Tokenizer,
     cfg: RoundConfig,
-    weights: dict[str, torch.Tensor],
+    received: dict[str, torch.Tensor],
     store: NodeStateStore,
 ) -> RoundResult:
     t0 = time.perf_counter()
-    model = build_model(cfg, weights)
+    model, weights = build_model(cfg, received)
     model.train()
     optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     state = store.latest_before(cfg.round)
@@ -126,10 +132,10 @@ def train_round(
 
 
 def evaluate_round(
-    data: NodeData, tokenizer: Tokenizer, cfg: RoundConfig, weights: dict[str, torch.Tensor]
+    data: NodeData, tokenizer: Tokenizer, cfg: RoundConfig, received: dict[str, torch.Tensor]
 ) -> dict[str, tuple[float, int]]:
     """{lang: (summed NLL in nats, bytes predicted)} over the node's held-out text."""
-    model = build_model(cfg, weights)
+    model, _ = build_model(cfg, received)
     model.eval()
     token_bytes = tokenizer.token_bytes()
     max_tokens = cfg.eval_max_tokens or None

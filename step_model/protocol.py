@@ -44,6 +44,7 @@ CFG_SEQ_LEN: Final = "seq-len"
 CFG_ALPHA: Final = "alpha"
 CFG_SEED: Final = "seed"
 CFG_UPDATE_ENCODING: Final = "update-encoding"
+CFG_BROADCAST_ENCODING: Final = "broadcast-encoding"  # how the global weights travel down
 CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
 CFG_TOKENIZER: Final = "tokenizer"  # the tokenizer.json text
 CFG_TOKENIZER_SHA256: Final = "tokenizer-sha256"
@@ -72,6 +73,7 @@ ERR_TRAINING: Final = 1003  # training diverged (non-finite loss)
 
 # --- update encodings (see update_codec.py) ---
 ENCODINGS: Final = ("fp32", "bf16", "int8")
+BROADCAST_ENCODINGS: Final = ("fp32", "bf16")  # weights themselves: int8 would lose too much
 
 
 def per_language(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -102,6 +104,7 @@ class RoundConfig:
     tokenizer: str  # tokenizer.json text
     tokenizer_sha256: str
     eval_max_tokens: int = 0
+    broadcast_encoding: str = "fp32"
 
     _KEYS: ClassVar[dict[str, str]] = {
         "round": CFG_ROUND,
@@ -123,6 +126,7 @@ class RoundConfig:
         "tokenizer": CFG_TOKENIZER,
         "tokenizer_sha256": CFG_TOKENIZER_SHA256,
         "eval_max_tokens": CFG_EVAL_MAX_TOKENS,
+        "broadcast_encoding": CFG_BROADCAST_ENCODING,
     }
 
     def to_wire(self) -> dict[str, int | float | str]:

@@ -77,6 +77,7 @@ def _progress(console: Console) -> Progress:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        TextColumn("{task.fields[nodes]} nodes"),
         TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[bpb]}"),
         TimeElapsedColumn(),
@@ -86,7 +87,9 @@ def _progress(console: Console) -> Progress:
 
 def _show(record: dict[str, Any], bar: Progress, task: Any, console: Console) -> None:
     if record["kind"] == "round":
-        bar.update(task, completed=record["round"], loss=f"{record['loss']:.3f}")
+        bar.update(
+            task, completed=record["round"], loss=f"{record['loss']:.3f}", nodes=record["nodes"]
+        )
         for node, reason in record.get("rejected", {}).items():
             console.print(f"[yellow]round {record['round']}: {node} rejected: {reason}[/]")
     elif record["kind"] == "eval" and record.get("mean_bpb") is not None:
@@ -111,7 +114,7 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
         cpus_per_client=1,
     )
     with _progress(console) as bar:
-        task = bar.add_task("rounds", total=sim.federation.rounds, loss="-", bpb="")
+        task = bar.add_task("rounds", total=sim.federation.rounds, loss="-", bpb="", nodes="-")
 
         def poll() -> None:
             for record in follower.new_records():
@@ -126,7 +129,9 @@ def _run_centralized(sim: SimConfig, out: Path, console: Console) -> dict[str, A
     from step_sim.centralized import run_centralized
 
     with _progress(console) as bar:
-        task = bar.add_task("rounds (centralized)", total=sim.federation.rounds, loss="-", bpb="")
+        task = bar.add_task(
+            "rounds (centralized)", total=sim.federation.rounds, loss="-", bpb="", nodes="-"
+        )
         return run_centralized(sim, out, on_record=lambda r: _show(r, bar, task, console))
 
 
@@ -154,6 +159,11 @@ def main(
     mode = "centralized" if centralized else "federated"
     if resume and out is None:
         raise StepError("--resume needs --out: the run folder to continue")
+    if resume and centralized:
+        raise StepError(
+            "--resume continues federated runs; a centralized baseline reruns in "
+            "minutes: drop --resume"
+        )
     out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     sim = load_sim_config(config).with_overrides(rounds=rounds, preset=preset)
     _prepare_run_folder(out, resume)

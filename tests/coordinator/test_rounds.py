@@ -93,3 +93,24 @@ def test_a_node_error_is_reported_and_the_others_carry_on(
     runner.run()
     rec = json.loads((tmp_path / "e" / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["nodes"] == 2 and "fi" in rec["rejected"]["node 102"]
+
+
+def test_compressed_traffic_is_counted_as_sent(tiny_corpus: Path, tmp_path: Path) -> None:
+    runner = run(
+        tmp_path,
+        tiny_corpus,
+        "q",
+        rounds=1,
+        eval_every=5,
+        update_encoding="int8",
+        broadcast_encoding="bf16",
+    )
+    summary = runner.run()
+    rows = sum(s[0] if len(s) >= 2 else 1 for s in runner.shapes.values())
+    vocab = runner.tokenizer.vocab_size
+    config = runner.round_config(1)
+    text = len(config.tokenizer) + len(config.model_config)
+    # per node: int8 update + one fp32 scale per row + int32 token counts up; bf16 weights down
+    assert summary["bytes_up"] == 2 * (runner.params + 4 * rows + 4 * vocab)
+    assert summary["bytes_down"] == 2 * 2 * (2 * runner.params + text)  # train + final eval
+    assert 0 < summary["mean_bpb"] < 9
