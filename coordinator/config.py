@@ -64,6 +64,10 @@ class FederationConfig:
     token_rows: bool = True
     """Average each token's embedding and output rows over the nodes that saw the token (in
     proportion to how often), instead of over all nodes (see coordinator/replies.py)."""
+    drift_correction: bool = False
+    """SCAFFOLD-style correction of client drift, at no extra communication: each inner step a
+    node adds (global mean update - its own last update) per unit of learning rate, where it
+    infers the global mean update from two consecutive global models. Needs strategy fedavg."""
     max_update_norm: float = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
     seed: int = 0
@@ -84,6 +88,12 @@ class FederationConfig:
             raise bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
         if self.broadcast_encoding not in BROADCAST_ENCODINGS:
             raise bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
+        if self.drift_correction and self.strategy != "fedavg":
+            raise bad(
+                "drift_correction",
+                "needs strategy fedavg (nodes infer the global "
+                "update from two consecutive global models, which momentum would distort)",
+            )
         if not 0 <= self.outer_momentum < 1:
             raise bad("outer_momentum", "must be in [0, 1)")
         if not 0 <= self.alpha <= 1 or not 0 <= self.min_lr_ratio <= 1:

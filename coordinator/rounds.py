@@ -184,6 +184,7 @@ class RoundRunner:
             tokenizer_sha256=hashlib.sha256(self.tokenizer_json.encode("utf-8")).hexdigest(),
             eval_max_tokens=0 if final_eval else c.eval_max_tokens,
             broadcast_encoding=c.broadcast_encoding,
+            drift_correction=int(c.drift_correction),
         )
 
     def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:

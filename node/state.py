@@ -35,6 +35,9 @@ class InnerState:
     """The inner AdamW ``state_dict``, or None before the first round."""
     model_sha: str = ""
     """Which model (config + tokenizer) the optimizer state belongs to."""
+    control: dict[str, Any] | None = None
+    """For drift correction (trainer.py): the global weights the round started from, this
+    node's update, and the round's summed learning rate."""
 
 
 class NodeStateStore:
@@ -60,7 +63,10 @@ class NodeStateStore:
         verify_checkpoint(path, required=("state.json",))
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         optimizer = read_tree(path, "optimizer") if (path / "optimizer.json").is_file() else None
-        return InnerState(meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""))
+        control = read_tree(path, "control") if (path / "control.json").is_file() else None
+        return InnerState(
+            meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""), control
+        )
 
     def save(self, state: InnerState) -> None:
         target = self.root / f"round-{state.round:08d}"
@@ -76,6 +82,8 @@ class NodeStateStore:
                 atomic_write_text(tmp / "state.json", json.dumps(meta))
                 if state.optimizer is not None:
                     write_tree(tmp, "optimizer", state.optimizer)
+                if state.control is not None:
+                    write_tree(tmp, "control", state.control)
                 write_sums(tmp)
         except OSError as e:
             raise StepError(

@@ -89,11 +89,13 @@ def train_round(
     sha = model_sha(cfg)
     if state.optimizer is not None and state.model_sha == sha:
         optimizer.load_state_dict(state.optimizer)
+    correction = drift_correction(cfg, state, weights)
     mixture = LanguageMixture(
         data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
     )
     total = cfg.total_rounds * cfg.inner_steps
     losses: list[float] = []
+    lr_mass = 0.0
     tokens = dict.fromkeys(mixture.langs, 0)
     vocab = tokenizer.vocab_size
     token_counts = torch.zeros(vocab, dtype=torch.int64)
@@ -108,6 +110,11 @@ def train_round(
             min_ratio=cfg.min_lr_ratio,
         )
         loss = train_step(model, optimizer, x, y, cfg.grad_clip, lr)
+        lr_mass += lr
+        if correction is not None:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.add_(correction[name], alpha=-lr)
         if not math.isfinite(loss):
             raise TrainingDiverged(
                 f"node {name}: loss became {loss} at inner step {h} of round "
@@ -119,8 +126,15 @@ def train_round(
         token_counts += torch.bincount(y.reshape(-1), minlength=vocab)
     local = model.state_dict()
     delta = {k: (weights[k].float() - local[k].float()) for k in weights}
+    control = {"global": weights, "delta": delta, "lr_mass": lr_mass}
     store.save(
-        InnerState(cfg.round, state.node_step + cfg.inner_steps, optimizer.state_dict(), sha)
+        InnerState(
+            cfg.round,
+            state.node_step + cfg.inner_steps,
+            optimizer.state_dict(),
+            sha,
+            control if cfg.drift_correction else None,
+        )
     )
     return RoundResult(
         delta,
@@ -129,6 +143,22 @@ def train_round(
         sum(losses) / len(losses),
         time.perf_counter() - t0,
     )
+
+
+def drift_correction(cfg: RoundConfig, state: InnerState, weights: Weights) -> Weights | None:
+    """Per unit of learning rate: (last round's global mean update - this node's own update).
+
+    With FedAvg, theta_t = theta_{t-1} - mean(delta), so the mean update is the difference of
+    the two global models this node received. Adding lr * (mean - own) at every inner step keeps
+    the node moving with the federation instead of drifting to its own languages (SCAFFOLD's
+    control variates, option II, in update space); summed over nodes the corrections cancel.
+    None when the node did not take part in the previous round (no estimate of its own update).
+    """
+    control = state.control
+    if not cfg.drift_correction or control is None or state.round != cfg.round - 1:
+        return None
+    prev, own, mass = control["global"], control["delta"], float(control["lr_mass"])
+    return {k: ((prev[k] - weights[k]) - own[k]) / mass for k in weights}
 
 
 def evaluate_round(

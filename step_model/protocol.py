@@ -45,6 +45,7 @@ CFG_ALPHA: Final = "alpha"
 CFG_SEED: Final = "seed"
 CFG_UPDATE_ENCODING: Final = "update-encoding"
 CFG_BROADCAST_ENCODING: Final = "broadcast-encoding"  # how the global weights travel down
+CFG_DRIFT_CORRECTION: Final = "drift-correction"  # 1: nodes correct their drift (SCAFFOLD-like)
 CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
 CFG_TOKENIZER: Final = "tokenizer"  # the tokenizer.json text
 CFG_TOKENIZER_SHA256: Final = "tokenizer-sha256"
@@ -105,6 +106,7 @@ class RoundConfig:
     tokenizer_sha256: str
     eval_max_tokens: int = 0
     broadcast_encoding: str = "fp32"
+    drift_correction: int = 0
 
     _KEYS: ClassVar[dict[str, str]] = {
         "round": CFG_ROUND,
@@ -127,6 +129,7 @@ class RoundConfig:
         "tokenizer_sha256": CFG_TOKENIZER_SHA256,
         "eval_max_tokens": CFG_EVAL_MAX_TOKENS,
         "broadcast_encoding": CFG_BROADCAST_ENCODING,
+        "drift_correction": CFG_DRIFT_CORRECTION,
     }
 
     def to_wire(self) -> dict[str, int | float | str]:

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.config import federation_from_dict
+from node.state import InnerState
+from node.trainer import drift_correction
+from step_model.errors import StepError
+from step_model.protocol import RoundConfig
+
+
+def round_config(round_: int, drift: int) -> RoundConfig:
+    return RoundConfig(
+        round=round_,
+        total_rounds=5,
+        inner_steps=2,
+        inner_lr=1e-3,
+        min_lr_ratio=0.1,
+        warmup_steps=0,
+        weight_decay=0.0,
+        beta1=0.9,
+        beta2=0.95,
+        grad_clip=1.0,
+        batch_size=2,
+        seq_len=8,
+        alpha=0.3,
+        seed=0,
+        update_encoding="fp32",
+        model_config="{}",
+        tokenizer="",
+        tokenizer_sha256="",
+        drift_correction=drift,
+    )
+
+
+def test_the_correction_is_the_global_mean_update_minus_the_own_per_unit_lr() -> None:
+    prev = {"w": torch.tensor([1.0, 1.0])}
+    now = {"w": torch.tensor([0.8, 1.0])}  # FedAvg moved the first coordinate by 0.2
+    own = {"w": torch.tensor([0.5, -0.1])}  # this node had moved it by 0.5 (and the other)
+    state = InnerState(3, 30, None, "", {"global": prev, "delta": own, "lr_mass": 0.1})
+    corr = drift_correction(round_config(4, 1), state, now)
+    assert corr is not None
+    assert torch.allclose(corr["w"], torch.tensor([(0.2 - 0.5) / 0.1, (0.0 + 0.1) / 0.1]))
+
+
+def test_no_correction_when_off_or_when_the_node_missed_the_last_round() -> None:
+    state = InnerState(2, 30, None, "", {"global": {}, "delta": {}, "lr_mass": 1.0})
+    assert drift_correction(round_config(4, 1), state, {}) is None  # state is from round 2
+    assert drift_correction(round_config(3, 0), state, {}) is None
+
+
+def test_drift_correction_needs_fedavg() -> None:
+    with pytest.raises(StepError, match="needs strategy fedavg"):
+        federation_from_dict({"drift_correction": True, "strategy": "diloco"}, "cfg.yaml")
+
+
+def test_a_federation_with_drift_correction_corrects_from_round_two(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from coordinator.config import load_federation_config
+    from coordinator.rounds import RoundRunner
+    from node.state import NodeStateStore
+    from tests.local_federation import LocalTransport, write_sim_config
+
+    insts = [{"name": "a", "languages": {"el": 1.0}}, {"name": "b", "languages": {"et": 1.0}}]
+    cfg_file = write_sim_config(
+        tmp_path / "s.yaml", tiny_corpus, insts, rounds=2, strategy="fedavg", drift_correction=True
+    )
+    runner = RoundRunner(
+        load_federation_config(cfg_file),
+        tmp_path / "r",
+        LocalTransport(cfg_file, tmp_path / "r", 2),
+    )
+    runner.run()
+    state = NodeStateStore(tmp_path / "r" / "nodes" / "a").latest_before(3)
+    assert state.round == 2 and state.control is not None
+    assert state.control["lr_mass"] > 0 and set(state.control["delta"]) == set(runner.weights)
