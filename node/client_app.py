@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from node.data import NodeData, load_node_data
+from node.node_config import NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
 from node.state import NodeStateStore
 from node.trainer import TrainingDiverged, evaluate_round, train_round
@@ -33,13 +34,21 @@ _DATA: dict[tuple[str, str], NodeData] = {}  # (repr of settings, tokenizer sha)
 
 
 def node_settings(context: Context) -> NodeSettings:
-    """This node's settings: from the simulation config (by partition-id) in a simulation."""
+    """This node's settings: node.yaml in a deployment (the SuperNode passes its path), the
+    simulation config's institution (by partition-id) in a simulation."""
+    node_file = context.node_config.get(NODE_CONFIG_KEY)
+    if node_file:
+        nf = load_node_file(Path(str(node_file)))
+        if nf.threads:
+            torch.set_num_threads(nf.threads)
+        return nf.settings
     partition = context.node_config.get("partition-id")
     config_file = context.run_config.get(P.RUN_CONFIG_FILE)
     run_dir = context.run_config.get(P.RUN_DIR)
     if partition is None or not config_file or not run_dir:
         raise StepError(
-            "this node has no settings: in a simulation the run config needs "
+            f"this node has no settings: a deployed node passes {NODE_CONFIG_KEY!r} (step-node "
+            "start does); in a simulation the run config needs "
             f"{P.RUN_CONFIG_FILE!r} and {P.RUN_DIR!r} (step-sim sets them)"
         )
     path = Path(str(config_file))

@@ -22,13 +22,8 @@ The path (flwr 1.39, no deprecated API):
    ends) and read the outcome with ``flwr ls --run-id RUN_ID step-sim --format json``:
    ``flwr run`` exits 0 even when the run later fails, the status is what counts.
 
-Cleanup: the SuperLink starts its SuperExec in a *new session* (``start_new_session=True``), so
-killing the SuperLink's process group does not reach it, nor the simulation process and Ray
-below it. Every child therefore carries a random marker in its environment; on every exit path
-(success, failure, exception, KeyboardInterrupt) the launcher terminates its own process groups,
-every descendant it can see, and every process that carries the marker (SIGTERM, then SIGKILL
-after a grace period). A small watchdog process (its own session, stdlib only) does the same
-sweep when this process dies without running ``finally`` (SIGKILL, SIGTERM, SIGHUP).
+Cleanup: every child process, and whatever it starts in new sessions (SuperExec, the
+simulation process, Ray), is gone on every exit path: see step_model/processes.py.
 
 Everything the run writes stays in ``run_dir``: ``flwr_home/`` (``FLWR_HOME``: CLI config,
 installed FABs), ``ray/`` (``RAY_TMPDIR``: Ray sessions and logs), ``superlink.db``,
@@ -44,21 +39,26 @@ import contextlib
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tomllib
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from step_model.errors import StepError
+from step_model.flwr_cli import log_tail, parse_json_stdout, strip_ansi
+from step_model.processes import (
+    MARKER_ENV,
+    ChildProcesses,
+    free_port,
+    new_marker,
+    port_open,
+    watchdog,
+)
 
 ConfigValue = str | int | float | bool
 
@@ -67,21 +67,17 @@ CONNECTION_NAME = "step-sim"
 
 LOG_NAME = "simulation.log"
 
-_MARKER_ENV = "STEP_SIM_LAUNCH_MARKER"
 _POLL_S = 0.5
 _STATUS_EVERY_S = 10.0  # `flwr ls` costs ~0.8 s CPU; the log stream ending is the main signal
 _STATUS_EVERY_AFTER_STREAM_S = 2.0
 _SUPERLINK_START_TIMEOUT_S = 60.0
 _CLI_TIMEOUT_S = 120.0
 _PORT_ATTEMPTS = 3
-_TERM_GRACE_S = 5.0
 _LOG_DRAIN_S = 10.0
-_TAIL_LINES = 40
 # Ray binds Unix sockets at RAY_TMPDIR + "/ray/session_<date>_<time>_<usec>_<pid>/sockets/
 # plasma_store" and refuses paths over 107 bytes; 75 bytes covers the suffix with a 7-digit pid.
 _AF_UNIX_MAX = 107
 _RAY_SOCKET_SUFFIX = 75
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -214,12 +210,12 @@ def run_simulation_app(
     for stale in ("", "-wal", "-shm"):  # state of an earlier launch only confuses this one
         Path(f"{db_path}{stale}").unlink(missing_ok=True)
 
-    marker = uuid.uuid4().hex
+    marker = new_marker()
     phases: dict[str, float] = {}
     with (
         _ray_tmpdir(ray_dir) as ray_tmp,
-        _watchdog(marker, ray_tmp),
-        _ChildProcesses(marker) as procs,
+        watchdog(marker, ray_tmp),
+        ChildProcesses(marker) as procs,
     ):
         env = _child_env(flwr_home, ray_tmp, marker, exes["flwr"].parent)
 
@@ -257,26 +253,6 @@ def run_simulation_app(
             + log_tail(log_path, start=log_start, end=log_end)
         )
     return outcome
-
-
-def log_tail(
-    log_path: Path, start: int = 0, end: int | None = None, lines: int = _TAIL_LINES
-) -> str:
-    """The last ``lines`` meaningful lines of bytes ``start:end`` of a log: colour codes and
-    per-request HTTP access lines removed."""
-    try:
-        with log_path.open("rb") as f:
-            f.seek(start)
-            raw = f.read() if end is None else f.read(max(0, end - start))
-        text = raw.decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    kept = [
-        _ANSI.sub("", line).rstrip()
-        for line in text.splitlines()
-        if "[uvicorn.access]" not in line and line.strip()
-    ]
-    return "\n".join(kept[-lines:])
 
 
 # --- executables and environment ---------------------------------------------------------
@@ -326,7 +302,7 @@ def _child_env(flwr_home: Path, ray_tmp: Path, marker: str, bin_dir: Path) -> di
             "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
             "PYTHONUNBUFFERED": "1",
             "PATH": str(bin_dir) + os.pathsep + env.get("PATH", ""),
-            _MARKER_ENV: marker,
+            MARKER_ENV: marker,
         }
     )
     return env
@@ -394,257 +370,7 @@ def _run_config_toml(run_config: dict[str, ConfigValue]) -> str:
     return "".join(f"{key} = {_toml_value(value)}\n" for key, value in run_config.items())
 
 
-# --- child processes ---------------------------------------------------------------------
-
-
-_WATCHDOG = r"""
-import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-needle = sys.argv[1].encode()
-sys.stdin.buffer.read()  # returns at EOF: the launcher is done with its cleanup, or died
-
-def marked():
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                if needle in open("/proc/%s/environ" % name, "rb").read().split(b"\0"):
-                    state = open("/proc/%s/stat" % name).read().rsplit(")", 1)[1].split()[0]
-                    if state not in ("Z", "X"):
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
-
-def sweep():
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            left = marked()
-            if not left:
-                return
-            for pid in left:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            time.sleep(0.2)
-
-sweep()
-if len(sys.argv) > 2:  # the short symlink for Ray's sockets, when the launcher could not remove it
-    try:
-        os.unlink(os.path.join(sys.argv[2], "r"))
-        os.rmdir(sys.argv[2])
-    except OSError:
-        pass
-"""
-
-
-@contextlib.contextmanager
-def _watchdog(marker: str, ray_tmp: Path) -> Iterator[None]:
-    """A tiny process that, once this launcher ends (even by SIGKILL, SIGTERM or a closed
-    terminal, when no ``finally`` runs), terminates whatever still carries the marker."""
-    if not Path("/proc").is_dir():
-        yield
-        return
-    env = {k: v for k, v in os.environ.items() if k != _MARKER_ENV}
-    guard = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _WATCHDOG, f"{_MARKER_ENV}={marker}"]
-        + ([str(ray_tmp.parent)] if ray_tmp.is_symlink() else []),
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        yield
-    finally:
-        if guard.stdin is not None:
-            guard.stdin.close()
-        try:
-            guard.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            guard.kill()
-            guard.wait()
-
-
-class _ChildProcesses:
-    """Starts children in their own sessions; on exit terminates them and everything marked."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-        self.children: list[subprocess.Popen[bytes]] = []
-
-    def __enter__(self) -> _ChildProcesses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.terminate_all()
-
-    def spawn(
-        self,
-        argv: Sequence[str | Path],
-        env: dict[str, str],
-        stdout: IO[bytes] | int,
-        stderr: IO[bytes] | int,
-    ) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [str(a) for a in argv],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,
-        )
-        self.children.append(proc)
-        return proc
-
-    def run(
-        self, argv: Sequence[str | Path], env: dict[str, str], timeout_s: float
-    ) -> tuple[int, str, str]:
-        """Run a short CLI command to completion: (exit code, stdout, stderr)."""
-        proc = self.spawn(argv, env, subprocess.PIPE, subprocess.PIPE)
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.stop(proc)
-            raise StepError(
-                f"{Path(str(argv[0])).name} {argv[1]} did not answer within {timeout_s:.0f} s: "
-                "the machine may be overloaded; retry when it is less busy"
-            ) from None
-        self.children.remove(proc)
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-
-    def stop(self, proc: subprocess.Popen[bytes], grace_s: float = _TERM_GRACE_S) -> None:
-        """Terminate one child's process group (SIGTERM, then SIGKILL) and reap it."""
-        _signal_group(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-        _signal_group(proc.pid, signal.SIGKILL)  # stragglers left in the group
-        if proc in self.children:
-            self.children.remove(proc)
-
-    def terminate_all(self) -> None:
-        """SIGTERM to our groups, their descendants and marked processes; SIGKILL what stays.
-
-        A second Ctrl-C during these few seconds is ignored so that nothing is left behind.
-        """
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
-        try:
-            self._terminate_all()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-    def _terminate_all(self) -> None:
-        roots = [p.pid for p in self.children]
-        targets = _descendants(roots) | _marked(self.marker)
-        for p in self.children:
-            _signal_group(p.pid, signal.SIGTERM)
-        for pid in targets:
-            _signal_pid(pid, signal.SIGTERM)
-        deadline = time.monotonic() + _TERM_GRACE_S
-        while time.monotonic() < deadline:
-            for p in self.children:
-                p.poll()
-            alive = {pid for pid in targets if _alive(pid)}
-            if all(p.returncode is not None for p in self.children) and not alive:
-                break
-            time.sleep(0.1)
-        for p in self.children:
-            _signal_group(p.pid, signal.SIGKILL)
-        # Late children (spawned while we were terminating) carry the marker too.
-        for _ in range(20):
-            left = {pid for pid in targets | _marked(self.marker) if _alive(pid)}
-            if not left:
-                break
-            for pid in left:
-                _signal_pid(pid, signal.SIGKILL)
-            time.sleep(0.1)
-        for p in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=_TERM_GRACE_S)
-        self.children.clear()
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _signal_pid(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process from /proc, None when it is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X")
-
-
-def _pids() -> list[int]:
-    try:
-        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-    except OSError:
-        return []
-
-
-def _descendants(roots: Sequence[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid in _pids():
-        stat = _proc_stat(pid)
-        if stat is not None:
-            children.setdefault(stat[1], []).append(pid)
-    found: set[int] = set()
-    todo = list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _marked(marker: str) -> set[int]:
-    """Processes whose environment carries this launch's marker."""
-    needle = f"{_MARKER_ENV}={marker}".encode()
-    own = os.getpid()
-    found: set[int] = set()
-    for pid in _pids():
-        if pid == own:
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.add(pid)
-    return found
-
-
 # --- the three phases ----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _read_from(path: Path, offset: int) -> str:
@@ -654,7 +380,7 @@ def _read_from(path: Path, offset: int) -> str:
 
 
 def _start_superlink(
-    procs: _ChildProcesses,
+    procs: ChildProcesses,
     exes: dict[str, Path],
     env: dict[str, str],
     db_path: Path,
@@ -664,7 +390,7 @@ def _start_superlink(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start the SuperLink on a free port (new port on a bind race); return it once it serves."""
     for _attempt in range(_PORT_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         offset = log_path.stat().st_size
         argv: list[str | Path] = [
             exes["flower-superlink"],
@@ -690,7 +416,7 @@ def _start_superlink(
             text = _read_from(log_path, offset)
             if proc.poll() is not None:
                 break
-            if ready_line in text and _port_open(port):
+            if ready_line in text and port_open(port):
                 return proc, port
             if time.monotonic() > deadline:
                 raise StepError(
@@ -713,25 +439,8 @@ def _start_superlink(
     )
 
 
-def _port_open(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _parse_json_stdout(out: str) -> dict[str, Any] | None:
-    start = out.find("{")
-    if start < 0:
-        return None
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(out[start:])
-    except ValueError:
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _submit(
-    procs: _ChildProcesses,
+    procs: ChildProcesses,
     exes: dict[str, Path],
     env: dict[str, str],
     spec: SimulationSpec,
@@ -756,10 +465,10 @@ def _submit(
     rc, out, err = procs.run(argv, env, _CLI_TIMEOUT_S)
     with log_path.open("a", encoding="utf-8") as log:
         log.write("$ " + " ".join(str(a) for a in argv) + "\n" + out + err)
-    reply = _parse_json_stdout(out)
+    reply = parse_json_stdout(out)
     run_id = reply.get("run-id") if reply else None
     if rc != 0 or not reply or not reply.get("success") or run_id is None:
-        why = (reply or {}).get("error-message") or _ANSI.sub("", (err or out).strip())
+        why = (reply or {}).get("error-message") or strip_ansi((err or out).strip())
         raise StepError(
             f"flwr run could not start the run ({why or f'exit code {rc}'}): fix the Flower "
             f"App in {app_dir} or the run_config keys; full log: {log_path}\n"
@@ -775,7 +484,7 @@ def _available_cpus() -> int:
 
 
 def _query_status(
-    procs: _ChildProcesses, exes: dict[str, Path], env: dict[str, str], run_id: int
+    procs: ChildProcesses, exes: dict[str, Path], env: dict[str, str], run_id: int
 ) -> tuple[str, str]:
     """(status, details) from ``flwr ls``; ("unknown", why) when it cannot tell."""
     argv: list[str | Path] = [
@@ -788,17 +497,17 @@ def _query_status(
         "json",
     ]
     rc, out, err = procs.run(argv, env, _CLI_TIMEOUT_S)
-    reply = _parse_json_stdout(out)
+    reply = parse_json_stdout(out)
     runs = reply.get("runs") if reply else None
     if rc != 0 or not isinstance(runs, list) or not runs:
-        return "unknown", _ANSI.sub("", (err or out).strip())[-500:]
+        return "unknown", strip_ansi((err or out).strip())[-500:]
     run = runs[0]
     details = str(run.get("status-details", ""))
     return str(run.get("status", "unknown")), "" if details == "N/A" else details
 
 
 def _wait_for_run(
-    procs: _ChildProcesses,
+    procs: ChildProcesses,
     exes: dict[str, Path],
     env: dict[str, str],
     spec: SimulationSpec,

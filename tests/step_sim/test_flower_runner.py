@@ -303,15 +303,15 @@ def test_port_taken_between_probe_and_bind_is_retried(
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     taken = busy.getsockname()[1]
-    ports = iter([taken, flower_runner._free_port()])
-    monkeypatch.setattr(flower_runner, "_free_port", lambda: next(ports))
+    ports = iter([taken, flower_runner.free_port()])
+    monkeypatch.setattr(flower_runner, "free_port", lambda: next(ports))
     run_dir.mkdir(parents=True)
     log = run_dir / "simulation.log"
     log.touch()
     exes = flower_runner._executables()
     try:
         marker = uuid.uuid4().hex
-        with flower_runner._ChildProcesses(marker) as procs:
+        with flower_runner.ChildProcesses(marker) as procs:
             env = flower_runner._child_env(
                 run_dir / "flwr_home", run_dir / "ray", marker, exes["flwr"].parent
             )

@@ -1,0 +1,187 @@
+"""A federation folder: what ``step-coord init`` creates and every other command reads.
+
+Layout (all paths relative to the folder)::
+
+    coordinator.yaml        federation: training settings; coordinator: network settings
+    registry.json           enrolled institutions (registry.py)
+    tls/                    ca.crt (give it to node operators), ca.key, server.crt, server.key
+    run/                    checkpoints and metrics.jsonl of the training run
+    state/                  SuperLink database, Flower's home, the generated Flower App,
+                            coordinator.json (the running coordinator: pid, ports, run id)
+    logs/                   superlink.log (SuperLink, ServerApp, CLI calls)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from step_model.errors import StepError
+from step_model.fileio import atomic_write_json
+
+CONFIG = "coordinator.yaml"
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """The ``coordinator:`` section of coordinator.yaml: where the coordinator listens."""
+
+    fleet_address: str = "0.0.0.0:9092"
+    """Where nodes connect (gRPC over TLS). Open this port in the firewall."""
+    control_port: int = 9093
+    """Loopback-only port of Flower's Control API (the flwr CLI, step-coord) and Runtime API
+    (the ServerApp). It is never exposed: only the coordinator machine can manage the run."""
+    start_timeout_s: float = 120.0
+    """How long `step-coord start` waits for the SuperLink to come up."""
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.fleet_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise StepError(
+                f"coordinator.fleet_address {self.fleet_address!r} must be HOST:PORT, "
+                "e.g. 0.0.0.0:9092"
+            )
+        if not 0 < self.control_port < 65536:
+            raise StepError(f"coordinator.control_port {self.control_port} is not a TCP port")
+        if self.control_port == int(port):
+            raise StepError("coordinator.control_port must differ from the fleet_address port")
+
+    @property
+    def fleet_port(self) -> int:
+        return int(self.fleet_address.rpartition(":")[2])
+
+
+def coordinator_settings(path: Path) -> CoordinatorSettings:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise StepError(
+            f"{path} not found: run `step-coord init DIR` first, or pass --dir DIR"
+        ) from None
+    except yaml.YAMLError as e:
+        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None
+    section = data.get("coordinator") or {}
+    if not isinstance(section, dict):
+        raise StepError(f"{path}: 'coordinator' must be a mapping of settings")
+    known = {f.name: f for f in fields(CoordinatorSettings)}
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise StepError(f"{path}: unknown keys coordinator.{unknown}; allowed: {sorted(known)}")
+    try:
+        return CoordinatorSettings(**section)
+    except TypeError as e:
+        raise StepError(f"{path}: coordinator section: {e}") from None
+
+
+@dataclass(frozen=True)
+class FederationFolder:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def process_file(self) -> Path:
+        return self.state / "coordinator.json"
+
+    def require(self) -> FederationFolder:
+        if not self.config.is_file():
+            raise StepError(
+                f"{self.root} is not a federation folder (no {CONFIG}): run "
+                "`step-coord init DIR` first, or pass --dir DIR"
+            )
+        return self
+
+
+@dataclass
+class ProcessState:
+    """What a running (or the last) `step-coord start` wrote about itself."""
+
+    pid: int
+    status: str
+    """starting, running, completed, failed, stopped."""
+    started_at: float
+    fleet_address: str
+    control_port: int
+    run_id: int | None = None
+    ended_at: float | None = None
+    details: str = ""
+
+    def save(self, folder: FederationFolder) -> None:
+        atomic_write_json(folder.process_file, asdict(self))
+
+    @property
+    def alive(self) -> bool:
+        if self.ended_at is not None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def read_process_state(folder: FederationFolder) -> ProcessState | None:
+    try:
+        data: dict[str, Any] = json.loads(folder.process_file.read_text(encoding="utf-8"))
+        return ProcessState(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        return None  # a coordinator killed mid-write of an older format: treat as not running
+
+
+def now() -> float:
+    return time.time()
+
+
+CONFIG_TEMPLATE = """\
+# STEP federation "{name}": written by `step-coord init`. Edit, then `step-coord start`.
+# Every federation key and its default is documented in coordinator/config.py.
+
+federation:
+  preset: {preset}          # model size: debug, tiny, small, base, 1b, 7b (step-model info)
+  tokenizer: byte           # 'byte' or the path of a tokenizer.json on this machine
+  strategy: diloco          # diloco (outer Nesterov SGD) or fedavg (mean of node weights)
+  rounds: {rounds}
+  inner_steps: {inner_steps}  # H: local steps per node per round
+  batch_size: 8             # sequences per node per inner step
+  seq_len: 128
+  inner_lr: 3.0e-3
+  outer_lr: 1.0
+  outer_momentum: 0.5
+  update_encoding: int8     # updates up: fp32, bf16 or int8 (1 byte per parameter)
+  broadcast_encoding: bf16  # weights down: fp32 or bf16
+  eval_every: 5             # federated evaluation every K rounds (and after the last)
+  min_nodes: {min_nodes}              # replies needed to commit a round (keep below the node count)
+  round_timeout_s: 600      # a round waits this long for replies, then goes on without stragglers
+
+coordinator:
+  fleet_address: "{fleet_address}"  # nodes connect here: gRPC over TLS (open it in the firewall)
+  control_port: {control_port}  # loopback only: Control API (step-coord, the ServerApp)
+"""

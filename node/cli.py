@@ -1,0 +1,140 @@
+"""``step-node``: the node operator's command line.
+
+    step-node init DIR --coordinator HOST:PORT --ca FILE [--name NAME] [--data DIR]
+    step-node check [--dir DIR] [--tokenizer FILE] [--json]
+    step-node start [--dir DIR]
+
+init writes node.yaml and the node's key pair and prints the public key and its fingerprint for
+the coordinator admin; check reads the local data exactly as training will, before anything
+connects anywhere; start runs the Flower SuperNode (TLS, node key) until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from node.data import read_node_texts
+from node.keys import PUBLIC_KEY, create_key_pair
+from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
+from node.supernode import run_node
+from step_model.cli_common import console_for, emit_json, table, user_errors
+from step_model.data import tokenize_texts
+from step_model.errors import StepError
+from step_model.identity import fingerprint, read_public_key
+from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+
+app = typer.Typer(help=__doc__, add_completion=False, no_args_is_help=True)
+
+DirOpt = Annotated[Path, typer.Option("--dir", help="The node folder (holds node.yaml).")]
+
+
+@app.command()
+@user_errors
+def init(
+    folder: Annotated[Path, typer.Argument(help="Node folder to create.")],
+    coordinator: Annotated[str, typer.Option(help="HOST:PORT the coordinator admin gave.")],
+    ca: Annotated[Path, typer.Option(help="The federation's ca.crt from the admin.")],
+    name: Annotated[str | None, typer.Option(help="Institution name (default: folder).")] = None,
+    data: Annotated[str, typer.Option(help="Folder with this institution's text.")] = "data",
+) -> None:
+    """Create node.yaml and the node's ECDSA P-384 key pair; print the public key to send."""
+    check_address(coordinator, "--coordinator")
+    if not ca.is_file():
+        raise StepError(f"--ca {ca} does not exist: give the ca.crt the coordinator admin sent")
+    if b"BEGIN CERTIFICATE" not in ca.read_bytes():
+        raise StepError(f"--ca {ca} is not a PEM certificate: ask the admin for tls/ca.crt")
+    if (folder / NODE_FILE).exists() or (folder / "node.key").exists():
+        raise StepError(
+            f"{folder} already holds a node: use it (`step-node start --dir {folder}`), or "
+            "choose a new folder (init would replace the key the coordinator enrolled)"
+        )
+    node_name = name or folder.resolve().name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca, folder / "ca.crt")
+    data_path = str(Path(data).resolve()) if Path(data).exists() else data
+    write_node_file(folder, node_name, coordinator, data_path)
+    public = create_key_pair(folder, node_name)
+    out = console_for(False)
+    out.print(f"node folder {folder}: node.yaml, node.key (private, 0600), node.pub, ca.crt")
+    out.print("send this public key to the coordinator admin:")
+    out.print(public, soft_wrap=True)
+    out.print(f"fingerprint: {fingerprint(public)}  (the admin sees the same at enrollment)")
+    out.print(f"next: set `data:` in {folder / NODE_FILE}, run `step-node check`, then "
+              "`step-node start` once enrolled")  # fmt: skip
+
+
+@app.command()
+@user_errors
+def check(
+    folder: DirOpt = Path("."),
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Count tokens with this tokenizer.json (default: bytes).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
+) -> None:
+    """Read the local data exactly as training will; report bytes and tokens per language."""
+    nf = load_node_file(folder / NODE_FILE)
+    if not nf.ca.is_file():
+        raise StepError(f"{nf.ca} is missing: copy the federation's ca.crt there")
+    key = read_public_key(nf.folder / PUBLIC_KEY)
+    tok: Tokenizer = load_tokenizer(tokenizer) if tokenizer else ByteTokenizer()
+    train, valid = read_node_texts(nf.settings)
+    train_tokens, valid_tokens = tokenize_texts(train, tok), tokenize_texts(valid, tok)
+    rows = {
+        lang: {
+            "train_bytes": len(train[lang].encode("utf-8")),
+            "train_tokens": len(train_tokens[lang].tokens),
+            "valid_bytes": len(valid.get(lang, "").encode("utf-8")),
+            "valid_tokens": len(valid_tokens[lang].tokens) if lang in valid_tokens else 0,
+        }
+        for lang in sorted(train)
+    }
+    report = {
+        "name": nf.name,
+        "data": str(nf.settings.data),
+        "tokenizer": str(tokenizer) if tokenizer else "byte",
+        "languages": rows,
+        "train_tokens": sum(r["train_tokens"] for r in rows.values()),
+        "fingerprint": fingerprint(key),
+        "ok": True,
+    }
+    out = console_for(json_out)
+    out.print(table(f"{nf.name}: {nf.settings.data}", ["lang", "train bytes", "train tokens",
+                    "held-out bytes", "held-out tokens"],
+                    [[lang, f"{r['train_bytes']:,}", f"{r['train_tokens']:,}",
+                      f"{r['valid_bytes']:,}", f"{r['valid_tokens']:,}"]
+                     for lang, r in rows.items()]))  # fmt: skip
+    no_holdout = [lang for lang, r in rows.items() if not r["valid_bytes"]]
+    if no_holdout:
+        out.print(f"note: no held-out text for {no_holdout}: they are trained, not evaluated")
+    out.print(f"data ok: {len(rows)} languages, {report['train_tokens']:,} training tokens")
+    if json_out:
+        emit_json(report)
+
+
+@app.command()
+@user_errors
+def start(folder: DirOpt = Path(".")) -> None:
+    """Run the Flower SuperNode (TLS, node key) until Ctrl-C; reconnects with backoff."""
+    nf = load_node_file(folder / NODE_FILE)
+    read_node_texts(nf.settings)  # refuse to connect with data that training cannot read
+    out = console_for(False)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: clean up like Ctrl-C
+    try:
+        run_node(nf, lambda line: out.print(line, markup=False))
+    except KeyboardInterrupt:
+        out.print("stopped")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    app()

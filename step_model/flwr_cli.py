@@ -1,0 +1,47 @@
+"""Reading the ``flwr`` CLI's answers (``--format json``), shared by step-sim and step-coord."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+TAIL_LINES = 40
+
+
+def strip_ansi(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+def parse_json_stdout(out: str) -> dict[str, Any] | None:
+    """The first JSON object in ``out`` (flwr prints banners before it), or None."""
+    start = out.find("{")
+    if start < 0:
+        return None
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(out[start:])
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def log_tail(
+    log_path: Path, start: int = 0, end: int | None = None, lines: int = TAIL_LINES
+) -> str:
+    """The last ``lines`` meaningful lines of bytes ``start:end`` of a log: colour codes and
+    per-request HTTP access lines removed."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(start)
+            raw = f.read() if end is None else f.read(max(0, end - start))
+        text = raw.decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    kept = [
+        strip_ansi(line).rstrip()
+        for line in text.splitlines()
+        if "[uvicorn.access]" not in line and line.strip()
+    ]
+    return "\n".join(kept[-lines:])

@@ -1,0 +1,50 @@
+"""Node identities: ECDSA P-384 public keys in OpenSSH format, and their fingerprints.
+
+A node proves who it is with its private key (Flower's SuperNode authentication signs every
+request); the coordinator admin enrolls the public key. Both sides show the same fingerprint,
+OpenSSH style (``SHA256:`` + unpadded base64 of the key blob's sha256), so an admin can compare
+it with what the operator sent by another channel.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from step_model.errors import StepError
+
+KEY_TYPE = "ecdsa-sha2-nistp384"
+
+
+def fingerprint(openssh_public: str) -> str:
+    """``SHA256:...`` of an OpenSSH public key line (as ``ssh-keygen -l`` prints it)."""
+    parts = openssh_public.split()
+    blob = base64.b64decode(parts[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def parse_public_key(text: str, source: str) -> str:
+    """The normalized OpenSSH line (type and key, no comment) of an ECDSA P-384 public key."""
+    fix = "send the node.pub that `step-node init` wrote (an ecdsa-sha2-nistp384 key)"
+    try:
+        key = serialization.load_ssh_public_key(text.strip().encode("ascii"))
+    except (ValueError, UnicodeError, IndexError) as e:
+        raise StepError(f"{source} is not an OpenSSH public key ({e}): {fix}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
+        raise StepError(f"{source} is not an ECDSA P-384 key: {fix}")
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return line.decode("ascii")
+
+
+def read_public_key(path: Path) -> str:
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise StepError(f"{path} does not exist: give the path of the node's public key") from None
+    except (OSError, UnicodeError) as e:
+        raise StepError(f"{path} cannot be read as a public key ({e}): check the file") from None
+    return parse_public_key(text, str(path))

@@ -1,0 +1,118 @@
+"""End to end over gRPC + TLS on loopback: step-coord init/enroll/start, three honest nodes,
+and three that must be refused: not enrolled, revoked, and one that trusts another CA."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from flwr.proto.fleet_pb2_grpc import FleetStub
+from flwr.proto.run_pb2 import GetRunRequest
+
+from tests.deploy.harness import Processes, cli, free_ports, last_json
+
+pytestmark = pytest.mark.slow
+
+HONEST = ("alpha", "beta", "gamma")
+LANGS = {"alpha": "et", "beta": "el", "gamma": "de"}
+
+
+def _ok(result: object) -> None:
+    assert getattr(result, "returncode", 1) == 0, getattr(result, "stderr", "")
+
+
+def _setup(tmp: Path, corpus: Path) -> tuple[Path, int]:
+    fleet, control = free_ports(2)
+    fed = tmp / "fed"
+    _ok(cli("step-coord", "init", fed, "--host", "127.0.0.1", "--rounds", "2",
+            "--inner-steps", "3", "--min-nodes", "3", "--fleet-address",
+            f"127.0.0.1:{fleet}", "--control-port", str(control)))  # fmt: skip
+    cfg = fed / "coordinator.yaml"
+    cfg.write_text(cfg.read_text().replace("eval_every: 5 ", "eval_every: 2 "))
+    other = tmp / "other-fed"  # a second federation: its CA vouches for nothing here
+    _ok(cli("step-coord", "init", other, "--fleet-address", "127.0.0.1:1", "--control-port", "2"))
+    nodes = {**{n: fed for n in HONEST}, "intruder": fed, "revoked": fed, "wrongca": other}
+    for name, ca_fed in nodes.items():
+        node = tmp / name
+        _ok(cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
+                "--ca", ca_fed / "tls" / "ca.crt", "--data", corpus))  # fmt: skip
+        yaml_path = node / "node.yaml"
+        lang = LANGS.get(name, "et")
+        yaml_path.write_text(
+            yaml_path.read_text().replace("languages: null ", f"languages: [{lang}] ")
+        )
+        if name != "intruder":
+            _ok(cli("step-coord", "enroll", name, "--public-key", node / "node.pub", "--dir", fed))
+    _ok(cli("step-coord", "revoke", "revoked", "--dir", fed))
+    return fed, fleet
+
+
+def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) -> None:
+    fed, fleet = _setup(tmp_path, tiny_corpus)
+    with Processes(tmp_path) as procs:
+        procs.start("coord", "step-coord", "start", "--dir", fed)
+        _wait_for_line(procs, "coord", "started", timeout=90)  # keys registered, run submitted
+        _assert_grpc_over_tls(fed, fleet)
+        for name in (*HONEST, "intruder", "revoked", "wrongca"):
+            procs.start(name, "step-node", "start", "--dir", tmp_path / name)
+
+        for name in ("intruder", "revoked"):
+            assert procs.wait(name, timeout=90) == 3, procs.log(name)
+            assert "refused this node's key" in procs.log(name)
+            assert "not enrolled, or it was revoked" in procs.log(name)
+        assert procs.wait("wrongca", timeout=90) == 3, procs.log("wrongca")
+        assert "does not vouch for" in procs.log("wrongca")
+        assert "Traceback" not in procs.log("wrongca") + procs.log("intruder")
+
+        assert procs.wait("coord", timeout=240) == 0, procs.log("coord")
+
+    status = cli("step-coord", "status", "--dir", fed, "--json")
+    _ok(status)
+    report = last_json(status.stdout)
+    assert report["status"] == "completed"
+    assert report["round"] == 2 and report["rounds"] == 2
+    assert report["nodes"]["enrolled"] == sorted([*HONEST, "wrongca"])
+    assert report["nodes"]["revoked"] == ["revoked"]
+    assert set(report["bpb"]) == set(LANGS.values())
+    assert 0 < report["mean_bpb"] < 8.5
+    assert report["bytes_up"] > 0 and report["bytes_down"] > 0
+    assert "round 2: 3 nodes" in procs.log("coord")
+
+
+def _wait_for_line(procs: Processes, name: str, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in procs.log(name):
+            return
+        assert procs.procs[name].poll() is None, procs.log(name)
+        time.sleep(0.5)
+    raise AssertionError(f"{name} did not print {text!r}:\n" + procs.log(name))
+
+
+def _assert_grpc_over_tls(fed: Path, port: int) -> None:
+    """The node port speaks TLS (certificate from the federation CA, HTTP/2 negotiated) and
+    plain gRPC without TLS gets nothing; over TLS, Flower's Fleet service answers and refuses
+    a request that carries no node signature."""
+    ca = fed / "tls" / "ca.crt"
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert tls.selected_alpn_protocol() == "h2"  # HTTP/2: the gRPC transport
+
+    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            FleetStub(channel).GetRun(GetRunRequest(run_id=1), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            FleetStub(channel).GetRun(GetRunRequest(run_id=1), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
