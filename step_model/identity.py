@@ -12,6 +12,7 @@ import base64
 import hashlib
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -32,7 +33,7 @@ def parse_public_key(text: str, source: str) -> str:
     fix = "send the node.pub that `step-node init` wrote (an ecdsa-sha2-nistp384 key)"
     try:
         key = serialization.load_ssh_public_key(text.strip().encode("ascii"))
-    except (ValueError, UnicodeError, IndexError) as e:
+    except (ValueError, UnicodeError, IndexError, UnsupportedAlgorithm) as e:
         raise StepError(f"{source} is not an OpenSSH public key ({e}): {fix}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise StepError(f"{source} is not an ECDSA P-384 key: {fix}")

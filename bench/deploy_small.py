@@ -1,0 +1,186 @@
+"""One round of the `small` preset (~50M parameters) in deployment mode on loopback.
+
+Sets up a federation exactly as an admin and two operators would (step-coord init / enroll /
+start, step-node init / start: SuperLink and SuperNodes as separate processes, gRPC over TLS,
+node authentication), runs one round with one inner step per node and a final evaluation, and
+measures the wall time of the run, the bytes it moved, and the peak resident memory (VmHWM) of
+every process of each side, sampled from /proc while they run.
+
+    python bench/deploy_small.py --tokenizer TOKENIZER.json [--encoding fp32] [--out DIR]
+
+The tokenizer fixes the vocabulary and hence the parameter count: a 12,288-token BPE gives the
+preset's full 50.5M parameters (`step-model tokenizer train --vocab-size 12288 ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from step_model.config import preset
+from step_model.model import Transformer
+from step_model.tokenizer import load_tokenizer
+
+BIN = Path(sys.executable).parent
+ROLES = ("coord", "uni-a", "uni-b")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str | Path) -> str:
+    done = subprocess.run([str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"{args[:2]} failed: {done.stderr[-2000:]}")
+    return done.stdout
+
+
+def tree(root: int) -> set[int]:
+    """root and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found, todo = {root}, [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def peak_kib(pid: int) -> tuple[str, int] | None:
+    """(program name, VmHWM in KiB) of a live process."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    hwm = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM")), 0)
+    words = [Path(a.decode()).name for a in argv[:2] if a]
+    name = words[1] if words and words[0].startswith("python") and len(words) > 1 else words[0]
+    return name, hwm
+
+
+class MemorySampler(threading.Thread):
+    def __init__(self, roots: dict[str, int]) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.peaks = roots, {}  # type: dict[str, int], dict[str, int]
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for role, root in self.roots.items():
+                for pid in tree(root):
+                    got = peak_kib(pid)
+                    if got:
+                        key = f"{role}: {got[0]}"
+                        self.peaks[key] = max(self.peaks.get(key, 0), got[1])
+            time.sleep(0.3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokenizer", type=Path, required=True)
+    ap.add_argument("--corpus", type=Path, default=Path("../shared/corpus/step35"))
+    ap.add_argument("--encoding", default="fp32", choices=("fp32", "bf16", "int8"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-deploy-small"))
+    args = ap.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    out = args.out.resolve()
+    fleet, control = free_port(), free_port()
+    fed = out / "fed"
+    cli("step-coord", "init", fed, "--host", "127.0.0.1", "--preset", "small", "--rounds", "1",
+        "--inner-steps", "1", "--min-nodes", "2", "--fleet-address", f"127.0.0.1:{fleet}",
+        "--control-port", str(control))  # fmt: skip
+    cfg = fed / "coordinator.yaml"
+    text = cfg.read_text()
+    text = text.replace("tokenizer: byte ", f"tokenizer: {args.tokenizer.resolve()} ")
+    text = text.replace("batch_size: 8 ", "batch_size: 2 ")
+    text = text.replace("update_encoding: int8 ", f"update_encoding: {args.encoding} ")
+    enc_down = "fp32" if args.encoding == "fp32" else "bf16"
+    text = text.replace("broadcast_encoding: bf16", f"broadcast_encoding: {enc_down}")
+    cfg.write_text(text.replace("federation:\n", "federation:\n  eval_max_tokens: 2048\n"))
+    langs = {"uni-a": "el", "uni-b": "et"}
+    for name, lang in langs.items():
+        cli("step-node", "init", out / name, "--coordinator", f"127.0.0.1:{fleet}", "--ca",
+            fed / "tls" / "ca.crt", "--data", args.corpus.resolve())  # fmt: skip
+        node_yaml = out / name / "node.yaml"
+        node_yaml.write_text(
+            node_yaml.read_text().replace("languages: null ", f"languages: [{lang}] ")
+        )
+        cli("step-coord", "enroll", name, "--public-key", out / name / "node.pub", "--dir", fed)
+
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    logs = {r: (out / f"{r}.log").open("wb") for r in ROLES}
+    t0 = time.monotonic()
+    procs["coord"] = subprocess.Popen([str(BIN / "step-coord"), "start", "--dir", str(fed)],
+                                      stdout=logs["coord"], stderr=subprocess.STDOUT,
+                                      start_new_session=True)  # fmt: skip
+    try:
+        while b"started" not in (out / "coord.log").read_bytes():
+            if procs["coord"].poll() is not None:
+                raise SystemExit((out / "coord.log").read_text())
+            time.sleep(0.5)
+        for name in langs:
+            procs[name] = subprocess.Popen(
+                [str(BIN / "step-node"), "start", "--dir", str(out / name)],
+                stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        sampler = MemorySampler({r: p.pid for r, p in procs.items()})
+        sampler.start()
+        rc = procs["coord"].wait(timeout=3000)
+        wall = time.monotonic() - t0
+        sampler.done.set()
+        sampler.join()
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=60)
+    if rc != 0:
+        raise SystemExit(f"the run failed:\n{(out / 'coord.log').read_text()}")
+    vocab = load_tokenizer(args.tokenizer).vocab_size
+    status = json.loads(cli("step-coord", "status", "--dir", fed, "--json").splitlines()[-1])
+    rounds = [json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = next(r for r in rounds if r.get("kind") == "round")
+    report: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "params": sum(
+            v.numel() for v in Transformer(preset("small").with_vocab(vocab)).state_dict().values()
+        ),
+        "encoding_up": args.encoding,
+        "encoding_down": enc_down,
+        "status": status["status"],
+        "wall_s_start_to_completed": round(wall, 1),
+        "round_wall_s": round(train["wall_s"], 1),
+        "node_train_wall_s": train["node_wall_s"],
+        "bytes_up": status["bytes_up"],
+        "bytes_down": status["bytes_down"],
+        "peak_rss_mib": {k: round(v / 1024) for k, v in sorted(sampler.peaks.items())},
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
