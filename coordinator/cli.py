@@ -238,7 +238,7 @@ def start(
             for change in sync_registry(admin, Registry(folder)):
                 out.print(change)
             run_file = fed.state / "run_config.toml"
-            atomic_write_text(run_file, run_config(config_path, fed.run, resume))
+            atomic_write_text(run_file, run_config(config_path, fed.run, resume, fed.root))
             reply = admin.call("run", str(write_app(fed)), CONNECTION, "--run-config",
                                str(run_file))  # fmt: skip
             state.run_id, state.status = int(reply["run-id"]), "running"

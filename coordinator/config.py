@@ -68,6 +68,10 @@ class FederationConfig:
     """SCAFFOLD-style correction of client drift, at no extra communication: each inner step a
     node adds (global mean update - its own last update) per unit of learning rate, where it
     infers the global mean update from two consecutive global models. Needs strategy fedavg."""
+    init_from: str = ""
+    """A checkpoint (``step-model train --out`` or a run's) whose weights start the federation
+    instead of random ones: a warm start, e.g. open data trained centrally, private data
+    federated. Its model and tokenizer must be this run's (preset, tokenizer)."""
     max_update_norm: float = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
     seed: int = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -17,14 +18,24 @@ from step_model.errors import StepError
 log = logging.getLogger("step.coordinator")
 
 
-def raw_from_message(msg: Message) -> RawReply:
-    """A node's reply as plain Python: metrics, node name, arrays, or the error it reported."""
+NameOf = Callable[[int], str | None]
+"""The enrolled name of a node id (deployment), None when unknown (simulation)."""
+
+
+def raw_from_message(msg: Message, enrolled: NameOf | None = None) -> RawReply:
+    """A node's reply as plain Python: metrics, node name, arrays, or the error it reported.
+
+    In a deployment the name is the one the admin enrolled the node's key under (the node's
+    own claim could collide with or impersonate another institution's)."""
     node_id = msg.metadata.src_node_id
+    known = enrolled(node_id) if enrolled is not None else None
     if msg.has_error():
-        return RawReply(node_id, error=f"node error {msg.error.code}: {msg.error.reason}")
+        return RawReply(
+            node_id, known or "", error=f"node error {msg.error.code}: {msg.error.reason}"
+        )
     content = msg.content
     info = content.get(P.NODE_INFO)
-    name = str(info.get(P.NODE_NAME, "")) if isinstance(info, ConfigRecord) else ""
+    name = known or (str(info.get(P.NODE_NAME, "")) if isinstance(info, ConfigRecord) else "")
     metrics = content.get(P.METRICS)
     arrays = content.get(P.ARRAYS)
     return RawReply(
@@ -40,8 +51,8 @@ def _scalars(metrics: MetricRecord) -> dict[str, float]:
 
 
 class GridTransport:
-    def __init__(self, grid: Grid, timeout_s: float) -> None:
-        self.grid, self.timeout_s = grid, timeout_s
+    def __init__(self, grid: Grid, timeout_s: float, enrolled: NameOf | None = None) -> None:
+        self.grid, self.timeout_s, self.enrolled = grid, timeout_s, enrolled
         self.settled = False
 
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
@@ -74,4 +85,4 @@ class GridTransport:
         message_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
         messages = [Message(content, dst_node_id=n, message_type=message_type) for n in node_ids]
         replies = self.grid.send_and_receive(messages, timeout=self.timeout_s)
-        return [raw_from_message(m) for m in replies]
+        return [raw_from_message(m, self.enrolled) for m in replies]

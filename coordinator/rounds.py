@@ -21,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import torch
-
 from coordinator.config import FederationConfig
 from coordinator.replies import (
     EvalReply,
@@ -37,12 +35,17 @@ from coordinator.replies import (
 )
 from coordinator.strategy import make_strategy
 from step_model import protocol as P
-from step_model.checkpoint import LATEST, Checkpoint, load_checkpoint, save_in_run
+from step_model.checkpoint import (
+    LATEST,
+    Checkpoint,
+    initial_weights,
+    load_checkpoint,
+    save_in_run,
+)
 from step_model.config import ModelConfig, preset
 from step_model.errors import StepError
 from step_model.evaluate import mean_bpb
 from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
-from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, resolve_tokenizer
 from step_model.update_codec import encode, encoded_bytes
 
@@ -105,8 +108,9 @@ class RoundRunner:
                     f"{self.run_dir} already holds a federated run: resume it or "
                     "choose another run folder"
                 )
-            torch.manual_seed(cfg.seed)
-            self.weights: Weights = dict(Transformer(self.model_config).state_dict())
+            self.weights: Weights = initial_weights(
+                self.model_config, self.tokenizer, cfg.seed, cfg.init_from
+            )
         self.shapes = {k: v.shape for k, v in self.weights.items()}
         self.params = sum(v.numel() for v in self.weights.values())
 
@@ -161,6 +165,12 @@ class RoundRunner:
 
     # --- one round -----------------------------------------------------------------------------
 
+    def eval_first(self, round_: int) -> bool:
+        """Interim evaluations ride on the next round's train message: the nodes evaluate the
+        weights they received before training on them, so evaluating costs no download. The
+        last round's result is evaluated by its own message (all held-out text)."""
+        return round_ > 1 and (round_ - 1) % self.cfg.eval_every == 0
+
     def round_config(self, round_: int, final_eval: bool = False) -> P.RoundConfig:
         c = self.cfg
         return P.RoundConfig(
@@ -185,6 +195,7 @@ class RoundRunner:
             eval_max_tokens=0 if final_eval else c.eval_max_tokens,
             broadcast_encoding=c.broadcast_encoding,
             drift_correction=int(c.drift_correction),
+            eval_first=int(not final_eval and self.eval_first(round_)),
         )
 
     def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:
@@ -197,6 +208,9 @@ class RoundRunner:
         return raws, len(node_ids) * per_node
 
     def train_round(self, round_: int) -> dict[str, Any]:
+        return self._train_round(round_)[0]
+
+    def _train_round(self, round_: int) -> tuple[dict[str, Any], list[RawReply]]:
         t0 = time.monotonic()
         config = self.round_config(round_)
         raws, bytes_down = self._send("train", config)
@@ -242,21 +256,28 @@ class RoundRunner:
             "update_norm": max(r.norm for r in ok),
             "wall_s": time.monotonic() - t0,
             "node_wall_s": {r.node: round(r.wall_s, 3) for r in ok},
-        }
+        }, raws
 
     def evaluate(self, round_: int, final: bool) -> dict[str, Any]:
         config = self.round_config(round_, final_eval=final)
         raws, bytes_down = self._send("evaluate", config)
+        self.totals.bytes_down += bytes_down
+        return self._eval_record(raws, round_, round_, final)
+
+    def _eval_record(
+        self, raws: list[RawReply], reply_round: int, of_round: int, final: bool
+    ) -> dict[str, Any]:
+        """The evaluation of round ``of_round``'s weights, from replies to ``reply_round``."""
+        round_ = reply_round
         checked = [check_eval_reply(r, round_) for r in raws]
         ok = [c for c in checked if isinstance(c, EvalReply)]
         for r in checked:
             if isinstance(r, Rejection):
-                log.warning("round %d evaluation: rejected %s: %s", round_, r.node, r.reason)
-        self.totals.bytes_down += bytes_down
+                log.warning("round %d evaluation: rejected %s: %s", of_round, r.node, r.reason)
         bpb = bits_per_byte(ok)
         return {
             "kind": "eval",
-            "round": round_,
+            "round": of_round,
             "nodes": len(ok),
             "bpb": bpb,
             "mean_bpb": mean_bpb(bpb) if bpb else None,
@@ -277,10 +298,12 @@ class RoundRunner:
         )
         while self.round < self.cfg.rounds:
             r = self.round + 1
-            records = [self.train_round(r)]
-            last = r == self.cfg.rounds
-            if last or r % self.cfg.eval_every == 0:
-                records.append(self.evaluate(r, final=last))
+            record, raws = self._train_round(r)
+            records = [record]
+            if self.eval_first(r):
+                records.insert(0, self._eval_record(raws, r, r - 1, final=False))
+            if r == self.cfg.rounds:
+                records.append(self.evaluate(r, final=True))
             self.round = r
             self.history.extend(records)
             self._save()

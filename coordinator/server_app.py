@@ -7,6 +7,7 @@ metrics into ``run-dir``, and runs the round loop over Flower's Grid.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
@@ -14,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.config import load_corpus_setting, load_federation_config
 from coordinator.flower_transport import GridTransport
+from coordinator.registry import Registry
 from coordinator.rounds import RoundRunner
 from step_model import protocol as P
 from step_model.errors import StepError
@@ -34,9 +36,20 @@ def main(grid: Grid, context: Context) -> None:
     config_path, run_path = app_path(str(config_file)), app_path(str(run_dir))
     cfg = load_federation_config(config_path)
     resume = bool(context.run_config.get(P.RUN_RESUME, False))
-    transport = GridTransport(grid, cfg.round_timeout_s)
+    registry = str(context.run_config.get(P.RUN_REGISTRY, "") or "")
+    enrolled = enrolled_names(Path(registry)) if registry else None
+    transport = GridTransport(grid, cfg.round_timeout_s, enrolled)
     corpus = load_corpus_setting(config_path)
     RoundRunner(cfg, run_path, transport, resume=resume, corpus=corpus).run()
+
+
+def enrolled_names(folder: Path) -> Callable[[int], str | None]:
+    """Node id -> enrolled name, read afresh per reply (enrollments change during a run)."""
+
+    def name_of(node_id: int) -> str | None:
+        return Registry(folder).name_of(node_id)
+
+    return name_of
 
 
 def app_path(value: str) -> Path:

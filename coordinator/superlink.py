@@ -53,6 +53,7 @@ clientapp = "node.client_app:app"
 config-file = ""
 run-dir = ""
 resume = false
+registry-file = ""
 """
 
 
@@ -215,9 +216,10 @@ def start_superlink(
     )
 
 
-def run_config(config: Path, run_dir: Path, resume: bool) -> str:
+def run_config(config: Path, run_dir: Path, resume: bool, registry: Path) -> str:
     """The run config of the training run, as TOML (absolute paths on this machine)."""
     return (
+        f"{P.RUN_REGISTRY} = {json.dumps(str(registry.resolve()))}\n"
         f"{P.RUN_CONFIG_FILE} = {json.dumps(str(config.resolve()))}\n"
         f"{P.RUN_DIR} = {json.dumps(str(run_dir.resolve()))}\n"
         f"{P.RUN_RESUME} = {'true' if resume else 'false'}\n"

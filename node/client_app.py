@@ -107,6 +107,7 @@ def train(msg: Message, context: Context) -> Message:
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
         store = NodeStateStore(settings.state_dir)
+        evaluated = evaluate_round(data, tokenizer, cfg, weights) if cfg.eval_first else {}
         result = train_round(settings.name, data, tokenizer, cfg, weights, store)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
@@ -122,6 +123,7 @@ def train(msg: Message, context: Context) -> Message:
     }
     for lang, n in result.tokens_per_language.items():
         metrics[P.M_TOKENS_PREFIX + lang] = n
+    _add_eval_metrics(metrics, evaluated)
     content = RecordDict(
         {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)}
     )
@@ -138,8 +140,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg, cfg)}
+    _add_eval_metrics(metrics, per_lang)
+    content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
+    return Message(content, reply_to=msg)
+
+
+def _add_eval_metrics(metrics: dict[str, Any], per_lang: dict[str, tuple[float, int]]) -> None:
     for lang, (nll, n_bytes) in per_lang.items():
         metrics[P.M_NLL_PREFIX + lang] = nll
         metrics[P.M_EVAL_BYTES_PREFIX + lang] = n_bytes
-    content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
-    return Message(content, reply_to=msg)

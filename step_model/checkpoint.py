@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from step_model.config import ModelConfig
 from step_model.errors import StepError
 from step_model.fileio import atomic_directory, atomic_write_text, sha256_file
+from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 
 FORMAT = "step-checkpoint-v1"
@@ -201,3 +202,32 @@ def load_checkpoint(path: Path, with_optimizer: bool = True) -> Checkpoint:
     if with_optimizer and (path / "optimizer.json").is_file():
         optimizer = read_tree(path, "optimizer")
     return Checkpoint(config, weights, tokenizer, state, optimizer)
+
+
+def initial_weights(
+    config: ModelConfig, tokenizer: Tokenizer, seed: int, init_from: str = ""
+) -> dict[str, torch.Tensor]:
+    """The weights a run starts from: a fresh model drawn with ``seed``, or (``init_from``) a
+    checkpoint's, which must hold the same model and tokenizer (a warm start: e.g. open data
+    trained centrally, private data federated)."""
+    if not init_from:
+        torch.manual_seed(seed)
+        return dict(Transformer(config).state_dict())
+    if not Path(init_from).exists():
+        raise StepError(
+            f"init_from {init_from} does not exist: give the --out folder of a `step-model "
+            "train` run, or one of its checkpoints"
+        )
+    ckpt = load_checkpoint(Path(init_from), with_optimizer=False)
+    if ckpt.config != config:
+        diff = sorted(k for k, v in config.to_dict().items() if ckpt.config.to_dict().get(k) != v)
+        raise StepError(
+            f"init_from {init_from}: its model differs from this run's in {diff}: use the preset "
+            "and tokenizer the checkpoint was trained with"
+        )
+    if ckpt.tokenizer.to_json() != tokenizer.to_json():
+        raise StepError(
+            f"init_from {init_from}: its tokenizer differs from this run's: set the tokenizer "
+            f"to {resolve_checkpoint(Path(init_from)) / 'tokenizer.json'}"
+        )
+    return {k: v.clone() for k, v in ckpt.weights.items()}

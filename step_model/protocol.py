@@ -46,6 +46,7 @@ CFG_SEED: Final = "seed"
 CFG_UPDATE_ENCODING: Final = "update-encoding"
 CFG_BROADCAST_ENCODING: Final = "broadcast-encoding"  # how the global weights travel down
 CFG_DRIFT_CORRECTION: Final = "drift-correction"  # 1: nodes correct their drift (SCAFFOLD-like)
+CFG_EVAL_FIRST: Final = "eval-first"  # 1: evaluate the received weights before training
 CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
 CFG_TOKENIZER: Final = "tokenizer"  # the tokenizer.json text
 CFG_TOKENIZER_SHA256: Final = "tokenizer-sha256"
@@ -107,6 +108,9 @@ class RoundConfig:
     eval_max_tokens: int = 0
     broadcast_encoding: str = "fp32"
     drift_correction: int = 0
+    eval_first: int = 0
+    """1: the node first evaluates the weights it received (the previous round's result) and
+    adds the evaluation metrics to its train reply: an evaluation without a second download."""
 
     _KEYS: ClassVar[dict[str, str]] = {
         "round": CFG_ROUND,
@@ -130,6 +134,7 @@ class RoundConfig:
         "eval_max_tokens": CFG_EVAL_MAX_TOKENS,
         "broadcast_encoding": CFG_BROADCAST_ENCODING,
         "drift_correction": CFG_DRIFT_CORRECTION,
+        "eval_first": CFG_EVAL_FIRST,
     }
 
     def to_wire(self) -> dict[str, int | float | str]:
@@ -169,6 +174,7 @@ class RoundConfig:
 RUN_CONFIG_FILE: Final = "config-file"  # the federation (or simulation) YAML
 RUN_DIR: Final = "run-dir"  # where the coordinator writes checkpoints and metrics
 RUN_RESUME: Final = "resume"  # continue from the last checkpoint in run-dir
+RUN_REGISTRY: Final = "registry-file"  # deployment: enrolled names of the node ids ("": none)
 
 # --- node identity in replies (a ConfigRecord, so it can carry text) ---
 NODE_INFO: Final = "node"

@@ -22,6 +22,7 @@ import torch
 from coordinator.config import FederationConfig
 from node.data import NodeData, load_node_data
 from node.trainer import node_seed
+from step_model.checkpoint import initial_weights
 from step_model.config import preset
 from step_model.data import LanguageMixture
 from step_model.errors import StepError
@@ -77,8 +78,9 @@ def run_centralized(
         for name, d in nodes.items()
     }
     model_config = preset(fed.preset).with_vocab(tok.vocab_size)
-    torch.manual_seed(fed.seed)  # the coordinator's initial weights, exactly
     model = Transformer(model_config)
+    # the coordinator's initial weights, exactly
+    model.load_state_dict(initial_weights(model_config, tok, fed.seed, fed.init_from))
     opt = make_optimizer(model, fed.inner_lr, fed.weight_decay, (fed.beta1, fed.beta2))
     total = fed.total_inner_steps
     tokens = 0

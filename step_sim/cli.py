@@ -151,6 +151,10 @@ def main(
         ),
     ] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Start from this checkpoint's weights (both modes; a warm start)."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Last line: a JSON summary.")] = False,
 ) -> None:
     """Run the federation of a simulation config on this machine (or its centralized baseline)."""
@@ -165,7 +169,8 @@ def main(
             "minutes: drop --resume"
         )
     out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sim = load_sim_config(config).with_overrides(rounds=rounds, preset=preset)
+    init = str(init_from.resolve()) if init_from else None
+    sim = load_sim_config(config).with_overrides(rounds=rounds, preset=preset, init_from=init)
     _prepare_run_folder(out, resume)
     out = out.resolve()
     with console.status("preparing the tokenizer"):

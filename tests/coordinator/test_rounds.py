@@ -114,3 +114,45 @@ def test_compressed_traffic_is_counted_as_sent(tiny_corpus: Path, tmp_path: Path
     assert summary["bytes_up"] == 2 * (runner.params + 4 * rows + 4 * vocab)
     assert summary["bytes_down"] == 2 * 2 * (2 * runner.params + text)  # train + final eval
     assert 0 < summary["mean_bpb"] < 9
+
+
+def test_init_from_a_checkpoint_starts_both_modes_from_its_weights(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    from step_model.checkpoint import Checkpoint, initial_weights, save_checkpoint
+    from step_model.config import preset
+    from step_model.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    config = preset("debug").with_vocab(tok.vocab_size)
+    warm = initial_weights(config, tok, seed=123)
+    save_checkpoint(tmp_path / "warm", Checkpoint(config, warm, tok))
+    runner = run(tmp_path, tiny_corpus, "w", init_from=str(tmp_path / "warm"))
+    for k, v in warm.items():
+        assert torch.equal(runner.weights[k], v), k
+    cold = run(tmp_path, tiny_corpus, "c")
+    assert not torch.equal(
+        cold.weights["model.embed_tokens.weight"], warm["model.embed_tokens.weight"]
+    )
+    with pytest.raises(StepError, match="its model differs"):
+        run(tmp_path, tiny_corpus, "t", init_from=str(tmp_path / "warm"), preset="tiny")
+    with pytest.raises(StepError, match="does not exist"):
+        run(tmp_path, tiny_corpus, "m", init_from=str(tmp_path / "missing"))
+
+
+def test_interim_evaluation_rides_on_the_next_train_message(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    piggy = run(tmp_path, tiny_corpus, "p", rounds=2, eval_every=1)
+    piggy.run()
+    records = [json.loads(x) for x in (tmp_path / "p" / "metrics.jsonl").read_text().splitlines()]
+    eval1 = next(r for r in records if r["kind"] == "eval" and r["round"] == 1)
+    # The same round-1 weights, evaluated by a message of their own.
+    separate = run(tmp_path, tiny_corpus, "s", rounds=2, eval_every=1)
+    separate.train_round(1)
+    direct = separate.evaluate(1, final=False)
+    assert eval1["bpb"] == direct["bpb"] and eval1["nodes"] == direct["nodes"] == 2
+    # Downloads: two train messages and the final evaluation, nothing for round 1's.
+    per_message = piggy.totals.bytes_down // 3
+    assert piggy.totals.bytes_down == 3 * per_message
+    assert separate.totals.bytes_down == 2 * per_message  # one train + one evaluation

@@ -3,6 +3,7 @@ and three that must be refused: not enrolled, revoked, and one that trusts anoth
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import time
@@ -45,6 +46,8 @@ def _setup(tmp: Path, corpus: Path) -> tuple[Path, int]:
         yaml_path.write_text(
             yaml_path.read_text().replace("languages: null ", f"languages: [{lang}] ")
         )
+        if name == "gamma":  # claims another institution's name: the enrolled one counts
+            yaml_path.write_text(yaml_path.read_text().replace("name: gamma", "name: alpha"))
         if name != "intruder":
             _ok(cli("step-coord", "enroll", name, "--public-key", node / "node.pub", "--dir", fed))
     _ok(cli("step-coord", "revoke", "revoked", "--dir", fed))
@@ -81,6 +84,8 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
     assert 0 < report["mean_bpb"] < 8.5
     assert report["bytes_up"] > 0 and report["bytes_down"] > 0
     assert "round 2: 3 nodes" in procs.log("coord")
+    records = [json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert set(records[0]["node_wall_s"]) == set(HONEST)
 
 
 def _wait_for_line(procs: Processes, name: str, text: str, timeout: float) -> None:
