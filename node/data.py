@@ -7,12 +7,19 @@ virtual nodes, and a deployed node serves all rounds from one process.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from node.settings import NodeSettings
 from step_model.corpus import LanguageSelection, is_step_corpus, read_corpus, read_text_dir
 from step_model.data import TokenStream, tokenize_texts
 from step_model.errors import StepError
+from step_model.fileio import atomic_directory, atomic_write_json
 from step_model.tokenizer import Tokenizer
 
 
@@ -65,5 +72,61 @@ def read_node_texts(settings: NodeSettings) -> tuple[dict[str, str], dict[str, s
 
 
 def load_node_data(settings: NodeSettings, tokenizer: Tokenizer) -> NodeData:
+    """The node's token streams, from its cache in ``state_dir/tokens`` when the data files and
+    the tokenizer are unchanged (a deployed node starts a fresh ClientApp process per message:
+    without the cache it would re-read and re-tokenize all its text every round)."""
+    key = _cache_key(settings, tokenizer)
+    folder = settings.state_dir / "tokens" / key
+    if (folder / "meta.json").is_file():
+        try:
+            return _read_cache(folder)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt below
     train, valid = read_node_texts(settings)
-    return NodeData(tokenize_texts(train, tokenizer), tokenize_texts(valid, tokenizer))
+    data = NodeData(tokenize_texts(train, tokenizer), tokenize_texts(valid, tokenizer))
+    _write_cache(folder, data)
+    return data
+
+
+def _cache_key(settings: NodeSettings, tokenizer: Tokenizer) -> str:
+    """Changes when the settings, the tokenizer, or any data file (size, mtime) changes."""
+    h = hashlib.sha256(repr(settings).encode())
+    h.update(tokenizer.to_json().encode("utf-8"))
+    root = settings.data
+    files = sorted(root.rglob("*")) if root.is_dir() else []
+    for f in files:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _write_cache(folder: Path, data: NodeData) -> None:
+    meta = {
+        split: {lang: s.n_bytes for lang, s in streams.items()}
+        for split, streams in (("train", data.train), ("valid", data.valid))
+    }
+    try:
+        if folder.parent.is_dir():  # one cache per node: drop those of older data/tokenizers
+            for old in folder.parent.iterdir():
+                if old.name != folder.name:
+                    shutil.rmtree(old, ignore_errors=True)
+        with atomic_directory(folder) as tmp:
+            for split, streams in (("train", data.train), ("valid", data.valid)):
+                for lang, s in streams.items():
+                    np.save(tmp / f"{split}-{lang}.npy", s.tokens)
+            atomic_write_json(tmp / "meta.json", meta)
+    except OSError:
+        pass  # a cache that cannot be written (full disk, race with another process) is optional
+
+
+def _read_cache(folder: Path) -> NodeData:
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+    def streams(split: str) -> dict[str, TokenStream]:
+        return {
+            lang: TokenStream(lang, np.load(folder / f"{split}-{lang}.npy"), int(n_bytes))
+            for lang, n_bytes in meta[split].items()
+        }
+
+    return NodeData(streams("train"), streams("valid"))

@@ -121,3 +121,34 @@ def _assert_grpc_over_tls(fed: Path, port: int) -> None:
         with pytest.raises(grpc.RpcError) as err:
             FleetStub(channel).GetRun(GetRunRequest(run_id=1), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_status_while_running_and_a_clean_stop(tmp_path: Path) -> None:
+    fleet, control = free_ports(2)
+    fed = tmp_path / "fed"
+    _ok(cli("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
+            "--control-port", str(control)))  # fmt: skip
+    with Processes(tmp_path) as procs:
+        procs.start("coord", "step-coord", "start", "--dir", fed)
+        _wait_for_line(procs, "coord", "started", timeout=90)
+        running = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
+        assert running["status"] == "running" and running["round"] == 0
+        assert running["nodes"]["connected"] == [] and running["pid"] is not None
+        again = cli("step-coord", "start", "--dir", fed)
+        assert again.returncode == 2 and "already running" in again.stderr
+        _ok(cli("step-coord", "stop", "--dir", fed))
+        assert procs.wait("coord", timeout=30) == 0
+    stopped = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
+    assert stopped["status"] == "stopped" and stopped["pid"] is None
+    leftovers = [
+        p for p in Path("/proc").iterdir()
+        if p.name.isdigit() and str(fed).encode() in _cmdline(p)
+    ]  # fmt: skip
+    assert leftovers == []
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -32,3 +32,36 @@ def test_an_empty_share_is_refused(tiny_corpus: Path, tmp_path: Path) -> None:
     tiny = LanguageSlice((0.0, 1e-6), (0.0, 1e-6))
     with pytest.raises(StepError, match=r"share of \['de'\] holds no paragraph"):
         read_node_texts(NodeSettings("a", tiny_corpus, {"de": tiny}, tmp_path))
+
+
+def test_token_cache_is_reused_and_follows_data_changes(tmp_path: Path) -> None:
+    import os
+
+    import numpy as np
+
+    from node import data as node_data
+    from step_model.tokenizer import ByteTokenizer
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    text = folder / "fi.txt"
+    text.write_text("".join(f"Kappale {i}.\n" for i in range(40)), "utf-8")
+    settings = NodeSettings("n", folder, None, tmp_path / "state")
+    tok = ByteTokenizer()
+    first = node_data.load_node_data(settings, tok)
+    assert len(list((tmp_path / "state" / "tokens").iterdir())) == 1
+    calls = []
+    real = node_data.read_node_texts
+    node_data.read_node_texts = lambda s: calls.append(1) or real(s)  # type: ignore[assignment]
+    try:
+        again = node_data.load_node_data(settings, tok)
+        assert calls == []  # served from the cache
+        assert np.array_equal(again.train["fi"].tokens, first.train["fi"].tokens)
+        assert again.valid["fi"].n_bytes == first.valid["fi"].n_bytes
+        text.write_text(text.read_text("utf-8") + "Uusi kappale.\n", "utf-8")
+        os.utime(text, ns=(1, 1))
+        changed = node_data.load_node_data(settings, tok)
+        assert calls == [1] and changed.train["fi"].n_bytes > first.train["fi"].n_bytes
+        assert len(list((tmp_path / "state" / "tokens").iterdir())) == 1  # old cache dropped
+    finally:
+        node_data.read_node_texts = real  # type: ignore[assignment]
