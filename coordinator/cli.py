@@ -23,8 +23,9 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from coordinator.config import load_federation_config
+from coordinator.config import FederationConfig, load_federation_config
 from coordinator.deployment import (
     CONFIG_TEMPLATE,
     CoordinatorSettings,
@@ -51,6 +52,7 @@ from step_model.fileio import atomic_write_text
 from step_model.flwr_cli import log_tail
 from step_model.identity import read_public_key
 from step_model.processes import ChildProcesses, new_marker, watchdog
+from step_model.tokenizer import load_tokenizer
 
 app = typer.Typer(help=__doc__, add_completion=False, no_args_is_help=True)
 
@@ -208,6 +210,7 @@ def start(
     fed = FederationFolder(folder).require()
     config_path = (config or fed.config).resolve()
     fed_cfg = load_federation_config(config_path)  # fail before anything starts
+    _check_files(fed_cfg, config_path)
     settings = coordinator_settings(config_path)
     previous = read_process_state(fed)
     if previous is not None and previous.alive:
@@ -228,7 +231,6 @@ def start(
     log_path = fed.logs / "superlink.log"
     old_handler = signal.signal(signal.SIGTERM, _raise_stop)
     marker = new_marker()
-    admin: FlowerAdmin | None = None
     try:
         with watchdog(marker), ChildProcesses(marker) as procs:
             env = flower_env(fed, marker)
@@ -251,7 +253,7 @@ def start(
             status, details = _follow(admin, superlink, state.run_id, fed, log_path)
         state.status = "completed" if status == "finished:completed" else "failed"
         state.details = details or status
-    except Stop:
+    except (Stop, KeyboardInterrupt):
         state.status, state.details = "stopped", "stopped by the admin"
         out.print("stopping: the run ends, the SuperLink shuts down")
     except StepError as e:
@@ -262,10 +264,26 @@ def start(
         state.ended_at = time.time()
         state.save(fed)
     if state.status == "failed":
-        out.print(f"[bold red]run {state.run_id} failed:[/] {state.details}")
-        out.print(log_tail(log_path))
+        out.print(log_tail(log_path, lines=20), markup=False)
+        out.print(f"[bold red]run {state.run_id} failed:[/] {escape(state.details)}")
+        out.print(f"full log: {escape(str(log_path))}")
         raise typer.Exit(1)
     out.print(f"run {state.run_id} {state.status}; `step-coord status` shows its metrics")
+
+
+def _check_files(cfg: FederationConfig, config_path: Path) -> None:
+    """What the ServerApp will read from this machine must be there (the coordinator holds no
+    text, so it cannot train a tokenizer: it needs one made beforehand)."""
+    if cfg.tokenizer.startswith("bpe:"):
+        raise StepError(
+            f"{config_path}: federation.tokenizer {cfg.tokenizer!r} would be trained on text the "
+            "coordinator does not hold: train one with `step-model tokenizer train` on open "
+            "data and give its path, or use 'byte'"
+        )
+    if cfg.tokenizer != "byte":
+        load_tokenizer(cfg.tokenizer)
+    if cfg.init_from and not Path(cfg.init_from).exists():
+        raise StepError(f"{config_path}: federation.init_from {cfg.init_from} does not exist")
 
 
 def _follow(

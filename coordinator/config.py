@@ -68,6 +68,11 @@ class FederationConfig:
     """SCAFFOLD-style correction of client drift, at no extra communication: each inner step a
     node adds (global mean update - its own last update) per unit of learning rate, where it
     infers the global mean update from two consecutive global models. Needs strategy fedavg."""
+    early_rounds: int = 0
+    """The first ``early_rounds`` rounds run ``early_inner_steps`` local steps instead of
+    ``inner_steps``: more, shorter rounds while the learning rate is high and the nodes would
+    drift apart fastest (0: every round runs ``inner_steps``)."""
+    early_inner_steps: int = 0
     init_from: str = ""
     """A checkpoint (``step-model train --out`` or a run's) whose weights start the federation
     instead of random ones: a warm start, e.g. open data trained centrally, private data
@@ -92,6 +97,10 @@ class FederationConfig:
             raise bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
         if self.broadcast_encoding not in BROADCAST_ENCODINGS:
             raise bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
+        if not 0 <= self.early_rounds <= self.rounds:
+            raise bad("early_rounds", "must be between 0 and federation.rounds")
+        if self.early_rounds and self.early_inner_steps < 1:
+            raise bad("early_inner_steps", "must be a positive integer when early_rounds > 0")
         if self.drift_correction and self.strategy != "fedavg":
             raise bad(
                 "drift_correction",
@@ -107,9 +116,18 @@ class FederationConfig:
                 "federation.warmup_steps, eval_max_tokens, max_update_norm must be >= 0"
             )
 
+    def steps_in_round(self, round_: int) -> int:
+        """H of round ``round_`` (1-based)."""
+        return self.early_inner_steps if round_ <= self.early_rounds else self.inner_steps
+
+    def step_offset(self, round_: int) -> int:
+        """Global inner steps before round ``round_`` (where its learning rate schedule starts)."""
+        early = min(round_ - 1, self.early_rounds)
+        return early * self.early_inner_steps + (round_ - 1 - early) * self.inner_steps
+
     @property
     def total_inner_steps(self) -> int:
-        return self.rounds * self.inner_steps
+        return self.step_offset(self.rounds + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

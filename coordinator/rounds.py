@@ -176,7 +176,7 @@ class RoundRunner:
         return P.RoundConfig(
             round=round_,
             total_rounds=c.rounds,
-            inner_steps=c.inner_steps,
+            inner_steps=c.steps_in_round(round_),
             inner_lr=c.inner_lr,
             min_lr_ratio=c.min_lr_ratio,
             warmup_steps=c.warmup_steps,
@@ -196,6 +196,8 @@ class RoundRunner:
             broadcast_encoding=c.broadcast_encoding,
             drift_correction=int(c.drift_correction),
             eval_first=int(not final_eval and self.eval_first(round_)),
+            step_offset=c.step_offset(round_),
+            total_steps=c.total_inner_steps,
         )
 
     def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:

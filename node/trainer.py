@@ -93,7 +93,8 @@ def train_round(
     mixture = LanguageMixture(
         data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
     )
-    total = cfg.total_rounds * cfg.inner_steps
+    total = cfg.total_steps or cfg.total_rounds * cfg.inner_steps
+    offset = cfg.step_offset if cfg.step_offset >= 0 else (cfg.round - 1) * cfg.inner_steps
     losses: list[float] = []
     lr_mass = 0.0
     tokens = dict.fromkeys(mixture.langs, 0)
@@ -101,7 +102,7 @@ def train_round(
     token_counts = torch.zeros(vocab, dtype=torch.int64)
     for h in range(cfg.inner_steps):
         x, y, counts = mixture.batch(state.node_step + h, cfg.batch_size)
-        global_step = (cfg.round - 1) * cfg.inner_steps + h
+        global_step = offset + h
         lr = lr_at(
             global_step,
             peak=cfg.inner_lr,

@@ -46,6 +46,8 @@ CFG_SEED: Final = "seed"
 CFG_UPDATE_ENCODING: Final = "update-encoding"
 CFG_BROADCAST_ENCODING: Final = "broadcast-encoding"  # how the global weights travel down
 CFG_DRIFT_CORRECTION: Final = "drift-correction"  # 1: nodes correct their drift (SCAFFOLD-like)
+CFG_STEP_OFFSET: Final = "step-offset"  # global inner steps before this round
+CFG_TOTAL_STEPS: Final = "total-steps"  # inner steps of the whole schedule
 CFG_EVAL_FIRST: Final = "eval-first"  # 1: evaluate the received weights before training
 CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
 CFG_TOKENIZER: Final = "tokenizer"  # the tokenizer.json text
@@ -109,6 +111,10 @@ class RoundConfig:
     broadcast_encoding: str = "fp32"
     drift_correction: int = 0
     eval_first: int = 0
+    step_offset: int = -1
+    """Global inner steps before this round (-1: (round - 1) x inner_steps)."""
+    total_steps: int = 0
+    """Inner steps of the whole learning-rate schedule (0: total_rounds x inner_steps)."""
     """1: the node first evaluates the weights it received (the previous round's result) and
     adds the evaluation metrics to its train reply: an evaluation without a second download."""
 
@@ -135,6 +141,8 @@ class RoundConfig:
         "broadcast_encoding": CFG_BROADCAST_ENCODING,
         "drift_correction": CFG_DRIFT_CORRECTION,
         "eval_first": CFG_EVAL_FIRST,
+        "step_offset": CFG_STEP_OFFSET,
+        "total_steps": CFG_TOTAL_STEPS,
     }
 
     def to_wire(self) -> dict[str, int | float | str]:

@@ -87,6 +87,7 @@ def run_centralized(
     train_s = 0.0
     losses: list[float] = []
     history: list[dict[str, Any]] = []
+    round_ = 0  # federation rounds completed
     for step in range(total):
         t0 = time.perf_counter()
         parts = [mixtures[name].batch(step, fed.batch_size) for name in sorted(mixtures)]
@@ -108,8 +109,8 @@ def run_centralized(
             )
         tokens += x.numel()
         losses.append(loss)
-        if (step + 1) % fed.inner_steps == 0:  # one "round" of the federation
-            round_ = (step + 1) // fed.inner_steps
+        if step + 1 == fed.step_offset(round_ + 2):  # the end of a "round" of the federation
+            round_ += 1
             records = [
                 {
                     "kind": "round",

@@ -156,3 +156,20 @@ def test_interim_evaluation_rides_on_the_next_train_message(
     per_message = piggy.totals.bytes_down // 3
     assert piggy.totals.bytes_down == 3 * per_message
     assert separate.totals.bytes_down == 2 * per_message  # one train + one evaluation
+
+
+def test_early_rounds_are_shorter_and_the_schedule_adds_up(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    runner = run(tmp_path, tiny_corpus, "e", rounds=3, inner_steps=4, early_rounds=2,
+                 early_inner_steps=2)  # fmt: skip
+    cfg = runner.cfg
+    assert [cfg.steps_in_round(r) for r in (1, 2, 3)] == [2, 2, 4]
+    assert [cfg.step_offset(r) for r in (1, 2, 3, 4)] == [0, 2, 4, 8]
+    assert cfg.total_inner_steps == 8
+    c3 = runner.round_config(3)
+    assert (c3.inner_steps, c3.step_offset, c3.total_steps) == (4, 4, 8)
+    summary = runner.run()
+    assert summary["tokens"] == 2 * 8 * 2 * 32  # nodes x steps x batch x seq
+    with pytest.raises(StepError, match="early_inner_steps"):
+        run(tmp_path, tiny_corpus, "bad", early_rounds=1)

@@ -152,3 +152,21 @@ def _cmdline(proc: Path) -> bytes:
         return (proc / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def test_a_failed_run_is_reported_as_failed(tmp_path: Path) -> None:
+    """flwr run exits 0 even when the ServerApp then fails; step-coord checks the status."""
+    fleet, control = free_ports(2)
+    fed = tmp_path / "fed"
+    _ok(cli("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
+            "--control-port", str(control)))  # fmt: skip
+    cfg = fed / "coordinator.yaml"
+    text = cfg.read_text().replace("round_timeout_s: 600", "round_timeout_s: 3")
+    cfg.write_text(text)  # no node comes: the ServerApp gives up after 3 s
+    with Processes(tmp_path) as procs:
+        procs.start("coord", "step-coord", "start", "--dir", fed)
+        assert procs.wait("coord", timeout=120) == 1, procs.log("coord")
+    assert "failed" in procs.log("coord") and "only 0 nodes connected" in procs.log("coord")
+    assert "Traceback" not in procs.log("coord")
+    report = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
+    assert report["status"] == "failed"
