@@ -10,6 +10,7 @@ for the same steps (fp32 model bytes x steps x nodes) over the bytes the federat
 (updates up + weights, tokenizer and config down).
 
     python bench/fed_vs_central.py [--config examples/sim-eu8.yaml] [--out runs/bench-fvc]
+                                   [--no-fedavg] [--slow]
 """
 
 from __future__ import annotations
@@ -51,10 +52,19 @@ def main() -> None:
         "--out", type=Path, default=Path("runs") / f"bench-fvc-{time.strftime('%H%M%S')}"
     )
     ap.add_argument("--no-fedavg", action="store_true")
+    ap.add_argument(
+        "--slow",
+        action="store_true",
+        help="4x the rounds (same H): 4x the tokens, about 40 minutes per run on 2 cores",
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=False)
-    fed = step_sim(args.config, args.out / "federated")
-    central = step_sim(args.config, args.out / "centralized", "--centralized")
+    extra: tuple[str, ...] = ()
+    if args.slow:
+        rounds = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]["rounds"]
+        extra = ("--rounds", str(4 * int(rounds)))
+    fed = step_sim(args.config, args.out / "federated", *extra)
+    central = step_sim(args.config, args.out / "centralized", "--centralized", *extra)
     result: dict[str, Any] = {
         "bench": "fed_vs_central",
         "config": str(args.config),
@@ -81,10 +91,13 @@ def main() -> None:
             for lang in sorted(central["bpb"])
         },
         "communication_ratio": central["allreduce_bytes"] / (fed["bytes_up"] + fed["bytes_down"]),
+        "slow": args.slow,
     }
     if not args.no_fedavg:
         with tempfile.TemporaryDirectory() as tmp:
-            fedavg = step_sim(with_strategy(args.config, "fedavg", Path(tmp)), args.out / "fedavg")
+            fedavg = step_sim(
+                with_strategy(args.config, "fedavg", Path(tmp)), args.out / "fedavg", *extra
+            )
         result["fedavg"] = {"mean_bpb": fedavg["mean_bpb"], "wall_s": fedavg["wall_s"]}
         result["fedavg_vs_diloco"] = fedavg["mean_bpb"] / fed["mean_bpb"]
     print(json.dumps(result))

@@ -81,7 +81,7 @@ def run_centralized(
     model = Transformer(model_config)
     # the coordinator's initial weights, exactly
     model.load_state_dict(initial_weights(model_config, tok, fed.seed, fed.init_from))
-    opt = make_optimizer(model, fed.inner_lr, fed.weight_decay, (fed.beta1, fed.beta2))
+    opt = make_optimizer(model, sim.baseline_lr, fed.weight_decay, (fed.beta1, fed.beta2))
     total = fed.total_inner_steps
     tokens = 0
     train_s = 0.0
@@ -95,7 +95,7 @@ def run_centralized(
         y = torch.cat([p[1] for p in parts])
         lr = lr_at(
             step,
-            peak=fed.inner_lr,
+            peak=sim.baseline_lr,
             warmup=fed.warmup_steps,
             total=total,
             min_ratio=fed.min_lr_ratio,
@@ -105,7 +105,7 @@ def run_centralized(
         if not math.isfinite(loss):
             raise StepError(
                 f"centralized baseline: loss became {loss} at step {step}: lower "
-                "federation.inner_lr"
+                "centralized_lr (or federation.inner_lr)"
             )
         tokens += x.numel()
         losses.append(loss)

@@ -2,6 +2,7 @@
 
     corpus: null                # null: $STEP_CORPUS, then ../shared/corpus/step35
     federation: {...}           # coordinator/config.py: FederationConfig
+    centralized_lr: 3.0e-3      # the baseline's peak lr (default: federation.inner_lr)
     institutions:
       - name: hellenic-univ
         languages: {el: 1.0, en: 0.125}   # share of each language's text it holds
@@ -22,7 +23,7 @@ from node.settings import NodeSettings, institution_slices, sim_node_settings
 from step_model.corpus import resolve_corpus
 from step_model.errors import StepError
 
-TOP_KEYS = ("corpus", "federation", "institutions", "description")
+TOP_KEYS = ("corpus", "federation", "institutions", "description", "centralized_lr")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,13 @@ class SimConfig:
     federation: FederationConfig
     institutions: list[dict[str, Any]]
     description: str = ""
+    centralized_lr: float = 0.0
+    """Peak learning rate of the centralized baseline (0: federation.inner_lr). An honest
+    baseline is tuned for its own batch, which is nodes x the federation's local batch."""
+
+    @property
+    def baseline_lr(self) -> float:
+        return self.centralized_lr or self.federation.inner_lr
 
     @property
     def names(self) -> list[str]:
@@ -52,6 +60,7 @@ class SimConfig:
             "corpus": str(self.corpus),
             "federation": self.federation.to_dict(),
             "institutions": self.institutions,
+            **({"centralized_lr": self.centralized_lr} if self.centralized_lr else {}),
         }
 
     def with_overrides(self, **federation: Any) -> SimConfig:
@@ -94,7 +103,12 @@ def load_sim_config(path: Path) -> SimConfig:
     institution_slices(institutions, str(path))  # validates every share
     corpus = doc.get("corpus")
     root = resolve_corpus(corpus if corpus else None)
-    cfg = SimConfig(path, root.resolve(), federation, institutions, str(doc.get("description", "")))
+    lr = doc.get("centralized_lr") or 0.0
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
+        raise StepError(f"{path}: centralized_lr {lr!r} must be a positive learning rate")
+    cfg = SimConfig(
+        path, root.resolve(), federation, institutions, str(doc.get("description", "")), float(lr)
+    )
     for i in range(len(institutions)):  # names and corpus, as each node will read them
         sim_node_settings(cfg.to_yaml_dict(), i, Path("."), str(path))
     return cfg
