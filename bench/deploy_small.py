@@ -77,8 +77,13 @@ def peak_kib(pid: int) -> tuple[str, int] | None:
     except OSError:
         return None
     hwm = next((int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM")), 0)
-    words = [Path(a.decode()).name for a in argv[:2] if a]
-    name = words[1] if words and words[0].startswith("python") and len(words) > 1 else words[0]
+    words = [Path(a.decode(errors="replace")).name for a in argv[:2] if a]
+    if not words:
+        return None  # exiting (zombie): nothing left to measure
+    if words[0].startswith("python") and len(words) > 1:
+        name = "watchdog" if words[1] == "-I" else words[1]
+    else:
+        name = words[0]
     return name, hwm
 
 

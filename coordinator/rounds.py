@@ -264,7 +264,7 @@ class RoundRunner:
         config = self.round_config(round_, final_eval=final)
         raws, bytes_down = self._send("evaluate", config)
         self.totals.bytes_down += bytes_down
-        return self._eval_record(raws, round_, round_, final)
+        return {**self._eval_record(raws, round_, round_, final), "bytes_down": bytes_down}
 
     def _eval_record(
         self, raws: list[RawReply], reply_round: int, of_round: int, final: bool

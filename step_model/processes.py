@@ -70,11 +70,15 @@ def marked():
     return found
 
 def sweep():
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+    # Done only when nothing marked is seen for a whole second: a process being forked while
+    # we look (Ray starting a worker) shows up a moment later.
+    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
         deadline = time.monotonic() + grace
+        quiet = 0
         while time.monotonic() < deadline:
             left = marked()
-            if not left:
+            quiet = 0 if left else quiet + 1
+            if quiet >= 5:
                 return
             for pid in left:
                 try:
