@@ -9,7 +9,8 @@ centralized baseline. Prints one JSON line per variant: final mean held-out bpb 
 The arithmetic is the deployed one (step_sim/local_transport.py); the variants run one after
 another with one torch thread each, so two sweeps can share a 2-core machine. `--stop-round N`
 ends each run after round N with a quick evaluation (the schedule still spans all rounds): a
-cheap look at the early rounds, where federated runs fall behind.
+cheap look at the early rounds. A variant whose name starts with "centralized" runs the
+baseline with its overrides (e.g. "centralized-warm init_from=CKPT").
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
         t0 = time.monotonic()
-        if name == "centralized":
+        if name.startswith("centralized"):  # the baseline, with these overrides
             result = run_centralized(sim, run_dir)
         else:
             result = run_federated(sim, run_dir, args.stop_round)

@@ -100,20 +100,16 @@ def _env(nf: NodeFile, marker: str) -> dict[str, str]:
     return env
 
 
-def run_node(nf: NodeFile, say: Callable[[str], None], max_starts: int = 0) -> None:
-    """Run the SuperNode until Ctrl-C (returns) or a refusal (raises NodeRefused).
-
-    ``max_starts`` > 0 bounds how often it is started (tests); 0: no bound.
-    """
+def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
+    """Run the SuperNode until Ctrl-C (KeyboardInterrupt) or a refusal (NodeRefused)."""
     for path, what in ((nf.ca, "the CA certificate"), (nf.private_key, "the node's key")):
         if not path.is_file():
             raise StepError(f"{path} ({what}) is missing: run `step-node init` or restore it")
     log_path = nf.folder / "logs" / "supernode.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    marker, backoff, starts = new_marker(), FIRST_BACKOFF_S, 0
+    marker, backoff = new_marker(), FIRST_BACKOFF_S
     with watchdog(marker), ChildProcesses(marker) as procs:
         while True:
-            starts += 1
             say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")
             began = time.monotonic()
             proc = procs.spawn(
@@ -123,8 +119,6 @@ def run_node(nf: NodeFile, say: Callable[[str], None], max_starts: int = 0) -> N
             procs.terminate_all()  # the SuperNode's SuperExec may outlive it
             if refusal is not None:
                 raise NodeRefused(refusal)
-            if max_starts and starts >= max_starts:
-                raise StepError(f"the SuperNode stopped {starts} times: see {log_path}")
             if time.monotonic() - began > 60:
                 backoff = FIRST_BACKOFF_S  # it ran a while: a new outage, not the same one
             say(f"the SuperNode stopped (exit code {proc.returncode}); retrying in {backoff:.0f} s")

@@ -170,3 +170,22 @@ def test_a_failed_run_is_reported_as_failed(tmp_path: Path) -> None:
     assert "Traceback" not in procs.log("coord")
     report = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
     assert report["status"] == "failed"
+
+
+def test_a_node_started_before_the_coordinator_connects_when_it_comes(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    fleet, control = free_ports(2)
+    fed = tmp_path / "fed"
+    _ok(cli("step-coord", "init", fed, "--rounds", "1", "--inner-steps", "2", "--min-nodes", "1",
+            "--fleet-address", f"127.0.0.1:{fleet}", "--control-port", str(control)))  # fmt: skip
+    node = tmp_path / "early"
+    _ok(cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
+            "--ca", fed / "tls" / "ca.crt", "--data", tiny_corpus))  # fmt: skip
+    _ok(cli("step-coord", "enroll", "early", "--public-key", node / "node.pub", "--dir", fed))
+    with Processes(tmp_path) as procs:
+        procs.start("early", "step-node", "start", "--dir", node)
+        _wait_for_line(procs, "early", "retrying", timeout=60)  # nobody listens yet
+        procs.start("coord", "step-coord", "start", "--dir", fed)
+        assert procs.wait("coord", timeout=180) == 0, procs.log("coord")
+        assert "connected to the coordinator" in procs.log("early")
