@@ -89,7 +89,7 @@ def main() -> None:
             result = run_federated(sim, run_dir, args.stop_round)
         line = {"name": name, **overrides, "mean_bpb": result["mean_bpb"],
                 "wall_s": round(time.monotonic() - t0)}  # fmt: skip
-        if "bytes_up" in result:  # a complete federated run: how much less than all-reduce
+        if not name.startswith("centralized") and "bytes_up" in result:  # a complete run
             moved = result["bytes_up"] + result["bytes_down"]
             allreduce = 4 * result["params"] * sim.federation.total_inner_steps * result["nodes"]
             line.update(bytes_moved=moved, comm_ratio=round(allreduce / moved, 1))

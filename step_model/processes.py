@@ -70,22 +70,27 @@ def marked():
     return found
 
 def sweep():
-    # Done only when nothing marked is seen for a whole second: a process being forked while
-    # we look (Ray starting a worker) shows up a moment later.
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
-        deadline = time.monotonic() + grace
-        quiet = 0
-        while time.monotonic() < deadline:
-            left = marked()
-            quiet = 0 if left else quiet + 1
-            if quiet >= 5:
-                return
-            for pid in left:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            time.sleep(0.2)
+    # SIGTERM first, SIGKILL from 5 s on. Done only when nothing marked is seen for 3 s: a
+    # process being forked while we look (Ray starting its agents as the raylet dies) shows up
+    # seconds later.
+    start = time.monotonic()
+    quiet_since = None
+    while time.monotonic() - start < 30.0:
+        left = marked()
+        now = time.monotonic()
+        if left:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= 3.0:
+            return
+        sig = signal.SIGTERM if now - start < 5.0 else signal.SIGKILL
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(0.2)
 
 sweep()
 if len(sys.argv) > 2:  # the short symlink for Ray's sockets, when the launcher could not remove it
@@ -119,11 +124,10 @@ def watchdog(marker: str, symlink: Path | None = None) -> Iterator[None]:
     finally:
         if guard.stdin is not None:
             guard.stdin.close()
-        try:
-            guard.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            guard.kill()
-            guard.wait()
+        # Its last sweep waits for 3 quiet seconds; it runs on by itself (own session), and
+        # finds nothing when this launcher cleaned up after itself.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            guard.wait(timeout=0.5)
 
 
 class ChildProcesses:

@@ -293,7 +293,18 @@ def test_launcher_killed_with_sigkill_leaves_no_process(
     deadline = time.monotonic() + 20
     while processes_of(run_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert processes_of(run_dir) == []
+    left = {pid: _describe(pid) for pid in processes_of(run_dir)}
+    assert left == {}
+
+
+def _describe(pid: int) -> str:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
+        return f"{cmd} marker={b'STEP_LAUNCH_MARKER' in env} stat={stat}"
+    except OSError:
+        return "gone"
 
 
 def test_port_taken_between_probe_and_bind_is_retried(
