@@ -1,0 +1,224 @@
+"""step-coord and step-node refuse bad input with one line (cause and fix), exit code 2, no
+traceback, and leave every file as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from coordinator.cli import app as coord
+from node.cli import app as node
+
+runner = CliRunner()
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def world(tmp_path: Path, tiny_corpus: Path) -> Path:
+    """A federation with one enrolled node, and that node's folder."""
+    assert (
+        runner.invoke(coord, ["init", str(tmp_path / "fed"), "--host", "127.0.0.1"]).exit_code == 0
+    )
+    ca = tmp_path / "fed" / "tls" / "ca.crt"
+    r = runner.invoke(node, ["init", str(tmp_path / "uni"), "--coordinator", "127.0.0.1:9092",
+                             "--ca", str(ca), "--data", str(tiny_corpus)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    pub = tmp_path / "uni" / "node.pub"
+    r = runner.invoke(
+        coord, ["enroll", "uni", "--public-key", str(pub), "--dir", str(tmp_path / "fed")]
+    )
+    assert r.exit_code == 0, r.output
+    (tmp_path / "notes.txt").write_text("not a key")
+    (tmp_path / "bad.yaml").write_text("federation:\n  strategy: fedsgd\n")
+    (tmp_path / "tok.yaml").write_text("federation:\n  tokenizer: /no/tok.json\n")
+    (tmp_path / "bpe.yaml").write_text("federation:\n  tokenizer: bpe:2048\n")
+    return tmp_path
+
+
+def _fed(w: Path) -> str:
+    return str(w / "fed")
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+# fmt: off
+CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
+    ("init over a federation", lambda w: (coord, ["init", _fed(w)]), "already holds a federation"),
+    ("init bad host", lambda w: (coord, ["init", str(w / "f2"), "--host", "a b"]), "neither an IP"),
+    (
+        "init bad address",
+        lambda w: (coord, ["init", str(w / "f3"), "--fleet-address", "9092"]),
+        "must be HOST:PORT",
+    ),
+    (
+        "init same ports",
+        lambda w: (coord, ["init", str(w / "f4"), "--fleet-address", "0.0.0.0:9093"]),
+        "must differ",
+    ),
+    (
+        "enroll missing key",
+        lambda w: (coord, ["enroll", "x", "--public-key", str(w / "no.pub"), "--dir", _fed(w)]),
+        "does not exist",
+    ),
+    (
+        "enroll not a key",
+        lambda w: (coord, ["enroll", "x", "--public-key", str(w / "notes.txt"), "--dir", _fed(w)]),
+        "not an OpenSSH public key",
+    ),
+    (
+        "enroll same key twice",
+        lambda w: (
+            coord,
+            ["enroll", "y", "--public-key", str(w / "uni" / "node.pub"), "--dir", _fed(w)],
+        ),
+        "already enrolled as 'uni'",
+    ),
+    (
+        "enroll bad name",
+        lambda w: (
+            coord,
+            ["enroll", "a/b", "--public-key", str(w / "uni" / "node.pub"), "--dir", _fed(w)],
+        ),
+        "not allowed",
+    ),
+    ("revoke unknown", lambda w: (coord, ["revoke", "nobody", "--dir", _fed(w)]), "no node named"),
+    (
+        "status not a federation",
+        lambda w: (coord, ["status", "--dir", str(w)]),
+        "not a federation folder",
+    ),
+    ("stop when not running", lambda w: (coord, ["stop", "--dir", _fed(w)]), "nothing to stop"),
+    (
+        "start bad strategy",
+        lambda w: (coord, ["start", "--dir", _fed(w), "--config", str(w / "bad.yaml")]),
+        "federation.strategy",
+    ),
+    (
+        "start missing tokenizer",
+        lambda w: (coord, ["start", "--dir", _fed(w), "--config", str(w / "tok.yaml")]),
+        "not found",
+    ),
+    (
+        "start bpe tokenizer",
+        lambda w: (coord, ["start", "--dir", _fed(w), "--config", str(w / "bpe.yaml")]),
+        "would be trained",
+    ),
+    (
+        "node init missing ca",
+        lambda w: (
+            node,
+            ["init", str(w / "n2"), "--coordinator", "h:1", "--ca", str(w / "none.crt")],
+        ),
+        "does not exist",
+    ),
+    (
+        "node init ca not pem",
+        lambda w: (
+            node,
+            ["init", str(w / "n3"), "--coordinator", "h:1", "--ca", str(w / "notes.txt")],
+        ),
+        "not a PEM",
+    ),
+    (
+        "node init bad address",
+        lambda w: (
+            node,
+            ["init", str(w / "n4"), "--coordinator", "host", "--ca", str(w / "fed/tls/ca.crt")],
+        ),
+        "HOST:PORT",
+    ),
+    (
+        "node init over a node",
+        lambda w: (
+            node,
+            ["init", str(w / "uni"), "--coordinator", "h:1", "--ca", str(w / "fed/tls/ca.crt")],
+        ),
+        "already holds a node",
+    ),
+    ("check without node.yaml", lambda w: (node, ["check", "--dir", str(w)]), "step-node init"),
+    ("start without node.yaml", lambda w: (node, ["start", "--dir", str(w)]), "step-node init"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("name", "make", "needle"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(
+    world: Path, name: str, make: Callable[[Path], tuple[object, list[str]]], needle: str
+) -> None:
+    before = snapshot(world)
+    cli, args = make(world)
+    result = runner.invoke(cli, args)  # type: ignore[arg-type]
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert snapshot(world) == before
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (("languages: null ", "languages: [zz] "), "zz"),
+        (("languages: null ", "languages: de "), "list of codes"),
+        (('coordinator: "127.0.0.1:9092"', "coordinator: nowhere"), "HOST:PORT"),
+        (("threads: 0 ", "threads: -1 "), "resources.threads"),
+        (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
+        (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown keys"),
+    ],
+)
+def test_bad_node_yaml(world: Path, edit: tuple[str, str], needle: str) -> None:
+    path = world / "uni" / "node.yaml"
+    _edit(path, *edit)
+    before = snapshot(world)
+    result = runner.invoke(node, ["check", "--dir", str(world / "uni")])
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr
+    assert snapshot(world) == before
+
+
+def test_check_names_an_unreadable_file(world: Path, tmp_path: Path) -> None:
+    data = tmp_path / "own"
+    data.mkdir()
+    (data / "de.txt").write_bytes(b"Guten Tag \xff\xfe kaputt\n")
+    _edit(world / "uni" / "node.yaml", str(world / "uni" / ".."), "")
+    path = world / "uni" / "node.yaml"
+    text = "\n".join(
+        f"data: {data}" if line.startswith("data:") else line
+        for line in path.read_text().splitlines()
+    )
+    path.write_text(text + "\n")
+    result = runner.invoke(node, ["check", "--dir", str(world / "uni")])
+    assert result.exit_code == 2
+    assert "de.txt" in result.stderr and "UTF-8" in result.stderr
+
+
+def test_check_reports_bytes_and_tokens(world: Path) -> None:
+    _edit(world / "uni" / "node.yaml", "languages: null ", "languages: [de, el] ")
+    result = runner.invoke(node, ["check", "--dir", str(world / "uni"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report["languages"]) == {"de", "el"}
+    el = report["languages"]["el"]
+    assert el["train_tokens"] == el["train_bytes"] > 0  # byte tokenizer: one token per byte
+    assert report["fingerprint"].startswith("SHA256:")
+
+
+def test_nodes_lists_enrolled_and_revoked(world: Path) -> None:
+    assert runner.invoke(coord, ["revoke", "uni", "--dir", _fed(world)]).exit_code == 0
+    result = runner.invoke(coord, ["nodes", "--dir", _fed(world), "--json"])
+    rows = json.loads(result.stdout.strip().splitlines()[-1])["nodes"]
+    assert [(r["name"], r["status"], r["connected"]) for r in rows] == [("uni", "revoked", False)]
