@@ -10,10 +10,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from step_model.corpus import resolve_corpus
 from step_model.errors import StepError
+from step_model.fileio import read_yaml
 from step_model.protocol import BROADCAST_ENCODINGS, ENCODINGS
 
 STRATEGIES = ("diloco", "fedavg")
@@ -171,12 +170,7 @@ def load_corpus_setting(path: Path) -> Path | None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StepError(f"config file {path} not found: check the path") from None
-    except yaml.YAMLError as e:
-        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None
+    data = read_yaml(path, "check the path of the config file")
     if not isinstance(data, dict):
         raise StepError(f"{path}: expected a mapping with a 'federation' section")
     return data

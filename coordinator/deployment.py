@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from step_model.errors import StepError
-from step_model.fileio import atomic_write_json
+from step_model.fileio import atomic_write_json, read_yaml
 
 CONFIG = "coordinator.yaml"
 
@@ -58,14 +55,7 @@ class CoordinatorSettings:
 
 
 def coordinator_settings(path: Path) -> CoordinatorSettings:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise StepError(
-            f"{path} not found: run `step-coord init DIR` first, or pass --dir DIR"
-        ) from None
-    except yaml.YAMLError as e:
-        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None
+    data = read_yaml(path, "run `step-coord init DIR` first, or pass --dir DIR") or {}
     section = data.get("coordinator") or {}
     if not isinstance(section, dict):
         raise StepError(f"{path}: 'coordinator' must be a mapping of settings")
@@ -154,10 +144,6 @@ def read_process_state(folder: FederationFolder) -> ProcessState | None:
         return None
     except (OSError, ValueError, TypeError):
         return None  # a coordinator killed mid-write of an older format: treat as not running
-
-
-def now() -> float:
-    return time.time()
 
 
 CONFIG_TEMPLATE = """\

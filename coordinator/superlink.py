@@ -11,7 +11,6 @@ packages, so each institution runs only the code it installed itself.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,11 +20,12 @@ from typing import Any
 from coordinator.deployment import CoordinatorSettings, FederationFolder
 from coordinator.registry import NodeEntry, Registry
 from coordinator.tls import TlsFiles
+from step_model import flwr_cli
 from step_model import protocol as P
 from step_model.errors import StepError
 from step_model.fileio import atomic_write_text
 from step_model.flwr_cli import log_tail, parse_json_stdout, strip_ansi
-from step_model.processes import MARKER_ENV, ChildProcesses, port_open
+from step_model.processes import ChildProcesses, port_open
 
 CONNECTION = "federation"
 CLI_TIMEOUT_S = 120.0
@@ -69,20 +69,7 @@ def executable(name: str) -> str:
 
 
 def flower_env(folder: FederationFolder, marker: str | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(folder.state / "flwr_home"),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PYTHONUNBUFFERED": "1",
-            # The SuperLink starts flower-superexec and flwr-serverapp by name.
-            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-        }
-    )
-    if marker:
-        env[MARKER_ENV] = marker
-    return env
+    return flwr_cli.flower_env(folder.state / "flwr_home", marker)
 
 
 class FlowerAdmin:

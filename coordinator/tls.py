@@ -133,7 +133,7 @@ def create_tls(folder: Path, federation: str, hosts: list[str]) -> TlsFiles:
 
 
 def certificate_hosts(cert_path: Path) -> list[str]:
-    """The SANs of a certificate, as text (for `step-coord status` and error messages)."""
+    """The SANs (host names and IP addresses) of a certificate, as text."""
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [

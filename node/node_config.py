@@ -11,11 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from node.settings import _LANG_RE, _NAME_RE, WHOLE, NodeSettings
 from step_model.errors import StepError
-from step_model.fileio import atomic_write_text
+from step_model.fileio import atomic_write_text, read_yaml
 
 NODE_FILE = "node.yaml"
 NODE_CONFIG_KEY = "node-file"
@@ -75,14 +73,7 @@ def check_address(address: str, where: str) -> str:
 
 def load_node_file(path: Path) -> NodeFile:
     path = Path(path).resolve()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StepError(
-            f"{path} not found: run `step-node init DIR ...` first, or pass --dir DIR"
-        ) from None
-    except yaml.YAMLError as e:
-        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None
+    data = read_yaml(path, "run `step-node init DIR ...` first, or pass --dir DIR")
     if not isinstance(data, dict):
         raise StepError(f"{path}: expected the settings written by `step-node init`")
     known = {"name", "coordinator", "ca", "data", "languages", "state_dir",

@@ -10,7 +10,6 @@ else, after which it starts the SuperNode again with exponential backoff.
 
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
@@ -24,9 +23,9 @@ from typing import IO
 from node.keys import PUBLIC_KEY
 from node.node_config import NODE_CONFIG_KEY, NodeFile
 from step_model.errors import StepError
-from step_model.flwr_cli import strip_ansi
+from step_model.flwr_cli import flower_env, strip_ansi
 from step_model.identity import fingerprint, read_public_key
-from step_model.processes import MARKER_ENV, ChildProcesses, free_port, new_marker, watchdog
+from step_model.processes import ChildProcesses, free_port, new_marker, watchdog
 
 FIRST_BACKOFF_S = 1.0
 DRAIN_S = 1.0  # output still read after the SuperNode exits
@@ -85,21 +84,6 @@ def _argv(nf: NodeFile, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _env(nf: NodeFile, marker: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "FLWR_HOME": str(nf.folder / "flwr_home"),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "PYTHONUNBUFFERED": "1",
-            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-            MARKER_ENV: marker,
-        }
-    )
-    return env
-
-
 def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
     """Run the SuperNode until Ctrl-C (KeyboardInterrupt) or a refusal (NodeRefused)."""
     for path, what in ((nf.ca, "the CA certificate"), (nf.private_key, "the node's key")):
@@ -113,7 +97,10 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
             say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")
             began = time.monotonic()
             proc = procs.spawn(
-                _argv(nf, free_port()), _env(nf, marker), subprocess.PIPE, subprocess.STDOUT
+                _argv(nf, free_port()),
+                flower_env(nf.folder / "flwr_home", marker),
+                subprocess.PIPE,
+                subprocess.STDOUT,
             )
             refusal = _watch(proc, nf, log_path, say)
             procs.terminate_all()  # the SuperNode's SuperExec may outlive it

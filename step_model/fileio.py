@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from step_model.errors import StepError
+
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (POSIX needs the directory itself synced)."""
@@ -103,3 +107,14 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         while chunk := f.read(chunk_bytes):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_yaml(path: Path, missing: str) -> Any:
+    """The parsed YAML of ``path``; a missing file or bad syntax is a StepError (``missing``:
+    what to do when the file is not there)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StepError(f"{path} not found: {missing}") from None
+    except yaml.YAMLError as e:
+        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None

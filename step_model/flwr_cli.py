@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
+
+from step_model.processes import MARKER_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TAIL_LINES = 40
@@ -45,3 +49,23 @@ def log_tail(
         if "[uvicorn.access]" not in line and line.strip()
     ]
     return "\n".join(kept[-lines:])
+
+
+def flower_env(flwr_home: Path, marker: str | None = None) -> dict[str, str]:
+    """The environment of a Flower process started by step-coord or step-node: Flower's home
+    in the operator's folder, no telemetry or update check (no internet), this environment's
+    scripts first on PATH (Flower starts flower-superexec, flwr-serverapp, flwr-clientapp by
+    name), and the launch marker that lets the launcher find every descendant."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "FLWR_HOME": str(flwr_home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+        }
+    )
+    if marker:
+        env[MARKER_ENV] = marker
+    return env
