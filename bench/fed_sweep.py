@@ -10,7 +10,9 @@ The arithmetic is the deployed one (step_sim/local_transport.py); the variants r
 another with one torch thread each, so two sweeps can share a 2-core machine. `--stop-round N`
 ends each run after round N with a quick evaluation (the schedule still spans all rounds): a
 cheap look at the early rounds. A variant whose name starts with "centralized" runs the
-baseline with its overrides (e.g. "centralized-warm init_from=CKPT").
+baseline with its overrides (e.g. "centralized-warm init_from=CKPT"). Overrides named
+``privacy.KEY=VALUE`` set the config's top-level local-DP settings (``privacy=none`` removes
+them), e.g. "eps4 privacy.epsilon=4".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +81,13 @@ def main() -> None:
     if args.centralized:
         jobs.append(("centralized", {}))
     for name, overrides in jobs:
-        sim = base.with_overrides(tokenizer=str(Path(args.tokenizer).resolve()), **overrides)
+        private = {k[8:]: v for k, v in overrides.items() if k.startswith("privacy.")}
+        federation = {k: v for k, v in overrides.items() if not k.startswith("privacy")}
+        sim = base.with_overrides(tokenizer=str(Path(args.tokenizer).resolve()), **federation)
+        if overrides.get("privacy") == "none":
+            sim = replace(sim, privacy=None)
+        elif private:
+            sim = replace(sim, privacy={**(sim.privacy or {}), **private})
         run_dir = args.out / name
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
@@ -89,6 +98,9 @@ def main() -> None:
             result = run_federated(sim, run_dir, args.stop_round)
         line = {"name": name, **overrides, "mean_bpb": result["mean_bpb"],
                 "wall_s": round(time.monotonic() - t0)}  # fmt: skip
+        for key in ("epsilon", "epsilon_central"):
+            if key in result:
+                line[key] = result[key]
         if not name.startswith("centralized") and "bytes_up" in result:  # a complete run
             moved = result["bytes_up"] + result["bytes_down"]
             allreduce = 4 * result["params"] * sim.federation.total_inner_steps * result["nodes"]

@@ -315,7 +315,10 @@ def _describe(rec: dict[str, Any]) -> str:
     if rec.get("kind") == "round":
         rejected = rec.get("rejected") or {}
         extra = f", rejected {sorted(rejected)}" if rejected else ""
-        return (f"round {rec['round']}: {rec['nodes']} nodes, loss {rec['loss']:.3f}, "
+        if "epsilon_central" in rec:
+            extra += f", central epsilon {rec['epsilon_central']:.3f}"
+        loss = "-" if rec["loss"] is None else f"{rec['loss']:.3f}"  # None: only DP nodes
+        return (f"round {rec['round']}: {rec['nodes']} nodes, loss {loss}, "
                 f"{rec['wall_s']:.1f} s{extra}")  # fmt: skip
     if rec.get("kind") == "eval":
         return f"round {rec['round']}: mean bpb {rec['mean_bpb']:.3f}"
@@ -343,6 +346,11 @@ def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
         out.print(f"last evaluation (round {report['eval_round']}): mean bpb "
                   f"{report['mean_bpb']:.3f}")  # fmt: skip
     out.print(f"bytes: up {report['bytes_up']:,}, down {report['bytes_down']:,}")
+    for node, eps in sorted(report["epsilon"].items()):
+        out.print(f"local DP: {node} has spent epsilon {eps:.3f}")
+    if report["epsilon_central"] is not None:
+        out.print(f"central DP: epsilon {report['epsilon_central']:.3f} "
+                  f"(delta {report['delta_central']:g}, per institution)")  # fmt: skip
 
 
 def status_report(fed: FederationFolder) -> dict[str, Any]:
@@ -376,6 +384,20 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
         "bytes_up": sum(int(r.get("bytes_up", 0)) for r in records),
         "bytes_down": sum(int(r.get("bytes_down", 0)) for r in records),
         "rejected": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},
+        **_privacy_status(fed, rounds),
+    }
+
+
+def _privacy_status(fed: FederationFolder, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each DP node's latest epsilon (local DP) and the coordinator's (central DP)."""
+    epsilon: dict[str, float] = {}
+    for r in rounds:
+        epsilon.update(r.get("epsilon", {}))
+    central = [r["epsilon_central"] for r in rounds if "epsilon_central" in r]
+    return {
+        "epsilon": epsilon,
+        "epsilon_central": central[-1] if central else None,
+        "delta_central": load_federation_config(fed.config).central_dp_delta,
     }
 
 

@@ -78,6 +78,13 @@ class FederationConfig:
     federated. Its model and tokenizer must be this run's (preset, tokenizer)."""
     max_update_norm: float = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
+    central_dp_noise: float = 0.0
+    """Central DP (institution level, coordinator/strategy/central_dp.py): noise multiplier
+    sigma; the noisy sum gets N(0, (sigma C)^2) per coordinate (0: no central DP)."""
+    central_dp_clip: float = 0.0
+    """C: every node's pseudo-gradient is clipped to this L2 norm (needed with central DP)."""
+    central_dp_delta: float = 1e-5
+    """The delta at which the coordinator reports its epsilon (below 1 / number of nodes)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -106,6 +113,12 @@ class FederationConfig:
                 "needs strategy fedavg (nodes infer the global "
                 "update from two consecutive global models, which momentum would distort)",
             )
+        if self.central_dp_noise < 0:
+            raise bad("central_dp_noise", "must be >= 0 (0: no central DP)")
+        if self.central_dp_noise > 0 and not self.central_dp_clip > 0:
+            raise bad("central_dp_clip", "must be positive when central_dp_noise > 0")
+        if not 0 < self.central_dp_delta < 1:
+            raise bad("central_dp_delta", "must be in (0, 1), e.g. 1.0e-5")
         if not 0 <= self.outer_momentum < 1:
             raise bad("outer_momentum", "must be in [0, 1)")
         if not 0 <= self.alpha <= 1 or not 0 <= self.min_lr_ratio <= 1:

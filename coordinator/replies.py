@@ -48,6 +48,8 @@ class TrainReply:
     norm: float
     token_counts: torch.Tensor | None = None
     """(vocab,) how often each token id was a training target at this node this round."""
+    epsilon: float | None = None
+    """Local DP: the epsilon this node has spent in total (None: the node trains without DP)."""
 
 
 @dataclass
@@ -96,6 +98,9 @@ def check_train_reply(
     if max_norm and norm > max_norm:
         return reject(f"update norm {norm:.3g} exceeds federation.max_update_norm {max_norm:.3g}")
     tokens = {k: int(v) for k, v in P.per_language(P.M_TOKENS_PREFIX, raw.metrics).items()}
+    epsilon = raw.metrics.get(P.M_EPSILON)
+    if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon >= 0):
+        return reject(f"metric {P.M_EPSILON!r} = {epsilon!r} is not a non-negative number")
     return TrainReply(
         raw.node_id,
         raw.node or f"node {raw.node_id}",
@@ -107,6 +112,7 @@ def check_train_reply(
         float(raw.metrics.get(P.M_WALL_S, 0.0)),
         norm,
         counts,
+        None if epsilon is None else float(epsilon),
     )
 
 

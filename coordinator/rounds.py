@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,9 +32,8 @@ from coordinator.replies import (
     bits_per_byte,
     check_eval_reply,
     check_train_reply,
-    weighted_mean_delta,
 )
-from coordinator.strategy import make_strategy
+from coordinator.strategy import CentralDP, make_strategy
 from step_model import protocol as P
 from step_model.checkpoint import (
     LATEST,
@@ -232,7 +232,8 @@ class RoundRunner:
                 f"round {round_}: {len(ok)} usable updates, federation.min_nodes is "
                 f"{self.cfg.min_nodes} ({reasons})"
             )
-        delta = weighted_mean_delta(ok, token_rows=self.cfg.token_rows)
+        # Every connected node is asked every round: sample rate 1 (no amplification).
+        delta = self.strategy.aggregate(ok, self.cfg.token_rows, sample_rate=1.0)
         self.weights = self.strategy.step(self.weights, delta)
         bytes_up = sum(r.bytes_up for r in ok)
         tokens = sum(r.num_tokens for r in ok)
@@ -245,8 +246,11 @@ class RoundRunner:
         self.totals.tokens += tokens
         for lang, n in per_lang.items():
             self.totals.tokens_per_language[lang] = self.totals.tokens_per_language.get(lang, 0) + n
-        loss = sum(r.loss * r.num_tokens for r in ok) / tokens
-        return {
+        # Nodes with local DP report no loss (it would not be covered by DP).
+        with_loss = [r for r in ok if math.isfinite(r.loss)]
+        loss_tokens = sum(r.num_tokens for r in with_loss)
+        loss = sum(r.loss * r.num_tokens for r in with_loss) / loss_tokens if with_loss else None
+        record: dict[str, Any] = {
             "kind": "round",
             "round": round_,
             "nodes": len(ok),
@@ -258,7 +262,14 @@ class RoundRunner:
             "update_norm": max(r.norm for r in ok),
             "wall_s": time.monotonic() - t0,
             "node_wall_s": {r.node: round(r.wall_s, 3) for r in ok},
-        }, raws
+        }
+        epsilons = {r.node: r.epsilon for r in ok if r.epsilon is not None}
+        if epsilons:
+            record["epsilon"] = epsilons
+        if isinstance(self.strategy, CentralDP):
+            record["epsilon_central"] = self.strategy.epsilon()
+            record["central_dp_clipped"] = self.strategy.clipped
+        return record, raws
 
     def evaluate(self, round_: int, final: bool) -> dict[str, Any]:
         config = self.round_config(round_, final_eval=final)
@@ -335,4 +346,19 @@ class RoundRunner:
             "params": self.params,
             "inner_steps": self.cfg.inner_steps,
             "wall_s": self.wall_s(),
+            **self.privacy_summary(),
         }
+
+    def privacy_summary(self) -> dict[str, Any]:
+        """``epsilon``: each DP node's latest epsilon spent (local DP, sample level);
+        ``epsilon_central``: the coordinator's (central DP, institution level)."""
+        out: dict[str, Any] = {}
+        epsilon: dict[str, float] = {}
+        for h in self.history:
+            epsilon.update(h.get("epsilon", {}))
+        if epsilon:
+            out["epsilon"] = epsilon
+        if isinstance(self.strategy, CentralDP):
+            out["epsilon_central"] = self.strategy.epsilon()
+            out["delta_central"] = self.cfg.central_dp_delta
+        return out

@@ -3,16 +3,19 @@
     step-node init DIR --coordinator HOST:PORT --ca FILE [--name NAME] [--data DIR]
     step-node check [--dir DIR] [--tokenizer FILE] [--json]
     step-node start [--dir DIR]
+    step-node privacy [--dir DIR] [--json]
 
 init writes node.yaml and the node's key pair and prints the public key and its fingerprint for
 the coordinator admin; check reads the local data exactly as training will, before anything
-connects anywhere; start runs the Flower SuperNode (TLS, node key) until Ctrl-C.
+connects anywhere; start runs the Flower SuperNode (TLS, node key) until Ctrl-C; privacy shows
+the privacy ledger: every DP round trained or refused, epsilon spent and what is left.
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
+from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -21,6 +24,7 @@ import typer
 
 from node.data import read_node_texts
 from node.keys import PUBLIC_KEY, create_key_pair
+from node.ledger import PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.supernode import run_node
 from step_model.cli_common import console_for, emit_json, table, user_errors
@@ -130,6 +134,48 @@ def start(folder: DirOpt = Path(".")) -> None:
         run_node(nf, lambda line: out.print(line, markup=False))
     except KeyboardInterrupt:
         out.print("stopped")
+
+
+@app.command()
+@user_errors
+def privacy(
+    folder: DirOpt = Path("."),
+    json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
+) -> None:
+    """The privacy ledger: each DP round's noise, sample rate, steps, epsilon; budget left."""
+    nf = load_node_file(folder / NODE_FILE)
+    cfg = nf.settings.privacy
+    ledger = PrivacyLedger.load(nf.settings.state_dir, nf.name)
+    spent = ledger.spent(cfg) if cfg else (ledger.entries[-1].epsilon if ledger.entries else 0.0)
+    report = {
+        "node": nf.name,
+        "local_dp": cfg is not None,
+        "unit": ledger.unit or "one training sequence (of the federation's seq_len tokens)",
+        "epsilon_budget": cfg.epsilon if cfg else None,
+        "delta": cfg.delta if cfg else None,
+        "accountant": cfg.accountant if cfg else None,
+        "epsilon_spent": spent,
+        "epsilon_remaining": max(0.0, cfg.epsilon - spent) if cfg else None,
+        "rounds": [asdict(e) for e in ledger.entries],
+        "refusals": ledger.refusals,
+        "ledger": str(ledger.path),
+    }
+    out = console_for(json_out)
+    out.print(table(f"{nf.name}: privacy ledger", ["round", "sigma", "sample rate", "steps",
+                    "sequences", "epsilon after", "time"],
+                    [[str(e.round), f"{e.noise_multiplier:.4g}", f"{e.sample_rate:.4g}",
+                      str(e.steps), f"{e.records:,}", f"{e.epsilon:.4f}", e.time]
+                     for e in ledger.entries]))  # fmt: skip
+    for r in ledger.refusals:
+        out.print(f"refused round {r['round']} at {r['time']}: {r['reason']}", markup=False)
+    if cfg is None:
+        out.print("local DP is off for this node: node.yaml has no privacy section")
+    else:
+        out.print(f"epsilon spent {spent:.4f} of {cfg.epsilon:g} (delta {cfg.delta:g}, "
+                  f"{cfg.accountant.upper()} accountant), {report['epsilon_remaining']:.4f} "
+                  f"left; privacy unit: {report['unit']}")  # fmt: skip
+    if json_out:
+        emit_json(report)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -8,6 +8,7 @@ cause, so the coordinator can report it and carry on with the other nodes.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from node.data import NodeData, load_node_data
+from node.dp_trainer import DPSettings, make_records, secret_generator
+from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
 from node.state import NodeStateStore
-from node.trainer import TrainingDiverged, evaluate_round, train_round
+from node.trainer import PrivateRound, TrainingDiverged, evaluate_round, train_round
 from step_model import protocol as P
 from step_model.errors import StepError
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.update_codec import encode
 
 app = ClientApp()
+log = logging.getLogger("step.node")
 
 # Per-process caches: a simulation worker serves many rounds and virtual nodes.
 _TOKENIZERS: dict[str, Tokenizer] = {}
@@ -83,7 +87,9 @@ def _node_info(settings: NodeSettings) -> ConfigRecord:
 
 
 def _error_reply(msg: Message, exc: Exception) -> Message:
-    if isinstance(exc, TrainingDiverged):
+    if isinstance(exc, PrivacyBudgetExhausted):
+        code = P.ERR_PRIVACY_BUDGET
+    elif isinstance(exc, TrainingDiverged):
         code = P.ERR_TRAINING
     elif isinstance(exc, StepError):
         code = P.ERR_NODE_SETUP
@@ -107,20 +113,27 @@ def train(msg: Message, context: Context) -> Message:
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
         store = NodeStateStore(settings.state_dir)
+        private, spent = _private_round(settings, cfg, data) if settings.privacy else (None, None)
         evaluated = evaluate_round(data, tokenizer, cfg, weights) if cfg.eval_first else {}
-        result = train_round(settings.name, data, tokenizer, cfg, weights, store)
+        result = train_round(settings.name, data, tokenizer, cfg, weights, store, private)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     encoded = encode(result.delta, cfg.update_encoding)
-    arrays = ArrayRecord({**encoded, P.TOKEN_COUNTS: result.token_counts})
+    counts = {} if result.token_counts is None else {P.TOKEN_COUNTS: result.token_counts}
+    arrays = ArrayRecord({**encoded, **counts})
     metrics: dict[str, Any] = {
         P.M_ROUND: cfg.round,
         P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
-        P.M_TRAIN_LOSS: result.mean_loss,
         P.M_WALL_S: result.wall_s,
         P.M_BYTES_RECEIVED: _received_bytes(msg, cfg),
         P.M_BYTES_SENT: arrays.count_bytes(),
     }
+    if spent is None:
+        metrics[P.M_TRAIN_LOSS] = result.mean_loss
+    else:  # the loss on private data is not covered by DP: it stays in the node's log
+        log.info("round %d: DP-SGD mean loss %.4f", cfg.round, result.mean_loss)
+        metrics[P.M_EPSILON] = spent.epsilon
+        metrics[P.M_DELTA] = spent.delta
     for lang, n in result.tokens_per_language.items():
         metrics[P.M_TOKENS_PREFIX + lang] = n
     _add_eval_metrics(metrics, evaluated)
@@ -128,6 +141,31 @@ def train(msg: Message, context: Context) -> Message:
         {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)}
     )
     return Message(content, reply_to=msg)
+
+
+def _private_round(
+    settings: NodeSettings, cfg: P.RoundConfig, data: NodeData
+) -> tuple[PrivateRound, LedgerEntry]:
+    """Check the round against the node's privacy budget and enter it in the ledger before
+    any training; a round over budget is refused (and the refusal recorded)."""
+    privacy = settings.privacy
+    assert privacy is not None
+    if cfg.drift_correction:
+        raise StepError(
+            f"node {settings.name} trains with local DP, which does not support "
+            "federation.drift_correction: ask the coordinator admin to turn it off"
+        )
+    ledger = PrivacyLedger.load(settings.state_dir, settings.name)
+    records = make_records(data.train, cfg.seq_len)
+    try:
+        entry = ledger.plan(privacy, cfg.round, cfg.batch_size, cfg.inner_steps, len(records))
+    except PrivacyBudgetExhausted as exc:
+        log.warning("%s", exc)
+        ledger.refuse(cfg.round, str(exc))
+        raise
+    ledger.record(entry, privacy.unit(cfg.seq_len))
+    dp = DPSettings(entry.noise_multiplier, privacy.max_grad_norm, cfg.batch_size, privacy.mode)
+    return PrivateRound(records, dp, secret_generator()), entry
 
 
 @app.evaluate()

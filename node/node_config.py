@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.privacy_config import privacy_from_dict
 from node.settings import _LANG_RE, _NAME_RE, WHOLE, NodeSettings
 from step_model.errors import StepError
 from step_model.fileio import atomic_write_text, read_yaml
@@ -51,6 +52,7 @@ data: {data}                    # a STEP-35 corpus folder, or a folder of .txt /
 languages: null                 # null: every language in data; or a list, e.g. [de, fr]
 state_dir: state                # inner optimizer state and data position between rounds
 holdout_fraction: 0.05          # share of paragraphs held out for evaluation (no valid/ split)
+privacy: null                   # local DP, e.g. {{epsilon: 8, delta: 1.0e-6, rounds: 20}}
 resources:
   threads: 0                    # CPU threads for training (0: all cores)
   max_backoff_s: 60             # longest wait between reconnection attempts
@@ -77,7 +79,7 @@ def load_node_file(path: Path) -> NodeFile:
     if not isinstance(data, dict):
         raise StepError(f"{path}: expected the settings written by `step-node init`")
     known = {"name", "coordinator", "ca", "data", "languages", "state_dir",
-             "holdout_fraction", "resources"}  # fmt: skip
+             "holdout_fraction", "resources", "privacy"}  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
         raise StepError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
@@ -102,7 +104,12 @@ def load_node_file(path: Path) -> NodeFile:
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff <= 0:
         raise StepError(f"{path}: resources.max_backoff_s {backoff!r} must be > 0")
     settings = NodeSettings(
-        name, text_dir, languages, folder / str(data.get("state_dir") or "state"), float(holdout)
+        name,
+        text_dir,
+        languages,
+        folder / str(data.get("state_dir") or "state"),
+        float(holdout),
+        privacy_from_dict(data.get("privacy"), str(path)),
     )
     return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff))
 

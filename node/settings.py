@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.privacy_config import PrivacyConfig, privacy_from_dict
 from step_model.corpus import resolve_corpus
 from step_model.errors import StepError
 
@@ -46,6 +47,8 @@ class NodeSettings:
     """Where the node keeps its inner optimizer state and data position between rounds."""
     holdout_fraction: float = 0.05
     """Share of paragraphs held out for evaluation when ``data`` has no valid/ split."""
+    privacy: PrivacyConfig | None = None
+    """Local differential privacy (DP-SGD with a budget); None: no local DP."""
 
 
 def parse_shares(entry: dict[str, Any], where: str) -> dict[str, float]:
@@ -114,4 +117,12 @@ def sim_node_settings(
     if corpus is not None and not isinstance(corpus, str):
         raise StepError(f"{source}: 'corpus' must be a folder path or null")
     slices = institution_slices(institutions, source)[partition_id]
-    return NodeSettings(name, resolve_corpus(corpus or None), slices, run_dir / "nodes" / name)
+    # An institution's own ``privacy`` (null: none) overrides the config's top-level one.
+    where = f"{source}: institutions[{partition_id}]"
+    if "privacy" in entry:
+        privacy = privacy_from_dict(entry["privacy"], where)
+    else:
+        privacy = privacy_from_dict(sim.get("privacy"), source)
+    return NodeSettings(
+        name, resolve_corpus(corpus or None), slices, run_dir / "nodes" / name, privacy=privacy
+    )

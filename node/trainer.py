@@ -8,7 +8,8 @@ One round (DiLoCo's inner loop):
      treats as a gradient), tokens per language and the mean loss.
 
 Batches come from ``LanguageMixture`` seeded by (federation seed, node index) at the node's own
-step counter, which persists with the optimizer state (state.py).
+step counter, which persists with the optimizer state (state.py). With local differential
+privacy (``privacy`` in the node's settings) step 2 is DP-SGD instead (dp_trainer.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from node.data import NodeData
+from node.dp_trainer import DPSettings, Records, dp_steps
 from node.state import InnerState, NodeStateStore
 from step_model.config import ModelConfig
 from step_model.data import LanguageMixture
@@ -41,8 +43,8 @@ class RoundResult:
     delta: dict[str, torch.Tensor]
     """theta_global - theta_local, fp32, one entry per parameter."""
     tokens_per_language: dict[str, int]
-    token_counts: torch.Tensor
-    """(vocab,) int32: how often each token id was a target this round."""
+    token_counts: torch.Tensor | None
+    """(vocab,) int32: how often each token id was a target this round (None under DP)."""
     mean_loss: float
     wall_s: float
 
@@ -73,6 +75,15 @@ def node_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest()[:4], "little")
 
 
+@dataclass(frozen=True)
+class PrivateRound:
+    """What a DP-SGD round needs beyond the round config (node/dp_trainer.py)."""
+
+    records: Records
+    settings: DPSettings
+    generator: torch.Generator
+
+
 def train_round(
     name: str,
     data: NodeData,
@@ -80,6 +91,7 @@ def train_round(
     cfg: RoundConfig,
     received: dict[str, torch.Tensor],
     store: NodeStateStore,
+    private: PrivateRound | None = None,
 ) -> RoundResult:
     t0 = time.perf_counter()
     model, weights = build_model(cfg, received)
@@ -89,45 +101,20 @@ def train_round(
     sha = model_sha(cfg)
     if state.optimizer is not None and state.model_sha == sha:
         optimizer.load_state_dict(state.optimizer)
-    correction = drift_correction(cfg, state, weights)
-    mixture = LanguageMixture(
-        data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
-    )
     total = cfg.total_steps or cfg.total_rounds * cfg.inner_steps
     offset = cfg.step_offset if cfg.step_offset >= 0 else (cfg.round - 1) * cfg.inner_steps
-    losses: list[float] = []
-    lr_mass = 0.0
-    tokens = dict.fromkeys(mixture.langs, 0)
-    vocab = tokenizer.vocab_size
-    token_counts = torch.zeros(vocab, dtype=torch.int64)
-    for h in range(cfg.inner_steps):
-        x, y, counts = mixture.batch(state.node_step + h, cfg.batch_size)
-        global_step = offset + h
-        lr = lr_at(
-            global_step,
-            peak=cfg.inner_lr,
-            warmup=cfg.warmup_steps,
-            total=total,
-            min_ratio=cfg.min_lr_ratio,
-        )
-        loss = train_step(model, optimizer, x, y, cfg.grad_clip, lr)
-        lr_mass += lr
-        if correction is not None:
-            with torch.no_grad():
-                for name, p in model.named_parameters():
-                    p.add_(correction[name], alpha=-lr)
-        if not math.isfinite(loss):
-            raise TrainingDiverged(
-                f"node {name}: loss became {loss} at inner step {h} of round "
-                f"{cfg.round}: lower the inner lr"
-            )
-        losses.append(loss)
-        for lang, n in zip(mixture.langs, counts, strict=True):
-            tokens[lang] += int(n)
-        token_counts += torch.bincount(y.reshape(-1), minlength=vocab)
+    lrs = [
+        lr_at(offset + h, peak=cfg.inner_lr, warmup=cfg.warmup_steps, total=total,
+              min_ratio=cfg.min_lr_ratio)
+        for h in range(cfg.inner_steps)
+    ]  # fmt: skip
+    if private is None:
+        steps = _plain_steps(name, model, optimizer, data, tokenizer, cfg, state, weights, lrs)
+    else:
+        steps = _private_steps(model, optimizer, tokenizer, cfg, private, lrs)
     local = model.state_dict()
     delta = {k: (weights[k].float() - local[k].float()) for k in weights}
-    control = {"global": weights, "delta": delta, "lr_mass": lr_mass}
+    control = {"global": weights, "delta": delta, "lr_mass": sum(lrs)}
     store.save(
         InnerState(
             cfg.round,
@@ -137,13 +124,87 @@ def train_round(
             control if cfg.drift_correction else None,
         )
     )
+    finite = [x for x in steps.losses if math.isfinite(x)]
     return RoundResult(
         delta,
-        tokens,
-        token_counts.to(torch.int32),
-        sum(losses) / len(losses),
+        steps.tokens,
+        steps.token_counts,
+        sum(finite) / len(finite) if finite else float("nan"),
         time.perf_counter() - t0,
     )
+
+
+@dataclass
+class _Steps:
+    losses: list[float]
+    tokens: dict[str, int]
+    token_counts: torch.Tensor | None
+
+
+def _plain_steps(
+    name: str,
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    state: InnerState,
+    weights: Weights,
+    lrs: list[float],
+) -> _Steps:
+    """H AdamW steps on batches of the node's language mixture (no privacy)."""
+    correction = drift_correction(cfg, state, weights)
+    mixture = LanguageMixture(
+        data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
+    )
+    losses: list[float] = []
+    tokens = dict.fromkeys(mixture.langs, 0)
+    vocab = tokenizer.vocab_size
+    token_counts = torch.zeros(vocab, dtype=torch.int64)
+    for h, lr in enumerate(lrs):
+        x, y, counts = mixture.batch(state.node_step + h, cfg.batch_size)
+        loss = train_step(model, optimizer, x, y, cfg.grad_clip, lr)
+        if correction is not None:
+            with torch.no_grad():
+                for key, p in model.named_parameters():
+                    p.add_(correction[key], alpha=-lr)
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"node {name}: loss became {loss} at inner step {h} of round "
+                f"{cfg.round}: lower the inner lr"
+            )
+        losses.append(loss)
+        for lang, n in zip(mixture.langs, counts, strict=True):
+            tokens[lang] += int(n)
+        token_counts += torch.bincount(y.reshape(-1), minlength=vocab)
+    return _Steps(losses, tokens, token_counts.to(torch.int32))
+
+
+def _private_steps(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    private: PrivateRound,
+    lrs: list[float],
+) -> _Steps:
+    """H DP-SGD steps. What the node reports must not depend on which sequences were drawn:
+    tokens per language are the expected counts (H x q x sequences x T, from how much text the
+    node holds), and no per-token counts are sent (they would reveal which tokens it saw)."""
+    losses = dp_steps(
+        model, optimizer, private.records, private.settings, lrs, tokenizer.bos_id,
+        private.generator,
+    )  # fmt: skip
+    q = private.settings.expected_batch / len(private.records)
+    tokens = {
+        lang: round(len(lrs) * q * n * cfg.seq_len)
+        for lang, n in private.records.per_language.items()
+    }
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise TrainingDiverged(
+            f"DP-SGD diverged in round {cfg.round} (non-finite weights): lower the inner lr"
+        )
+    return _Steps(losses, tokens, None)
 
 
 def drift_correction(cfg: RoundConfig, state: InnerState, weights: Weights) -> Weights | None:

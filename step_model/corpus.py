@@ -106,6 +106,17 @@ def resolve_corpus(explicit: str | Path | None = None) -> Path:
     )
 
 
+def head_lines(text: str, n_bytes: int) -> str:
+    """The first whole lines of ``text`` within ``n_bytes`` UTF-8 bytes (small test corpora)."""
+    out, size = [], 0
+    for line in text.splitlines(keepends=True):
+        size += len(line.encode("utf-8"))
+        if size > n_bytes:
+            break
+        out.append(line)
+    return "".join(out)
+
+
 def read_text_file(path: Path) -> str:
     """The file as text, or a StepError saying why it cannot be training text."""
     if not path.is_file():

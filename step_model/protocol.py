@@ -64,6 +64,8 @@ M_BYTES_SENT: Final = "bytes-sent"
 M_TOKENS_PREFIX: Final = "tokens."  # "tokens.de": training tokens per language
 M_NLL_PREFIX: Final = "nll."  # "nll.de": summed NLL in nats over the held-out text
 M_EVAL_BYTES_PREFIX: Final = "eval-bytes."  # "eval-bytes.de": held-out UTF-8 bytes predicted
+M_EPSILON: Final = "epsilon"  # local DP: epsilon this node has spent in total, after this round
+M_DELTA: Final = "delta"  # ... at this delta
 
 # The update's ArrayRecord also carries how often each token id was a training target this
 # round, (vocab,) int32: the coordinator averages each embedding / output row over the nodes
@@ -74,6 +76,7 @@ TOKEN_COUNTS: Final = "#token-counts"
 ERR_BAD_CONFIG: Final = 1001  # the round config is missing keys or has a protocol mismatch
 ERR_NODE_SETUP: Final = 1002  # the node's own settings or data are wrong (operator must fix)
 ERR_TRAINING: Final = 1003  # training diverged (non-finite loss)
+ERR_PRIVACY_BUDGET: Final = 1004  # the round would exceed the node's privacy budget: refused
 
 # --- update encodings (see update_codec.py) ---
 ENCODINGS: Final = ("fp32", "bf16", "int8")

@@ -87,9 +87,8 @@ def _progress(console: Console) -> Progress:
 
 def _show(record: dict[str, Any], bar: Progress, task: Any, console: Console) -> None:
     if record["kind"] == "round":
-        bar.update(
-            task, completed=record["round"], loss=f"{record['loss']:.3f}", nodes=record["nodes"]
-        )
+        loss = "-" if record["loss"] is None else f"{record['loss']:.3f}"  # None: all DP nodes
+        bar.update(task, completed=record["round"], loss=loss, nodes=record["nodes"])
         for node, reason in record.get("rejected", {}).items():
             console.print(f"[yellow]round {record['round']}: {node} rejected: {reason}[/]")
     elif record["kind"] == "eval" and record.get("mean_bpb") is not None:
@@ -199,10 +198,19 @@ def main(
         f"{summary['tokens']:,} training tokens; up {summary['bytes_up'] / 1e6:,.1f} MB, "
         f"down {summary['bytes_down'] / 1e6:,.1f} MB; {summary['wall_s']:.0f} s"
     )
+    _print_privacy(summary, console)
     if plot:
         console.print(f"plot: {plot}")
     if json_out:
         emit_json({**summary, "run_dir": str(out), "plot": str(plot) if plot else None})
+
+
+def _print_privacy(summary: dict[str, Any], console: Console) -> None:
+    for node, eps in sorted(summary.get("epsilon", {}).items()):
+        console.print(f"local DP: {node} spent epsilon {eps:.3f}")
+    if "epsilon_central" in summary:
+        console.print(f"central DP: epsilon {summary['epsilon_central']:.3f} "
+                      f"(delta {summary['delta_central']:g}, per institution)")  # fmt: skip
 
 
 def main_entry() -> None:

@@ -3,9 +3,11 @@
     corpus: null                # null: $STEP_CORPUS, then ../shared/corpus/step35
     federation: {...}           # coordinator/config.py: FederationConfig
     centralized_lr: 3.0e-3      # the baseline's peak lr (default: federation.inner_lr)
+    privacy: null               # local DP for every institution (node/privacy_config.py)
     institutions:
       - name: hellenic-univ
         languages: {el: 1.0, en: 0.125}   # share of each language's text it holds
+        privacy: {...}                    # optional: this institution's own (null: none)
 
 Validated in full at load (every key, every share), with messages naming file and key.
 """
@@ -23,7 +25,9 @@ from node.settings import NodeSettings, institution_slices, sim_node_settings
 from step_model.corpus import resolve_corpus
 from step_model.errors import StepError
 
-TOP_KEYS = ("corpus", "federation", "institutions", "description", "centralized_lr")
+TOP_KEYS = (
+    "corpus", "federation", "institutions", "description", "centralized_lr", "privacy"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class SimConfig:
     centralized_lr: float = 0.0
     """Peak learning rate of the centralized baseline (0: federation.inner_lr). An honest
     baseline is tuned for its own batch, which is nodes x the federation's local batch."""
+    privacy: dict[str, Any] | None = None
+    """Local DP for every institution without its own ``privacy`` (node/privacy_config.py)."""
 
     @property
     def baseline_lr(self) -> float:
@@ -61,6 +67,7 @@ class SimConfig:
             "federation": self.federation.to_dict(),
             "institutions": self.institutions,
             **({"centralized_lr": self.centralized_lr} if self.centralized_lr else {}),
+            **({"privacy": self.privacy} if self.privacy else {}),
         }
 
     def with_overrides(self, **federation: Any) -> SimConfig:
@@ -94,8 +101,11 @@ def load_sim_config(path: Path) -> SimConfig:
             "{name: ..., languages: {lang: share}}"
         )
     for i, inst in enumerate(institutions):
-        if not isinstance(inst, dict) or set(inst) - {"name", "languages", "description"}:
-            raise StepError(f"{path}: institutions[{i}] may only have name, languages, description")
+        allowed = {"name", "languages", "description", "privacy"}
+        if not isinstance(inst, dict) or set(inst) - allowed:
+            raise StepError(
+                f"{path}: institutions[{i}] may only have name, languages, description, privacy"
+            )
     names = [inst.get("name") for inst in institutions]
     dupes = sorted({str(n) for n in names if names.count(n) > 1})
     if dupes:
@@ -106,8 +116,17 @@ def load_sim_config(path: Path) -> SimConfig:
     lr = doc.get("centralized_lr") or 0.0
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
         raise StepError(f"{path}: centralized_lr {lr!r} must be a positive learning rate")
+    privacy = doc.get("privacy")
+    if privacy is not None and not isinstance(privacy, dict):
+        raise StepError(f"{path}: privacy must be a mapping with epsilon and delta, or null")
     cfg = SimConfig(
-        path, root.resolve(), federation, institutions, str(doc.get("description", "")), float(lr)
+        path,
+        root.resolve(),
+        federation,
+        institutions,
+        str(doc.get("description", "")),
+        float(lr),
+        privacy,
     )
     for i in range(len(institutions)):  # names and corpus, as each node will read them
         sim_node_settings(cfg.to_yaml_dict(), i, Path("."), str(path))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from step_model.corpus import head_lines
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
@@ -22,15 +24,8 @@ def shared_corpus() -> Path:
 
 def _cut(src: Path, dst: Path, n_bytes: int) -> None:
     """The first whole lines of src within n_bytes."""
-    text = src.read_text(encoding="utf-8")
-    out, size = [], 0
-    for line in text.splitlines(keepends=True):
-        size += len(line.encode("utf-8"))
-        if size > n_bytes:
-            break
-        out.append(line)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_text("".join(out), encoding="utf-8")
+    dst.write_text(head_lines(src.read_text(encoding="utf-8"), n_bytes), encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 from coordinator.config import FederationConfig
 from coordinator.strategy.base import Strategy
+from coordinator.strategy.central_dp import CentralDP
 from coordinator.strategy.diloco import DiLoCo
 from coordinator.strategy.fedavg import FedAvg
 
 
 def make_strategy(cfg: FederationConfig) -> Strategy:
+    inner: Strategy
     if cfg.strategy == "diloco":
-        return DiLoCo(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
-    return FedAvg()
+        inner = DiLoCo(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
+    else:
+        inner = FedAvg()
+    if cfg.central_dp_noise > 0:
+        return CentralDP(inner, cfg.central_dp_noise, cfg.central_dp_clip, cfg.central_dp_delta)
+    return inner
 
 
-__all__ = ["DiLoCo", "FedAvg", "Strategy", "make_strategy"]
+__all__ = ["CentralDP", "DiLoCo", "FedAvg", "Strategy", "make_strategy"]

@@ -5,9 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-import torch
-
-Weights = dict[str, torch.Tensor]
+from coordinator.replies import TrainReply, weighted_mean_delta
+from coordinator.replies import Weights as Weights
 
 
 class Strategy(ABC):
@@ -18,6 +17,11 @@ class Strategy(ABC):
     """
 
     name: str
+
+    def aggregate(self, replies: list[TrainReply], token_rows: bool, sample_rate: float) -> Weights:
+        """The round's pseudo-gradient from the checked updates: their token-weighted mean.
+        ``sample_rate`` is the share of connected nodes that were asked (for privacy wrappers)."""
+        return weighted_mean_delta(replies, token_rows=token_rows)
 
     @abstractmethod
     def step(self, weights: Weights, delta: Weights) -> Weights: ...

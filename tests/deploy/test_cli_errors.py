@@ -178,6 +178,10 @@ def test_bad_input_is_one_clear_line(
         (("threads: 0 ", "threads: -1 "), "resources.threads"),
         (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
         (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown keys"),
+        (("privacy: null", "privacy: {epsilon: 8, rounds: 3}"), "privacy.delta is missing"),
+        (("privacy: null", "privacy: {epsilon: -1, delta: 1.0e-6, rounds: 3}"), "privacy.epsilon"),
+        (("privacy: null", "privacy: {epsilon: 8, delta: 1.0e-6}"), "exactly one of"),
+        (("privacy: null", "privacy: {epsilon: 8, delta: 2, rounds: 3}"), "privacy.delta"),
     ],
 )
 def test_bad_node_yaml(world: Path, edit: tuple[str, str], needle: str) -> None:
@@ -215,6 +219,32 @@ def test_check_reports_bytes_and_tokens(world: Path) -> None:
     el = report["languages"]["el"]
     assert el["train_tokens"] == el["train_bytes"] > 0  # byte tokenizer: one token per byte
     assert report["fingerprint"].startswith("SHA256:")
+
+
+def test_privacy_shows_the_ledger_and_refuses_a_tampered_one(world: Path) -> None:
+    from node.ledger import PrivacyLedger
+    from node.privacy_config import privacy_from_dict
+
+    _edit(world / "uni" / "node.yaml", "privacy: null", "privacy: {epsilon: 4, delta: 1.0e-6, "
+          "noise_multiplier: 1.0}")  # fmt: skip
+    cfg = privacy_from_dict({"epsilon": 4, "delta": 1e-6, "noise_multiplier": 1.0}, "t")
+    assert cfg is not None
+    ledger = PrivacyLedger.load(world / "uni" / "state", "uni")
+    for r in (1, 2):
+        ledger.record(ledger.plan(cfg, r, 8, 50, 10_000), "one training sequence of 128 tokens")
+    result = runner.invoke(node, ["privacy", "--dir", str(world / "uni"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert report["epsilon_spent"] == ledger.spent(cfg) == report["rounds"][1]["epsilon"]
+    assert report["epsilon_remaining"] == 4 - report["epsilon_spent"]
+    assert report["unit"] == "one training sequence of 128 tokens"
+    path = world / "uni" / "state" / "privacy" / "ledger.json"
+    _edit(path, '"steps": 50', '"steps": 5')
+    before = snapshot(world)
+    result = runner.invoke(node, ["privacy", "--dir", str(world / "uni")])
+    assert result.exit_code == 2 and "SHA-256 mismatch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and snapshot(world) == before
 
 
 def test_nodes_lists_enrolled_and_revoked(world: Path) -> None:

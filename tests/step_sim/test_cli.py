@@ -21,9 +21,8 @@ def last_json(text: str) -> dict:
     return json.loads(text.strip().splitlines()[-1])
 
 
-def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
-    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2)
-    out = tmp_path / "run"
+def step_sim(cfg: Path, out: Path) -> tuple[dict, str]:
+    """Run the step-sim command (Flower's simulation engine); its JSON summary and stdout."""
     exe = Path(sys.executable).parent / "step-sim"
     proc = subprocess.run(
         [str(exe), "--config", str(cfg), "--out", str(out), "--json"],
@@ -32,7 +31,13 @@ def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_pat
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = last_json(proc.stdout)
+    return last_json(proc.stdout), proc.stdout
+
+
+def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2)
+    out = tmp_path / "run"
+    summary, _ = step_sim(cfg, out)
     assert KEYS <= set(summary)
     assert summary["mode"] == "federated" and summary["rounds"] == 2 and summary["nodes"] == 2
     assert set(summary["bpb"]) == {"de", "el", "et"}
@@ -60,3 +65,21 @@ def test_a_non_empty_run_folder_is_refused(tiny_corpus: Path, tmp_path: Path) ->
     (tmp_path / "run" / "x").write_text("x")
     result = CliRunner().invoke(app, ["--config", str(cfg), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "not empty" in result.stderr
+
+
+def test_privacy_shows_in_the_summary_of_a_flower_run(tiny_corpus: Path, tmp_path: Path) -> None:
+    import yaml
+
+    cfg = write_sim_config(
+        tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2,
+        central_dp_noise=0.5, central_dp_clip=5.0,
+    )  # fmt: skip
+    doc = yaml.safe_load(cfg.read_text())
+    doc["institutions"][0]["privacy"] = {"epsilon": 5.0, "delta": 1e-6, "rounds": 2}
+    cfg.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    summary, stdout = step_sim(cfg, out)
+    assert set(summary["epsilon"]) == {"hellas"} and 4.9 < summary["epsilon"]["hellas"] <= 5.0
+    assert summary["epsilon_central"] > 0 and summary["delta_central"] == 1e-5
+    assert "local DP: hellas spent epsilon" in stdout
+    assert (out / "nodes" / "hellas" / "privacy" / "ledger.json").is_file()
