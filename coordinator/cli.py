@@ -315,6 +315,8 @@ def _describe(rec: dict[str, Any]) -> str:
     if rec.get("kind") == "round":
         rejected = rec.get("rejected") or {}
         extra = f", rejected {sorted(rejected)}" if rejected else ""
+        if rec.get("missing"):
+            extra += f", no reply in time from {rec['missing']}"
         if "epsilon_central" in rec:
             extra += f", central epsilon {rec['epsilon_central']:.3f}"
         loss = "-" if rec["loss"] is None else f"{rec['loss']:.3f}"  # None: only DP nodes
@@ -346,6 +348,11 @@ def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
         out.print(f"last evaluation (round {report['eval_round']}): mean bpb "
                   f"{report['mean_bpb']:.3f}")  # fmt: skip
     out.print(f"bytes: up {report['bytes_up']:,}, down {report['bytes_down']:,}")
+    for round_, reasons in report["rejected"].items():
+        for node, reason in reasons.items():
+            out.print(f"round {round_}: rejected {node}: {reason}", markup=False)
+    for round_, names in report["missing"].items():
+        out.print(f"round {round_}: no reply in time from {', '.join(names)}", markup=False)
     for node, eps in sorted(report["epsilon"].items()):
         out.print(f"local DP: {node} has spent epsilon {eps:.3f}")
     if report["epsilon_central"] is not None:
@@ -384,6 +391,7 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
         "bytes_up": sum(int(r.get("bytes_up", 0)) for r in records),
         "bytes_down": sum(int(r.get("bytes_down", 0)) for r in records),
         "rejected": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},
+        "missing": {str(r["round"]): r["missing"] for r in rounds if r.get("missing")},
         **_privacy_status(fed, rounds),
     }
 

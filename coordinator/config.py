@@ -15,6 +15,8 @@ from step_model.errors import StepError
 from step_model.fileio import read_yaml
 from step_model.protocol import BROADCAST_ENCODINGS, ENCODINGS
 
+RULES = ("mean", "trimmed_mean", "median", "norm_clip")
+
 STRATEGIES = ("diloco", "fedavg")
 
 
@@ -76,8 +78,17 @@ class FederationConfig:
     """A checkpoint (``step-model train --out`` or a run's) whose weights start the federation
     instead of random ones: a warm start, e.g. open data trained centrally, private data
     federated. Its model and tokenizer must be this run's (preset, tokenizer)."""
+    keep_checkpoints: int = 3
+    """Committed rounds kept on disk (the oldest is deleted only after the new one is durable)."""
     max_update_norm: float = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
+    aggregation: str = "mean"
+    """How updates are combined: mean (token-weighted), trimmed_mean, median or norm_clip
+    (robust rules against nodes that send wrong updates; coordinator/strategy/robust.py)."""
+    trim_fraction: float = 0.25
+    """trimmed_mean: share of the nodes dropped at each end, per coordinate."""
+    aggregation_clip: float = 0.0
+    """norm_clip: every update scaled to at most this L2 norm (0: the round's median norm)."""
     central_dp_noise: float = 0.0
     """Central DP (institution level, coordinator/strategy/central_dp.py): noise multiplier
     sigma; the noisy sum gets N(0, (sigma C)^2) per coordinate (0: no central DP)."""
@@ -91,7 +102,8 @@ class FederationConfig:
         def bad(key: str, allowed: str) -> StepError:
             return StepError(f"federation.{key} = {getattr(self, key)!r}: {allowed}")
 
-        for key in ("rounds", "inner_steps", "batch_size", "seq_len", "eval_every", "min_nodes"):
+        for key in ("rounds", "inner_steps", "batch_size", "seq_len", "eval_every", "min_nodes",
+                    "keep_checkpoints"):  # fmt: skip
             if getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
         for key in ("inner_lr", "outer_lr", "round_timeout_s"):
@@ -112,6 +124,18 @@ class FederationConfig:
                 "drift_correction",
                 "needs strategy fedavg (nodes infer the global "
                 "update from two consecutive global models, which momentum would distort)",
+            )
+        if self.aggregation not in RULES:
+            raise bad("aggregation", f"choose one of {', '.join(RULES)}")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise bad("trim_fraction", "must be in [0, 0.5)")
+        if self.aggregation_clip < 0:
+            raise bad("aggregation_clip", "must be >= 0 (0: the round's median update norm)")
+        if self.central_dp_noise > 0 and self.aggregation != "mean":
+            raise bad(
+                "aggregation",
+                "central DP clips and averages the updates itself: use aggregation mean "
+                "with central_dp_noise > 0",
             )
         if self.central_dp_noise < 0:
             raise bad("central_dp_noise", "must be >= 0 (0: no central DP)")

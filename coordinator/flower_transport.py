@@ -78,6 +78,9 @@ class GridTransport:
             log.info("waiting for nodes: %d of %d connected", len(ids), minimum)
             time.sleep(2.0)
 
+    def name_of(self, node_id: int) -> str | None:
+        return self.enrolled(node_id) if self.enrolled is not None else None
+
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
     ) -> list[RawReply]:

@@ -68,8 +68,17 @@ def _metric(raw: RawReply, key: str) -> float:
 
 
 def check_train_reply(
-    raw: RawReply, round_: int, encoding: str, shapes: dict[str, torch.Size], max_norm: float
+    raw: RawReply,
+    round_: int,
+    encoding: str,
+    shapes: dict[str, torch.Size],
+    max_norm: float,
+    max_tokens: int = 0,
 ) -> TrainReply | Rejection:
+    """``max_tokens``: the most a node can have trained on this round (steps x batch x
+    sequence length; 0: no check). A token count is the aggregation weight, so a node
+    claiming more than it could have seen is trying to weigh more than it may."""
+
     def reject(reason: str) -> Rejection:
         return Rejection(raw.node_id, raw.node or f"node {raw.node_id}", reason)
 
@@ -81,6 +90,10 @@ def check_train_reply(
         num_tokens = int(_metric(raw, P.M_NUM_TOKENS))
         if num_tokens <= 0:
             return reject("reported no training tokens")
+        if max_tokens and num_tokens > max_tokens:
+            return reject(
+                f"claims {num_tokens} training tokens, more than the round allows ({max_tokens})"
+            )
         arrays = dict(raw.arrays)
         counts = arrays.pop(P.TOKEN_COUNTS, None)
         vocab = shapes[EMBEDDING][0]

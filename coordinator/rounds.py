@@ -45,7 +45,12 @@ from step_model.checkpoint import (
 from step_model.config import ModelConfig, preset
 from step_model.errors import StepError
 from step_model.evaluate import mean_bpb
-from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from step_model.fileio import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temps,
+)
 from step_model.tokenizer import Tokenizer, resolve_tokenizer
 from step_model.update_codec import encode, encoded_bytes
 
@@ -63,6 +68,14 @@ class Transport(Protocol):
     ) -> list[RawReply]:
         """Send one message per node and collect the replies (missing ones are simply absent)."""
         ...
+
+
+def _parses(line: str) -> bool:
+    """False for a blank line or one torn by a crash while it was being appended."""
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 @dataclass
@@ -98,6 +111,8 @@ class RoundRunner:
         self.round = 0
         self.totals = Totals()
         self.history: list[dict[str, Any]] = []
+        self.missing: list[str] = []
+        """Nodes asked in the last message round that did not reply in time (stragglers)."""
         self.started = time.monotonic()
         self.elapsed_before = 0.0
         if resume:
@@ -119,12 +134,16 @@ class RoundRunner:
     def _restore(self) -> None:
         if not (self.run_dir / LATEST).exists():
             raise StepError(f"nothing to resume in {self.run_dir}: start without --resume")
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            for p in remove_stale_temps(folder):
+                log.info("removed %s, left by an interrupted write", p.name)
         ckpt = load_checkpoint(self.run_dir)
         saved = ckpt.state.get("federation", {})
         changed = [
             k
             for k, v in self.cfg.to_dict().items()
-            if k not in ("rounds", "eval_every", "round_timeout_s") and saved.get(k) != v
+            if k not in ("rounds", "eval_every", "round_timeout_s", "keep_checkpoints")
+            and saved.get(k, FederationConfig().to_dict()[k]) != v
         ]
         if changed:
             raise StepError(
@@ -144,7 +163,7 @@ class RoundRunner:
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [x for x in lines if x.strip() and json.loads(x).get("round", 0) <= self.round]
+            kept = [x for x in lines if _parses(x) and json.loads(x).get("round", 0) <= self.round]
             atomic_write_text(path, "".join(x + "\n" for x in kept))
 
     def _save(self) -> None:
@@ -158,7 +177,7 @@ class RoundRunner:
         ckpt = Checkpoint(
             self.model_config, self.weights, self.tokenizer, state, self.strategy.state_dict()
         )
-        save_in_run(self.run_dir, f"round-{self.round:06d}", ckpt)
+        save_in_run(self.run_dir, f"round-{self.round:06d}", ckpt, keep=self.cfg.keep_checkpoints)
 
     def wall_s(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
@@ -207,7 +226,21 @@ class RoundRunner:
         weights = encode(self.weights, config.broadcast_encoding)
         raws = self.transport.send(kind, node_ids, weights, config.to_wire())
         per_node = encoded_bytes(weights) + len(config.tokenizer) + len(config.model_config)
+        for r in raws:  # an error reply carries no name: use the transport's
+            r.node = r.node or self._name(r.node_id)
+        replied = {r.node_id for r in raws}
+        self.missing = [self._name(n) for n in node_ids if n not in replied]
+        for name in self.missing:
+            log.warning("round %d: %s sent no reply within federation.round_timeout_s "
+                        "(%.0f s): dropped from the round", config.round, name,
+                        self.cfg.round_timeout_s)  # fmt: skip
         return raws, len(node_ids) * per_node
+
+    def _name(self, node_id: int) -> str:
+        """A node's name for reports: its enrolled name where the transport knows it."""
+        name_of = getattr(self.transport, "name_of", None)
+        name = name_of(node_id) if name_of is not None else None
+        return name or f"node {node_id}"
 
     def train_round(self, round_: int) -> dict[str, Any]:
         return self._train_round(round_)[0]
@@ -218,7 +251,12 @@ class RoundRunner:
         raws, bytes_down = self._send("train", config)
         checked = [
             check_train_reply(
-                r, round_, self.cfg.update_encoding, self.shapes, self.cfg.max_update_norm
+                r,
+                round_,
+                self.cfg.update_encoding,
+                self.shapes,
+                self.cfg.max_update_norm,
+                max_tokens=config.inner_steps * config.batch_size * config.seq_len,
             )
             for r in raws
         ]
@@ -255,6 +293,7 @@ class RoundRunner:
             "round": round_,
             "nodes": len(ok),
             "rejected": {r.node: r.reason for r in rejected},
+            "missing": self.missing,
             "loss": loss,
             "tokens": tokens,
             "bytes_down": bytes_down,

@@ -20,7 +20,7 @@ from typing import Any
 
 from step_model.checkpoint import read_tree, verify_checkpoint, write_sums, write_tree
 from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text
+from step_model.fileio import atomic_directory, atomic_write_text, remove_stale_temps
 
 KEEP = 3
 
@@ -70,6 +70,7 @@ class NodeStateStore:
 
     def save(self, state: InnerState) -> None:
         target = self.root / f"round-{state.round:08d}"
+        remove_stale_temps(self.root)  # left by a node killed mid-save
         if target.exists():  # this round was trained before (a coordinator resume): replace
             shutil.rmtree(target)
         try:

@@ -197,7 +197,7 @@ def _private_steps(
     )  # fmt: skip
     q = private.settings.expected_batch / len(private.records)
     tokens = {
-        lang: round(len(lrs) * q * n * cfg.seq_len)
+        lang: int(len(lrs) * q * n * cfg.seq_len)  # floor: never above steps x batch x T
         for lang, n in private.records.per_language.items()
     }
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):

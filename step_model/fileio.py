@@ -101,6 +101,22 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders (``.NAME.*.tmp``) that the atomic writers above
+    leave behind when the process is killed mid-write; they never hold committed state. Call
+    only where no other process writes into ``folder``. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return stale
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from step_model import protocol as P
+from step_model.checkpoint import resolve_checkpoint, verify_checkpoint
 from step_model.cli_common import console_for, emit_json, table, user_errors
 from step_model.corpus import project_root
 from step_model.errors import StepError
@@ -91,6 +92,8 @@ def _show(record: dict[str, Any], bar: Progress, task: Any, console: Console) ->
         bar.update(task, completed=record["round"], loss=loss, nodes=record["nodes"])
         for node, reason in record.get("rejected", {}).items():
             console.print(f"[yellow]round {record['round']}: {node} rejected: {reason}[/]")
+        for node in record.get("missing", []):
+            console.print(f"[yellow]round {record['round']}: {node} did not reply in time[/]")
     elif record["kind"] == "eval" and record.get("mean_bpb") is not None:
         bar.update(task, bpb=f"bpb {record['mean_bpb']:.3f}")
         console.print(f"round {record['round']}: mean held-out bpb {record['mean_bpb']:.4f}")
@@ -169,6 +172,8 @@ def main(
         )
     out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     init = str(init_from.resolve()) if init_from else None
+    if init_from:  # a damaged checkpoint must stop the run before anything is written
+        verify_checkpoint(resolve_checkpoint(init_from))
     sim = load_sim_config(config).with_overrides(rounds=rounds, preset=preset, init_from=init)
     _prepare_run_folder(out, resume)
     out = out.resolve()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -38,6 +39,11 @@ class LocalTransport:
             for i in range(n_nodes)
         }
         self.drop: set[int] = set()  # node ids that do not answer
+        doc = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
+        self.names = {100 + i: str(inst["name"]) for i, inst in enumerate(doc["institutions"])}
+
+    def name_of(self, node_id: int) -> str | None:
+        return self.names.get(node_id)
 
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
         return sorted(self.contexts)

@@ -10,6 +10,7 @@ from coordinator.strategy.base import Strategy
 from coordinator.strategy.central_dp import CentralDP
 from coordinator.strategy.diloco import DiLoCo
 from coordinator.strategy.fedavg import FedAvg
+from coordinator.strategy.robust import Aggregation
 
 
 def make_strategy(cfg: FederationConfig) -> Strategy:
@@ -18,9 +19,10 @@ def make_strategy(cfg: FederationConfig) -> Strategy:
         inner = DiLoCo(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
     else:
         inner = FedAvg()
+    inner.aggregation = Aggregation(cfg.aggregation, cfg.trim_fraction, cfg.aggregation_clip)
     if cfg.central_dp_noise > 0:
         return CentralDP(inner, cfg.central_dp_noise, cfg.central_dp_clip, cfg.central_dp_delta)
     return inner
 
 
-__all__ = ["CentralDP", "DiLoCo", "FedAvg", "Strategy", "make_strategy"]
+__all__ = ["Aggregation", "CentralDP", "DiLoCo", "FedAvg", "Strategy", "make_strategy"]

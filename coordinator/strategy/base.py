@@ -5,8 +5,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from coordinator.replies import TrainReply, weighted_mean_delta
+from coordinator.replies import TrainReply
 from coordinator.replies import Weights as Weights
+from coordinator.strategy.robust import Aggregation
 
 
 class Strategy(ABC):
@@ -17,11 +18,13 @@ class Strategy(ABC):
     """
 
     name: str
+    aggregation: Aggregation = Aggregation()
+    """How the round's updates are combined (robust.py); set by ``make_strategy``."""
 
     def aggregate(self, replies: list[TrainReply], token_rows: bool, sample_rate: float) -> Weights:
-        """The round's pseudo-gradient from the checked updates: their token-weighted mean.
-        ``sample_rate`` is the share of connected nodes that were asked (for privacy wrappers)."""
-        return weighted_mean_delta(replies, token_rows=token_rows)
+        """The round's pseudo-gradient from the checked updates (the token-weighted mean or a
+        robust rule). ``sample_rate``: the share of connected nodes asked (privacy wrappers)."""
+        return self.aggregation.apply(replies, token_rows)
 
     @abstractmethod
     def step(self, weights: Weights, delta: Weights) -> Weights: ...

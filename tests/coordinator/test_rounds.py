@@ -80,6 +80,18 @@ def test_a_silent_node_below_min_nodes_fails_the_round_with_reasons(
         runner.run()
 
 
+def test_a_straggler_is_dropped_from_the_round_and_reported(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    runner = run(tmp_path, tiny_corpus, "s", min_nodes=1)
+    assert isinstance(runner.transport, LocalTransport)
+    runner.transport.drop.add(101)  # never answers within the round's deadline
+    runner.run()
+    rounds = [h for h in runner.history if h["kind"] == "round"]
+    name = runner.transport.names[101]
+    assert all(r["nodes"] == 1 and r["missing"] == [name] for r in rounds)
+
+
 def test_a_node_error_is_reported_and_the_others_carry_on(
     tiny_corpus: Path, tmp_path: Path
 ) -> None:
@@ -92,7 +104,7 @@ def test_a_node_error_is_reported_and_the_others_carry_on(
     )
     runner.run()
     rec = json.loads((tmp_path / "e" / "metrics.jsonl").read_text().splitlines()[0])
-    assert rec["nodes"] == 2 and "fi" in rec["rejected"]["node 102"]
+    assert rec["nodes"] == 2 and "fi" in rec["rejected"]["lost"]
 
 
 def test_compressed_traffic_is_counted_as_sent(tiny_corpus: Path, tmp_path: Path) -> None:

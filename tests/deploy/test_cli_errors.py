@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app as coord
 from node.cli import app as node
+from step_sim.cli import app as sim
+from tests.local_federation import write_sim_config
 
 runner = CliRunner()
 
@@ -44,7 +46,28 @@ def world(tmp_path: Path, tiny_corpus: Path) -> Path:
     (tmp_path / "bad.yaml").write_text("federation:\n  strategy: fedsgd\n")
     (tmp_path / "tok.yaml").write_text("federation:\n  tokenizer: /no/tok.json\n")
     (tmp_path / "bpe.yaml").write_text("federation:\n  tokenizer: bpe:2048\n")
+    insts = [{"name": "a", "languages": {"el": 1.0}}]
+    write_sim_config(tmp_path / "sim.yaml", tiny_corpus, insts)
+    over = [{"name": "a", "languages": {"el": 0.7}}, {"name": "b", "languages": {"el": 0.7}}]
+    write_sim_config(tmp_path / "sim-over.yaml", tiny_corpus, over)
+    (tmp_path / "sim-dp.yaml").write_text(
+        (tmp_path / "sim.yaml").read_text() + "privacy: {epsilon: 8, rounds: 2}\n"
+    )
+    _tampered_checkpoint(tmp_path / "ckpt")
     return tmp_path
+
+
+def _tampered_checkpoint(path: Path) -> None:
+    from step_model.checkpoint import Checkpoint, initial_weights, save_checkpoint
+    from step_model.config import preset
+    from step_model.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    config = preset("debug").with_vocab(tok.vocab_size)
+    save_checkpoint(path, Checkpoint(config, initial_weights(config, tok, 0), tok, {}))
+    data = bytearray((path / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte in the weights
+    (path / "model.safetensors").write_bytes(bytes(data))
 
 
 def _fed(w: Path) -> str:
@@ -150,6 +173,39 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "already holds a node",
     ),
     ("check without node.yaml", lambda w: (node, ["check", "--dir", str(w)]), "step-node init"),
+    ("privacy without node.yaml", lambda w: (node, ["privacy", "--dir", str(w)]), "step-node init"),
+    (
+        "sim shares over 1",
+        lambda w: (sim, ["--config", str(w / "sim-over.yaml"), "--out", str(w / "o1")]),
+        "add up to more than 1",
+    ),
+    (
+        "sim missing config",
+        lambda w: (sim, ["--config", str(w / "none.yaml"), "--out", str(w / "o2")]),
+        "not found",
+    ),
+    (
+        "sim privacy without delta",
+        lambda w: (sim, ["--config", str(w / "sim-dp.yaml"), "--out", str(w / "o3")]),
+        "privacy.delta is missing",
+    ),
+    (
+        "sim tampered init checkpoint",
+        lambda w: (sim, ["--config", str(w / "sim.yaml"), "--out", str(w / "o4"),
+                         "--init-from", str(w / "ckpt")]),
+        "does not match its sha256",
+    ),
+    (
+        "sim resume nothing",
+        lambda w: (sim, ["--config", str(w / "sim.yaml"), "--out", str(w / "o5"), "--resume"]),
+        "holds no step-sim run",
+    ),
+    (
+        "sim bad rounds",
+        lambda w: (sim, ["--config", str(w / "sim.yaml"), "--out", str(w / "o6"),
+                         "--rounds", "0"]),
+        "federation.rounds",
+    ),
     ("start without node.yaml", lambda w: (node, ["start", "--dir", str(w)]), "step-node init"),
 ]
 # fmt: on

@@ -43,7 +43,7 @@ def test_a_dp_node_spends_its_budget_then_refuses(tiny_corpus: Path, tmp_path: P
     summary = runner.run()
     rounds = [h for h in runner.history if h["kind"] == "round"]
     assert [r["nodes"] for r in rounds] == [2, 2, 1]  # a trained its 2 planned rounds, then no
-    reason = rounds[2]["rejected"]["node 100"]
+    reason = rounds[2]["rejected"]["a"]
     assert f"node error {P.ERR_PRIVACY_BUDGET}" in reason and "2 rounds it planned" in reason
     ledger = PrivacyLedger.load(run / "nodes" / "a", "a")
     assert [e.round for e in ledger.entries] == [1, 2] and ledger.refusals[0]["round"] == 3

@@ -1,0 +1,80 @@
+"""How the checked updates of a round become one pseudo-gradient: the mean, or a robust rule
+for when a node may send garbage that passes validation (finite, right shapes, under the norm
+bound) but is still wrong: a flipped sign, scaled or random updates.
+
+- ``mean``: token-weighted mean (with token-aware embedding/output rows, replies.py);
+- ``trimmed_mean``: per coordinate, drop the ``trim_fraction`` largest and smallest values of
+  the nodes, average the rest (Yin et al. 2018);
+- ``median``: per coordinate, the median over the nodes (Yin et al. 2018);
+- ``norm_clip``: every update scaled down to L2 norm at most C (``aggregation_clip``, or the
+  round's median update norm when 0), then the token-weighted mean: one node moves the model by
+  at most C times its weight (Sun et al. 2019, "Can you really backdoor federated learning?").
+
+The coordinate-wise rules weigh nodes equally (a token count is the node's own claim) and hold
+while fewer than ``trim_fraction`` (resp. half) of the nodes misbehave. With non-IID data they
+also discard honest outliers, such as the only node holding a language: robustness costs
+quality even without an attack (bench/RESULTS.md, "Byzantine nodes").
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from coordinator.replies import TrainReply, Weights, weighted_mean_delta
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    rule: str = "mean"
+    trim_fraction: float = 0.25
+    """trimmed_mean: share of the nodes dropped at each end, per coordinate."""
+    clip_norm: float = 0.0
+    """norm_clip: the bound C (0: the round's median update norm)."""
+
+    def apply(self, replies: list[TrainReply], token_rows: bool) -> Weights:
+        ordered = sorted(replies, key=lambda r: (r.node, r.node_id))  # reproducible sums
+        if self.rule == "trimmed_mean":
+            return trimmed_mean([r.delta for r in ordered], self.trim_fraction)
+        if self.rule == "median":
+            return coordinate_median([r.delta for r in ordered])
+        if self.rule == "norm_clip":
+            return norm_clipped_mean(ordered, self.clip_norm)
+        return weighted_mean_delta(ordered, token_rows=token_rows)
+
+
+def _stacked(deltas: list[Weights], name: str) -> torch.Tensor:
+    return torch.stack([d[name] for d in deltas])  # (nodes, *shape)
+
+
+def trimmed_mean(deltas: list[Weights], trim_fraction: float) -> Weights:
+    n = len(deltas)
+    k = min(int(trim_fraction * n), (n - 1) // 2)  # keep at least one value per coordinate
+    out = {}
+    for name in deltas[0]:
+        values = _stacked(deltas, name).sort(dim=0).values  # (nodes, *shape), ascending
+        out[name] = values[k : n - k].mean(dim=0)
+    return out
+
+
+def coordinate_median(deltas: list[Weights]) -> Weights:
+    """The mean of the two middle values for an even node count (torch.median takes the lower)."""
+    n = len(deltas)
+    out = {}
+    for name in deltas[0]:
+        values = _stacked(deltas, name).sort(dim=0).values
+        out[name] = (values[(n - 1) // 2] + values[n // 2]) / 2
+    return out
+
+
+def norm_clipped_mean(replies: list[TrainReply], clip_norm: float) -> Weights:
+    bound = clip_norm or statistics.median(r.norm for r in replies)
+    total = sum(r.num_tokens for r in replies)
+    out: Weights = {}
+    for r in replies:
+        w = (r.num_tokens / total) * (min(1.0, bound / r.norm) if r.norm > 0 else 1.0)
+        for k, t in r.delta.items():
+            out[k] = out[k].add_(t, alpha=w) if k in out else t * w
+    return out
