@@ -11,7 +11,9 @@ train honestly, then replace their update before it leaves (each run starts from
 
 - ``signflip``: -10 x their honest update;
 - ``gaussian``: Gaussian noise with 10 x the RMS of their honest update per coordinate;
-- ``nan``: their honest update with NaN in the first entry of every tensor.
+- ``nan``: their honest update with NaN in the first entry of every tensor;
+- ``absent``: no update at all (the two leave): the best any rule could do against them, as
+  their own languages then lose their training too.
 
 Validation (finite values, shapes, dtypes, norm bound, round id, token claims) runs before any
 rule: NaN updates are rejected there, whatever the rule. Prints one JSON line per run and a
@@ -74,6 +76,8 @@ class AttackedTransport:
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
     ) -> list[RawReply]:
+        if self.attack == "absent" and kind == "train":  # still evaluated on all held-out text
+            node_ids = [n for n in node_ids if n not in self.attacker_ids]
         raws = self.inner.send(kind, node_ids, weights, config)
         if kind == "train":
             for r in raws:
@@ -103,7 +107,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "sim-eu8.yaml")
     ap.add_argument("--tokenizer", required=True, help="a tokenizer.json shared by every run")
-    ap.add_argument("--attacks", nargs="+", default=["signflip", "gaussian", "nan"])
+    ap.add_argument("--attacks", nargs="+", default=["signflip", "gaussian", "nan"],
+                    help="signflip, gaussian, nan, absent")  # fmt: skip
     ap.add_argument("--rules", nargs="+", default=["mean", "trimmed_mean", "median", "norm_clip"])
     ap.add_argument("--no-clean", action="store_true", help="skip the clean run")
     ap.add_argument("--clean-rules", action="store_true", help="also robust rules, no attack")

@@ -134,9 +134,6 @@ class RoundRunner:
     def _restore(self) -> None:
         if not (self.run_dir / LATEST).exists():
             raise StepError(f"nothing to resume in {self.run_dir}: start without --resume")
-        for folder in (self.run_dir, self.run_dir / "checkpoints"):
-            for p in remove_stale_temps(folder):
-                log.info("removed %s, left by an interrupted write", p.name)
         ckpt = load_checkpoint(self.run_dir)
         saved = ckpt.state.get("federation", {})
         changed = [
@@ -340,6 +337,9 @@ class RoundRunner:
 
     def run(self) -> dict[str, Any]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.run_dir, self.run_dir / "checkpoints"):
+            for p in remove_stale_temps(folder):
+                log.info("removed %s, left by an interrupted write", p.name)
         log.info(
             "federation: %s, %d rounds x %d inner steps, %s, %d parameters",
             self.cfg.strategy,
@@ -397,7 +397,9 @@ class RoundRunner:
             epsilon.update(h.get("epsilon", {}))
         if epsilon:
             out["epsilon"] = epsilon
+            out["privacy_unit"] = f"one training sequence of {self.cfg.seq_len} tokens"
         if isinstance(self.strategy, CentralDP):
             out["epsilon_central"] = self.strategy.epsilon()
             out["delta_central"] = self.cfg.central_dp_delta
+            out["central_privacy_unit"] = "one institution (all of its data)"
         return out

@@ -107,8 +107,9 @@ def derive_sigma(
             lo, hi = (lo, mid) if fits(mid, name) else (mid, hi)
         return hi
 
-    lo, hi = 0.5, 2.0  # bracket the answer from the usual range outwards (extreme sigmas are
-    while not fits(hi, "rdp"):  # slow to account)
+    # Bracket the answer starting from the usual range (extreme sigmas are slow to account).
+    lo, hi = 0.5, 2.0
+    while not fits(hi, "rdp"):
         if hi >= SIGMA_RANGE[1]:
             return None
         lo, hi = hi, min(hi * 4, SIGMA_RANGE[1])

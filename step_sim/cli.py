@@ -212,7 +212,7 @@ def main(
 
 def _print_privacy(summary: dict[str, Any], console: Console) -> None:
     for node, eps in sorted(summary.get("epsilon", {}).items()):
-        console.print(f"local DP: {node} spent epsilon {eps:.3f}")
+        console.print(f"local DP: {node} spent epsilon {eps:.3f} ({summary['privacy_unit']})")
     if "epsilon_central" in summary:
         console.print(f"central DP: epsilon {summary['epsilon_central']:.3f} "
                       f"(delta {summary['delta_central']:g}, per institution)")  # fmt: skip

@@ -4,21 +4,26 @@
 
 The coordinator's round loop and every node (in-process transport) run here, so a SIGKILL of
 this process kills the coordinator and the nodes at the same instant, wherever they are:
-training, writing node state, committing a checkpoint, appending metrics. Prints "ready" once
-the run is set up, then runs to the end.
+training, writing node state, committing a checkpoint, appending metrics. Prints "ready S" once
+the run is set up (S: seconds since the process started, imports and checkpoint loading and
+verification included), then runs to the end.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import time
 
-import torch
-import yaml
+T0 = time.perf_counter()
 
-from coordinator.config import load_federation_config
-from coordinator.rounds import RoundRunner
-from step_sim.local_transport import LocalTransport
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from coordinator.config import load_federation_config  # noqa: E402
+from coordinator.rounds import RoundRunner  # noqa: E402
+from step_sim.local_transport import LocalTransport  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +36,7 @@ def main() -> None:
         LocalTransport(cfg_file, run_dir, n),
         resume="--resume" in sys.argv,
     )
-    print("ready", flush=True)
+    print(f"ready {time.perf_counter() - T0:.2f}", flush=True)
     runner.run()
 
 

@@ -48,17 +48,22 @@ def check_invariants(run: Path, last_round: int) -> int:
     return now
 
 
-def start(cfg: Path, run: Path) -> subprocess.Popen[str]:
+def start(cfg: Path, run: Path, ready_s: list[float]) -> subprocess.Popen[str]:
+    """Start the worker (resuming if a round was committed); waits until it is set up and
+    appends its start-to-ready seconds to ``ready_s`` when it resumed."""
     args = [sys.executable, "-m", "tests.fault_worker", str(cfg), str(run)]
-    if (run / LATEST).exists():
+    resume = (run / LATEST).exists()
+    if resume:
         args.append("--resume")
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
     assert proc.stdout is not None
     line = proc.stdout.readline()  # blocks until the run is set up (or the process died)
-    if line.strip() != "ready":
+    if not line.startswith("ready "):
         proc.wait(timeout=30)
         raise AssertionError(f"worker failed to start: {proc.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+    if resume:
+        ready_s.append(float(line.split()[1]))
     return proc
 
 
@@ -69,8 +74,9 @@ def test_random_kills_lose_no_committed_round(tiny_corpus: Path, tmp_path: Path,
                            inner_steps=3, eval_every=2, keep_checkpoints=2)  # fmt: skip
     run = tmp_path / "run"
     last_round, kills, t0 = 0, 0, time.monotonic()
+    ready_s: list[float] = []
     while True:
-        proc = start(cfg, run)
+        proc = start(cfg, run, ready_s)
         try:
             proc.wait(timeout=rng.uniform(0.0, 2.5) if kills < KILLS else 120)
         except subprocess.TimeoutExpired:
@@ -83,8 +89,12 @@ def test_random_kills_lose_no_committed_round(tiny_corpus: Path, tmp_path: Path,
         last_round = check_invariants(run, last_round)
         assert time.monotonic() - t0 < 300, "the run did not complete within 5 minutes"
     assert check_invariants(run, last_round) == ROUNDS
+    assert not list((run / "checkpoints").glob(".*.tmp")), "interrupted writes were left behind"
+    kept = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert kept == [f"round-{ROUNDS - 1:06d}", f"round-{ROUNDS:06d}"]  # keep_checkpoints: 2
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records if r["kind"] == "round"] == list(range(1, ROUNDS + 1))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == ROUNDS and summary["mean_bpb"] is not None
-    print(f"seed {seed}: {kills} kills")
+    resumes = f"{len(ready_s)} resumes, start to ready {max(ready_s, default=0):.2f} s at most"
+    print(f"seed {seed}: {kills} kills, rounds lost 0, {resumes}")
