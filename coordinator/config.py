@@ -15,7 +15,7 @@ from step_model.errors import StepError
 from step_model.fileio import read_yaml
 from step_model.protocol import BROADCAST_ENCODINGS, ENCODINGS
 
-RULES = ("mean", "trimmed_mean", "median", "norm_clip")
+RULES = ("mean", "trimmed_mean", "median", "norm_clip", "filtered_mean")
 
 STRATEGIES = ("diloco", "fedavg")
 
@@ -88,7 +88,11 @@ class FederationConfig:
     trim_fraction: float = 0.25
     """trimmed_mean: share of the nodes dropped at each end, per coordinate."""
     aggregation_clip: float = 0.0
-    """norm_clip: every update scaled to at most this L2 norm (0: the round's median norm)."""
+    """norm_clip, filtered_mean: every update scaled to at most this L2 norm (0: the round's
+    median norm)."""
+    filter_cosine: float = 0.1
+    """filtered_mean: updates whose cosine similarity with the coordinate-wise median of the
+    round is below this are dropped (and reported)."""
     central_dp_noise: float = 0.0
     """Central DP (institution level, coordinator/strategy/central_dp.py): noise multiplier
     sigma; the noisy sum gets N(0, (sigma C)^2) per coordinate (0: no central DP)."""
@@ -129,6 +133,8 @@ class FederationConfig:
             raise bad("aggregation", f"choose one of {', '.join(RULES)}")
         if not 0 <= self.trim_fraction < 0.5:
             raise bad("trim_fraction", "must be in [0, 0.5)")
+        if not -1 <= self.filter_cosine < 1:
+            raise bad("filter_cosine", "must be in [-1, 1)")
         if self.aggregation_clip < 0:
             raise bad("aggregation_clip", "must be >= 0 (0: the round's median update norm)")
         if self.central_dp_noise > 0 and self.aggregation != "mean":

@@ -291,6 +291,7 @@ class RoundRunner:
             "nodes": len(ok),
             "rejected": {r.node: r.reason for r in rejected},
             "missing": self.missing,
+            "dropped": list(self.strategy.dropped),
             "loss": loss,
             "tokens": tokens,
             "bytes_down": bytes_down,

@@ -29,6 +29,9 @@ from step_model.processes import ChildProcesses, free_port, new_marker, watchdog
 
 FIRST_BACKOFF_S = 1.0
 DRAIN_S = 1.0  # output still read after the SuperNode exits
+KEY_GRACE_S = 15.0
+"""How long a refused key is retried before the refusal is final: a coordinator that has just
+started opens its node port a moment before it has registered the enrolled keys."""
 
 
 class NodeRefused(StepError):
@@ -41,6 +44,8 @@ class NodeRefused(StepError):
 class Refusal:
     needle: str
     message: str
+    retry_s: float = 0.0
+    """Retry for this long after the first such refusal before giving up."""
 
 
 def refusals(nf: NodeFile) -> list[Refusal]:
@@ -50,6 +55,7 @@ def refusals(nf: NodeFile) -> list[Refusal]:
             f"the coordinator at {nf.coordinator} refused this node's key "
             f"({_key_hint(nf)}): it is not enrolled, or it was revoked. Send node.pub to "
             "the coordinator admin (`step-coord enroll`), then start again",
+            KEY_GRACE_S,
         ),
         Refusal(
             "CERTIFICATE_VERIFY_FAILED",
@@ -92,6 +98,7 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
     log_path = nf.folder / "logs" / "supernode.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     marker, backoff = new_marker(), FIRST_BACKOFF_S
+    first_refused: float | None = None
     with watchdog(marker), ChildProcesses(marker) as procs:
         while True:
             say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")
@@ -105,7 +112,13 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
             refusal = _watch(proc, nf, log_path, say)
             procs.terminate_all()  # the SuperNode's SuperExec may outlive it
             if refusal is not None:
-                raise NodeRefused(refusal)
+                first_refused = first_refused or time.monotonic()
+                if time.monotonic() - first_refused >= refusal.retry_s:
+                    raise NodeRefused(refusal.message)
+                say("the coordinator refused this node's key; retrying for a few seconds in "
+                    "case it is still registering the enrolled nodes")  # fmt: skip
+            else:
+                first_refused = None
             if time.monotonic() - began > 60:
                 backoff = FIRST_BACKOFF_S  # it ran a while: a new outage, not the same one
             say(f"the SuperNode stopped (exit code {proc.returncode}); retrying in {backoff:.0f} s")
@@ -115,8 +128,8 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
 
 def _watch(
     proc: subprocess.Popen[bytes], nf: NodeFile, log_path: Path, say: Callable[[str], None]
-) -> str | None:
-    """Copy the SuperNode's output to the log until it exits; the refusal message, if any.
+) -> Refusal | None:
+    """Copy the SuperNode's output to the log until it exits; the refusal, if any.
 
     The SuperNode's own children (SuperExec) inherit its stdout and may outlive it, so the end
     of the SuperNode is its exit, not the end of the pipe.
@@ -124,7 +137,7 @@ def _watch(
     lines: queue.Queue[bytes] = queue.Queue()
     assert proc.stdout is not None
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    found: str | None = None
+    found: Refusal | None = None
     exited_at: float | None = None
     with log_path.open("ab") as log:
         while exited_at is None or time.monotonic() - exited_at < DRAIN_S:
@@ -139,7 +152,7 @@ def _watch(
             line = strip_ansi(raw.decode("utf-8", errors="replace")).rstrip()
             for r in refusals(nf):
                 if r.needle in line and found is None:
-                    found = r.message
+                    found = r
             if "SuperNode ID:" in line:
                 node_id = line.split("SuperNode ID:")[1].strip()
                 say(f"connected to the coordinator: node id {node_id}")

@@ -19,7 +19,9 @@ def make_strategy(cfg: FederationConfig) -> Strategy:
         inner = DiLoCo(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
     else:
         inner = FedAvg()
-    inner.aggregation = Aggregation(cfg.aggregation, cfg.trim_fraction, cfg.aggregation_clip)
+    inner.aggregation = Aggregation(
+        cfg.aggregation, cfg.trim_fraction, cfg.aggregation_clip, cfg.filter_cosine
+    )
     if cfg.central_dp_noise > 0:
         return CentralDP(inner, cfg.central_dp_noise, cfg.central_dp_clip, cfg.central_dp_delta)
     return inner

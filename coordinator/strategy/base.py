@@ -20,11 +20,15 @@ class Strategy(ABC):
     name: str
     aggregation: Aggregation = Aggregation()
     """How the round's updates are combined (robust.py); set by ``make_strategy``."""
+    dropped: tuple[str, ...] = ()
+    """Nodes whose update the robust rule dropped in the last round (reported per round)."""
 
     def aggregate(self, replies: list[TrainReply], token_rows: bool, sample_rate: float) -> Weights:
         """The round's pseudo-gradient from the checked updates (the token-weighted mean or a
         robust rule). ``sample_rate``: the share of connected nodes asked (privacy wrappers)."""
-        return self.aggregation.apply(replies, token_rows)
+        delta, dropped = self.aggregation.apply(replies, token_rows)
+        self.dropped = tuple(dropped)
+        return delta
 
     @abstractmethod
     def step(self, weights: Weights, delta: Weights) -> Weights: ...

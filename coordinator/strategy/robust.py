@@ -8,7 +8,11 @@ bound) but is still wrong: a flipped sign, scaled or random updates.
 - ``median``: per coordinate, the median over the nodes (Yin et al. 2018);
 - ``norm_clip``: every update scaled down to L2 norm at most C (``aggregation_clip``, or the
   round's median update norm when 0), then the token-weighted mean: one node moves the model by
-  at most C times its weight (Sun et al. 2019, "Can you really backdoor federated learning?").
+  at most C times its weight (Sun et al. 2019, "Can you really backdoor federated learning?");
+- ``filtered_mean``: drop the updates whose cosine similarity with the coordinate-wise median
+  is below ``filter_cosine`` (flipped, random or otherwise off-consensus updates), clip the rest
+  as ``norm_clip`` does, then the token-weighted mean with token-aware rows, so that the honest
+  nodes keep the quality of the plain mean. Dropped nodes are reported per round.
 
 The coordinate-wise rules weigh nodes equally (a token count is the node's own claim) and hold
 while fewer than ``trim_fraction`` (resp. half) of the nodes misbehave. With non-IID data they
@@ -19,7 +23,7 @@ quality even without an attack (bench/RESULTS.md, "Byzantine nodes").
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,17 +36,22 @@ class Aggregation:
     trim_fraction: float = 0.25
     """trimmed_mean: share of the nodes dropped at each end, per coordinate."""
     clip_norm: float = 0.0
-    """norm_clip: the bound C (0: the round's median update norm)."""
+    """norm_clip, filtered_mean: the bound C (0: the round's median update norm)."""
+    filter_cosine: float = 0.0
+    """filtered_mean: the least cosine similarity with the coordinate-wise median kept."""
 
-    def apply(self, replies: list[TrainReply], token_rows: bool) -> Weights:
+    def apply(self, replies: list[TrainReply], token_rows: bool) -> tuple[Weights, list[str]]:
+        """The aggregate and the names of the nodes whose update the rule dropped."""
         ordered = sorted(replies, key=lambda r: (r.node, r.node_id))  # reproducible sums
         if self.rule == "trimmed_mean":
-            return trimmed_mean([r.delta for r in ordered], self.trim_fraction)
+            return trimmed_mean([r.delta for r in ordered], self.trim_fraction), []
         if self.rule == "median":
-            return coordinate_median([r.delta for r in ordered])
+            return coordinate_median([r.delta for r in ordered]), []
         if self.rule == "norm_clip":
-            return norm_clipped_mean(ordered, self.clip_norm)
-        return weighted_mean_delta(ordered, token_rows=token_rows)
+            return norm_clipped_mean(ordered, self.clip_norm), []
+        if self.rule == "filtered_mean":
+            return filtered_mean(ordered, self.filter_cosine, self.clip_norm, token_rows)
+        return weighted_mean_delta(ordered, token_rows=token_rows), []
 
 
 def _stacked(deltas: list[Weights], name: str) -> torch.Tensor:
@@ -67,6 +76,37 @@ def coordinate_median(deltas: list[Weights]) -> Weights:
         values = _stacked(deltas, name).sort(dim=0).values
         out[name] = (values[(n - 1) // 2] + values[n // 2]) / 2
     return out
+
+
+def cosine_to_median(replies: list[TrainReply]) -> list[float]:
+    """Each update's cosine similarity with the coordinate-wise median of all of them."""
+    median = coordinate_median([r.delta for r in replies])
+    names = sorted(median)
+    m = torch.cat([median[k].flatten() for k in names]).double()
+    out = []
+    for r in replies:
+        d = torch.cat([r.delta[k].flatten() for k in names]).double()
+        denom = float(d.norm() * m.norm())
+        out.append(float(d @ m) / denom if denom > 0 else 0.0)
+    return out
+
+
+def filtered_mean(
+    replies: list[TrainReply], min_cosine: float, clip_norm: float, token_rows: bool
+) -> tuple[Weights, list[str]]:
+    cosines = cosine_to_median(replies)
+    kept = [r for r, c in zip(replies, cosines, strict=True) if c >= min_cosine]
+    dropped = [r.node for r, c in zip(replies, cosines, strict=True) if c < min_cosine]
+    if not kept:  # no consensus at all: fall back to the median, which needs none
+        return coordinate_median([r.delta for r in replies]), dropped
+    bound = clip_norm or statistics.median(r.norm for r in kept)
+    clipped = [
+        replace(r, delta={k: t * min(1.0, bound / r.norm) for k, t in r.delta.items()})
+        if r.norm > bound
+        else r
+        for r in kept
+    ]
+    return weighted_mean_delta(clipped, token_rows=token_rows), dropped
 
 
 def norm_clipped_mean(replies: list[TrainReply], clip_norm: float) -> Weights:

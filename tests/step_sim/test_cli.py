@@ -22,7 +22,8 @@ def last_json(text: str) -> dict:
 
 
 def step_sim(cfg: Path, out: Path) -> tuple[dict, str]:
-    """Run the step-sim command (Flower's simulation engine); its JSON summary and stdout."""
+    """Run the step-sim command (Flower's simulation engine); its JSON summary and what it
+    printed for people (with --json, on stderr)."""
     exe = Path(sys.executable).parent / "step-sim"
     proc = subprocess.run(
         [str(exe), "--config", str(cfg), "--out", str(out), "--json"],
@@ -31,7 +32,7 @@ def step_sim(cfg: Path, out: Path) -> tuple[dict, str]:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return last_json(proc.stdout), proc.stdout
+    return last_json(proc.stdout), proc.stderr
 
 
 def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
@@ -78,8 +79,8 @@ def test_privacy_shows_in_the_summary_of_a_flower_run(tiny_corpus: Path, tmp_pat
     doc["institutions"][0]["privacy"] = {"epsilon": 5.0, "delta": 1e-6, "rounds": 2}
     cfg.write_text(yaml.safe_dump(doc))
     out = tmp_path / "run"
-    summary, stdout = step_sim(cfg, out)
+    summary, printed = step_sim(cfg, out)
     assert set(summary["epsilon"]) == {"hellas"} and 4.9 < summary["epsilon"]["hellas"] <= 5.0
     assert summary["epsilon_central"] > 0 and summary["delta_central"] == 1e-5
-    assert "local DP: hellas spent epsilon" in stdout
+    assert "local DP: hellas spent epsilon" in printed
     assert (out / "nodes" / "hellas" / "privacy" / "ledger.json").is_file()
