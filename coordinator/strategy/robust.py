@@ -16,8 +16,8 @@ bound) but is still wrong: a flipped sign, scaled or random updates.
 
 The coordinate-wise rules weigh nodes equally (a token count is the node's own claim) and hold
 while fewer than ``trim_fraction`` (resp. half) of the nodes misbehave. With non-IID data they
-also discard honest outliers, such as the only node holding a language: robustness costs
-quality even without an attack (bench/RESULTS.md, "Byzantine nodes").
+also discard honest outliers, such as the only node holding a language, which costs quality
+(bench/RESULTS.md, "Byzantine institutions").
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Aggregation:
     """trimmed_mean: share of the nodes dropped at each end, per coordinate."""
     clip_norm: float = 0.0
     """norm_clip, filtered_mean: the bound C (0: the round's median update norm)."""
-    filter_cosine: float = 0.0
+    filter_cosine: float = 0.1
     """filtered_mean: the least cosine similarity with the coordinate-wise median kept."""
 
     def apply(self, replies: list[TrainReply], token_rows: bool) -> tuple[Weights, list[str]]:
