@@ -73,6 +73,9 @@ class AttackedTransport:
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
         return self.inner.node_ids(minimum, timeout_s)
 
+    def name_of(self, node_id: int) -> str | None:
+        return self.inner.name_of(node_id)
+
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
     ) -> list[RawReply]:

@@ -37,9 +37,10 @@ def rss_mib() -> float:
 def measure(mode: str, preset_name: str, batch: int, seq_len: int, steps: int) -> dict:  # type: ignore[type-arg]
     import torch
 
-    from node.dp_trainer import DPSGD, DPSettings, Records, secret_generator
+    from node.dp_trainer import DPSGD, DPSettings, Records
     from step_model.config import preset
     from step_model.model import Transformer
+    from step_model.secret_rng import secret_generator
     from step_model.train import make_optimizer, train_step
 
     torch.manual_seed(0)

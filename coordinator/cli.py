@@ -34,6 +34,7 @@ from coordinator.deployment import (
     coordinator_settings,
     read_process_state,
 )
+from coordinator.records import latest_epsilons, read_records
 from coordinator.registry import Registry
 from coordinator.superlink import (
     CONNECTION,
@@ -363,12 +364,11 @@ def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
 def status_report(fed: FederationFolder) -> dict[str, Any]:
     state = read_process_state(fed)
     registry = Registry(fed.root)
-    records = []
-    metrics = fed.run / "metrics.jsonl"
-    if metrics.exists():
-        records = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x]
+    records = read_records(fed.run / "metrics.jsonl")
     rounds = [r for r in records if r.get("kind") == "round"]
     evals = [r for r in records if r.get("kind") == "eval"]
+    central = [r["epsilon_central"] for r in rounds if "epsilon_central" in r]
+    cfg = load_federation_config(fed.config)
     status = "not started"
     if state is not None:
         status = state.status if state.ended_at is not None or state.alive else "crashed"
@@ -378,7 +378,7 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
         "run_id": state.run_id if state else None,
         "pid": state.pid if state and state.alive else None,
         "round": rounds[-1]["round"] if rounds else 0,
-        "rounds": load_federation_config(fed.config).rounds,
+        "rounds": cfg.rounds,
         "nodes": {
             "enrolled": sorted(e.name for e in registry.nodes.values() if e.active),
             "revoked": sorted(e.name for e in registry.nodes.values() if not e.active),
@@ -392,20 +392,9 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
         "bytes_down": sum(int(r.get("bytes_down", 0)) for r in records),
         "rejected": {str(r["round"]): r["rejected"] for r in rounds if r.get("rejected")},
         "missing": {str(r["round"]): r["missing"] for r in rounds if r.get("missing")},
-        **_privacy_status(fed, rounds),
-    }
-
-
-def _privacy_status(fed: FederationFolder, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each DP node's latest epsilon (local DP) and the coordinator's (central DP)."""
-    epsilon: dict[str, float] = {}
-    for r in rounds:
-        epsilon.update(r.get("epsilon", {}))
-    central = [r["epsilon_central"] for r in rounds if "epsilon_central" in r]
-    return {
-        "epsilon": epsilon,
+        "epsilon": latest_epsilons(rounds),
         "epsilon_central": central[-1] if central else None,
-        "delta_central": load_federation_config(fed.config).central_dp_delta,
+        "delta_central": cfg.central_dp_delta,
     }
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from coordinator.config import FederationConfig
+from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
     EvalReply,
     RawReply,
@@ -69,13 +70,9 @@ class Transport(Protocol):
         """Send one message per node and collect the replies (missing ones are simply absent)."""
         ...
 
-
-def _parses(line: str) -> bool:
-    """False for a blank line or one torn by a crash while it was being appended."""
-    try:
-        return isinstance(json.loads(line), dict)
-    except json.JSONDecodeError:
-        return False
+    def name_of(self, node_id: int) -> str | None:
+        """The node's name where the transport knows it (enrolled name, institution)."""
+        ...
 
 
 @dataclass
@@ -136,11 +133,12 @@ class RoundRunner:
             raise StepError(f"nothing to resume in {self.run_dir}: start without --resume")
         ckpt = load_checkpoint(self.run_dir)
         saved = ckpt.state.get("federation", {})
+        defaults = FederationConfig().to_dict()  # keys a checkpoint of an older version lacks
         changed = [
             k
             for k, v in self.cfg.to_dict().items()
             if k not in ("rounds", "eval_every", "round_timeout_s", "keep_checkpoints")
-            and saved.get(k, FederationConfig().to_dict()[k]) != v
+            and saved.get(k, defaults[k]) != v
         ]
         if changed:
             raise StepError(
@@ -157,11 +155,11 @@ class RoundRunner:
         log.info("resuming after round %d", self.round)
 
     def _truncate_metrics(self) -> None:
+        """Drop the records after the committed round (and any line torn by the crash)."""
         path = self.run_dir / "metrics.jsonl"
         if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            kept = [x for x in lines if _parses(x) and json.loads(x).get("round", 0) <= self.round]
-            atomic_write_text(path, "".join(x + "\n" for x in kept))
+            kept = [r for r in read_records(path) if r.get("round", 0) <= self.round]
+            atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def _save(self) -> None:
         state = {
@@ -235,9 +233,7 @@ class RoundRunner:
 
     def _name(self, node_id: int) -> str:
         """A node's name for reports: its enrolled name where the transport knows it."""
-        name_of = getattr(self.transport, "name_of", None)
-        name = name_of(node_id) if name_of is not None else None
-        return name or f"node {node_id}"
+        return self.transport.name_of(node_id) or f"node {node_id}"
 
     def train_round(self, round_: int) -> dict[str, Any]:
         return self._train_round(round_)[0]
@@ -393,9 +389,7 @@ class RoundRunner:
         """``epsilon``: each DP node's latest epsilon spent (local DP, sample level);
         ``epsilon_central``: the coordinator's (central DP, institution level)."""
         out: dict[str, Any] = {}
-        epsilon: dict[str, float] = {}
-        for h in self.history:
-            epsilon.update(h.get("epsilon", {}))
+        epsilon = latest_epsilons(self.history)
         if epsilon:
             out["epsilon"] = epsilon
             out["privacy_unit"] = f"one training sequence of {self.cfg.seq_len} tokens"

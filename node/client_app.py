@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from node.data import NodeData, load_node_data
-from node.dp_trainer import DPSettings, make_records, secret_generator
+from node.dp_trainer import DPSettings, make_records
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
@@ -26,6 +26,7 @@ from node.state import NodeStateStore
 from node.trainer import PrivateRound, TrainingDiverged, evaluate_round, train_round
 from step_model import protocol as P
 from step_model.errors import StepError
+from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.update_codec import encode
 

@@ -19,7 +19,6 @@ regenerate the noise and subtract it.
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 
@@ -67,13 +66,6 @@ class DPSettings:
     expected_batch: int
     mode: str
     """'ghost' or 'hooks'."""
-
-
-def secret_generator(seed: int | None = None) -> torch.Generator:
-    """A generator seeded by the OS (``seed`` only for tests that need repeatable draws)."""
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-    return g
 
 
 class DPSGD:

@@ -19,7 +19,6 @@ one (the accountant's history is restored, so epsilon is).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -27,6 +26,8 @@ from opacus.accountants import RDPAccountant
 
 from coordinator.replies import TrainReply
 from coordinator.strategy.base import Strategy, Weights
+from coordinator.strategy.robust import clip_scale
+from step_model.secret_rng import secret_generator
 
 
 class CentralDP(Strategy):
@@ -43,10 +44,7 @@ class CentralDP(Strategy):
         self.noise_multiplier, self.clip_norm, self.delta = noise_multiplier, clip_norm, delta
         self.history: list[tuple[float, float, int]] = []
         """Opacus accountant history: one (sigma, q, 1) per round."""
-        self.generator = torch.Generator()
-        self.generator.manual_seed(
-            seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-        )
+        self.generator = secret_generator(seed)
         self.clipped: list[str] = []
         """Nodes whose update was clipped in the last round (reported per round)."""
 
@@ -55,7 +53,7 @@ class CentralDP(Strategy):
         total: Weights = {}
         self.clipped = []
         for r in ordered:
-            scale = min(1.0, self.clip_norm / r.norm) if r.norm > 0 else 1.0
+            scale = clip_scale(r.norm, self.clip_norm)
             if scale < 1.0:
                 self.clipped.append(r.node)
             for k, t in r.delta.items():

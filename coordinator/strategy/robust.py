@@ -100,21 +100,24 @@ def filtered_mean(
     if not kept:  # no consensus at all: fall back to the median, which needs none
         return coordinate_median([r.delta for r in replies]), dropped
     bound = clip_norm or statistics.median(r.norm for r in kept)
-    clipped = [
-        replace(r, delta={k: t * min(1.0, bound / r.norm) for k, t in r.delta.items()})
+    return weighted_mean_delta(clip_to(kept, bound), token_rows=token_rows), dropped
+
+
+def clip_scale(norm: float, bound: float) -> float:
+    """The factor that brings an update of L2 norm ``norm`` to at most ``bound``."""
+    return min(1.0, bound / norm) if norm > 0 else 1.0
+
+
+def clip_to(replies: list[TrainReply], bound: float) -> list[TrainReply]:
+    """The replies with every update scaled to L2 norm at most ``bound``."""
+    return [
+        replace(r, delta={k: t * clip_scale(r.norm, bound) for k, t in r.delta.items()})
         if r.norm > bound
         else r
-        for r in kept
+        for r in replies
     ]
-    return weighted_mean_delta(clipped, token_rows=token_rows), dropped
 
 
 def norm_clipped_mean(replies: list[TrainReply], clip_norm: float) -> Weights:
     bound = clip_norm or statistics.median(r.norm for r in replies)
-    total = sum(r.num_tokens for r in replies)
-    out: Weights = {}
-    for r in replies:
-        w = (r.num_tokens / total) * (min(1.0, bound / r.norm) if r.norm > 0 else 1.0)
-        for k, t in r.delta.items():
-            out[k] = out[k].add_(t, alpha=w) if k in out else t * w
-    return out
+    return weighted_mean_delta(clip_to(replies, bound), token_rows=False)

@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from node.dp_trainer import DPSettings, Records, dp_steps, secret_generator
+from node.dp_trainer import DPSettings, Records, dp_steps
 from node.ledger import PrivacyBudgetExhausted, PrivacyLedger, epsilon_of
 from node.privacy_config import PrivacyConfig, privacy_from_dict
 from step_model.config import preset
 from step_model.errors import StepError
 from step_model.model import Transformer
+from step_model.secret_rng import secret_generator
 
 
 def test_rdp_reproduces_opacus_reference_value() -> None:
