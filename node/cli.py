@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated
 
+import torch
 import typer
 
 from node.data import read_node_texts
@@ -32,6 +33,7 @@ from step_model.data import tokenize_texts
 from step_model.errors import StepError
 from step_model.identity import fingerprint, read_public_key
 from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
+from step_model.train import pick_device
 
 app = typer.Typer(help=__doc__, add_completion=False, no_args_is_help=True)
 
@@ -105,6 +107,7 @@ def check(
         "tokenizer": str(tokenizer) if tokenizer else "byte",
         "languages": rows,
         "train_tokens": sum(r["train_tokens"] for r in rows.values()),
+        "device": _device_name(nf.settings.device),
         "fingerprint": fingerprint(key),
         "ok": True,
     }
@@ -118,8 +121,14 @@ def check(
     if no_holdout:
         out.print(f"note: no held-out text for {no_holdout}: they are trained, not evaluated")
     out.print(f"data ok: {len(rows)} languages, {report['train_tokens']:,} training tokens")
+    out.print(f"trains on: {report['device']} (resources.device: {nf.settings.device})")
     if json_out:
         emit_json(report)
+
+
+def _device_name(setting: str) -> str:
+    device = pick_device(setting)
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 @app.command()

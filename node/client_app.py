@@ -28,6 +28,7 @@ from step_model import protocol as P
 from step_model.errors import StepError
 from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
+from step_model.train import pick_device
 from step_model.update_codec import encode
 
 app = ClientApp()
@@ -114,9 +115,10 @@ def train(msg: Message, context: Context) -> Message:
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
         store = NodeStateStore(settings.state_dir)
+        device = pick_device(settings.device)  # before the ledger: a failure here spends nothing
         private, spent = _private_round(settings, cfg, data) if settings.privacy else (None, None)
-        evaluated = evaluate_round(data, tokenizer, cfg, weights) if cfg.eval_first else {}
-        result = train_round(settings.name, data, tokenizer, cfg, weights, store, private)
+        evaluated = evaluate_round(data, tokenizer, cfg, weights, device) if cfg.eval_first else {}
+        result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     encoded = encode(result.delta, cfg.update_encoding)
@@ -175,7 +177,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         settings = node_settings(context)
         cfg, weights = _parse(msg)
         tokenizer = _tokenizer(cfg)
-        per_lang = evaluate_round(_data(settings, cfg, tokenizer), tokenizer, cfg, weights)
+        data = _data(settings, cfg, tokenizer)
+        per_lang = evaluate_round(data, tokenizer, cfg, weights, pick_device(settings.device))
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg, cfg)}

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from node.privacy_config import privacy_from_dict
 from node.settings import _LANG_RE, _NAME_RE, WHOLE, NodeSettings
 from step_model.errors import StepError
@@ -54,6 +56,7 @@ state_dir: state                # inner optimizer state and data position betwee
 holdout_fraction: 0.05          # share of paragraphs held out for evaluation (no valid/ split)
 privacy: null                   # local DP, e.g. {{epsilon: 8, delta: 1.0e-6, rounds: 20}}
 resources:
+  device: auto                  # auto: a CUDA GPU when one is visible, else cpu; or cpu, cuda
   threads: 0                    # CPU threads for training (0: all cores)
   max_backoff_s: 60             # longest wait between reconnection attempts
 """
@@ -100,6 +103,7 @@ def load_node_file(path: Path) -> NodeFile:
     threads = resources.get("threads", 0)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise StepError(f"{path}: resources.threads {threads!r} must be 0 (all) or more")
+    device = _device(resources.get("device", "auto"), path)
     backoff = resources.get("max_backoff_s", 60)
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff <= 0:
         raise StepError(f"{path}: resources.max_backoff_s {backoff!r} must be > 0")
@@ -110,8 +114,20 @@ def load_node_file(path: Path) -> NodeFile:
         folder / str(data.get("state_dir") or "state"),
         float(holdout),
         privacy_from_dict(data.get("privacy"), str(path)),
+        device,
     )
     return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff))
+
+
+def _device(value: Any, path: Path) -> str:
+    if value not in ("auto", "cpu", "cuda"):
+        raise StepError(f"{path}: resources.device {value!r} must be auto, cpu or cuda")
+    if value == "cuda" and not torch.cuda.is_available():
+        raise StepError(
+            f"{path}: resources.device is cuda but no CUDA GPU is visible to this process: "
+            "check the driver and CUDA_VISIBLE_DEVICES, or set it to auto or cpu"
+        )
+    return str(value)
 
 
 def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class NodeSettings:
     """Share of paragraphs held out for evaluation when ``data`` has no valid/ split."""
     privacy: PrivacyConfig | None = None
     """Local differential privacy (DP-SGD with a budget); None: no local DP."""
+    device: str = "cpu"
+    """Where the node trains and evaluates: 'cpu', 'cuda', or 'auto' (cuda when visible)."""
 
 
 def parse_shares(entry: dict[str, Any], where: str) -> dict[str, float]:

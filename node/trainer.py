@@ -10,6 +10,9 @@ One round (DiLoCo's inner loop):
 Batches come from ``LanguageMixture`` seeded by (federation seed, node index) at the node's own
 step counter, which persists with the optimizer state (state.py). With local differential
 privacy (``privacy`` in the node's settings) step 2 is DP-SGD instead (dp_trainer.py).
+
+The node trains on its own device (``resources.device`` in node.yaml: a GPU when it has one):
+the model and each batch live there, the update and the saved state come back to host memory.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from step_model.train import lr_at, make_optimizer, train_step
 from step_model.update_codec import decode
 
 Weights = dict[str, torch.Tensor]
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -58,16 +62,19 @@ def model_sha(cfg: RoundConfig) -> str:
     return hashlib.sha256((cfg.model_config + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
 
 
-def build_model(cfg: RoundConfig, received: dict[str, torch.Tensor]) -> tuple[Transformer, Weights]:
-    """The model with the global weights as received (decoded from the broadcast encoding);
-    returns the model and those weights (fp32), from which the update is measured."""
+def build_model(
+    cfg: RoundConfig, received: dict[str, torch.Tensor], device: torch.device = CPU
+) -> tuple[Transformer, Weights]:
+    """The model on ``device`` with the global weights as received (decoded from the broadcast
+    encoding); returns the model and those weights (fp32, host memory), from which the update
+    is measured."""
     model_config = ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
     torch.manual_seed(cfg.seed)
     model = Transformer(model_config)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     weights = decode(received, cfg.broadcast_encoding, shapes)
     model.load_state_dict(weights, strict=True)
-    return model, weights
+    return model.to(device), weights
 
 
 def node_seed(seed: int, name: str) -> int:
@@ -92,9 +99,10 @@ def train_round(
     received: dict[str, torch.Tensor],
     store: NodeStateStore,
     private: PrivateRound | None = None,
+    device: torch.device = CPU,
 ) -> RoundResult:
     t0 = time.perf_counter()
-    model, weights = build_model(cfg, received)
+    model, weights = build_model(cfg, received, device)
     model.train()
     optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     state = store.latest_before(cfg.round)
@@ -113,7 +121,7 @@ def train_round(
     else:
         steps = _private_steps(model, optimizer, tokenizer, cfg, private, lrs)
     local = model.state_dict()
-    delta = {k: (weights[k].float() - local[k].float()) for k in weights}
+    delta = {k: (weights[k].float() - local[k].float().cpu()) for k in weights}
     control = {"global": weights, "delta": delta, "lr_mass": sum(lrs)}
     store.save(
         InnerState(
@@ -153,7 +161,10 @@ def _plain_steps(
     lrs: list[float],
 ) -> _Steps:
     """H AdamW steps on batches of the node's language mixture (no privacy)."""
+    device = next(model.parameters()).device
     correction = drift_correction(cfg, state, weights)
+    if correction is not None:
+        correction = {k: v.to(device) for k, v in correction.items()}
     mixture = LanguageMixture(
         data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
     )
@@ -163,7 +174,7 @@ def _plain_steps(
     token_counts = torch.zeros(vocab, dtype=torch.int64)
     for h, lr in enumerate(lrs):
         x, y, counts = mixture.batch(state.node_step + h, cfg.batch_size)
-        loss = train_step(model, optimizer, x, y, cfg.grad_clip, lr)
+        loss = train_step(model, optimizer, x.to(device), y.to(device), cfg.grad_clip, lr)
         if correction is not None:
             with torch.no_grad():
                 for key, p in model.named_parameters():
@@ -224,10 +235,14 @@ def drift_correction(cfg: RoundConfig, state: InnerState, weights: Weights) -> W
 
 
 def evaluate_round(
-    data: NodeData, tokenizer: Tokenizer, cfg: RoundConfig, received: dict[str, torch.Tensor]
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    received: dict[str, torch.Tensor],
+    device: torch.device = CPU,
 ) -> dict[str, tuple[float, int]]:
     """{lang: (summed NLL in nats, bytes predicted)} over the node's held-out text."""
-    model, _ = build_model(cfg, received)
+    model, _ = build_model(cfg, received, device)
     model.eval()
     token_bytes = tokenizer.token_bytes()
     max_tokens = cfg.eval_max_tokens or None

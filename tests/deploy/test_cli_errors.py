@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from coordinator.cli import app as coord
@@ -232,6 +233,7 @@ def test_bad_input_is_one_clear_line(
         (("languages: null ", "languages: de "), "list of codes"),
         (('coordinator: "127.0.0.1:9092"', "coordinator: nowhere"), "HOST:PORT"),
         (("threads: 0 ", "threads: -1 "), "resources.threads"),
+        (("device: auto ", "device: gpu0 "), "resources.device"),
         (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
         (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown keys"),
         (("privacy: null", "privacy: {epsilon: 8, rounds: 3}"), "privacy.delta is missing"),
@@ -275,6 +277,16 @@ def test_check_reports_bytes_and_tokens(world: Path) -> None:
     el = report["languages"]["el"]
     assert el["train_tokens"] == el["train_bytes"] > 0  # byte tokenizer: one token per byte
     assert report["fingerprint"].startswith("SHA256:")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"  # resources.device: auto
+    assert report["device"].startswith(expected)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused_at_check(world: Path) -> None:
+    _edit(world / "uni" / "node.yaml", "device: auto ", "device: cuda ")
+    result = runner.invoke(node, ["check", "--dir", str(world / "uni")])
+    assert result.exit_code == 2, result.output
+    assert "no CUDA GPU is visible" in result.stderr
 
 
 def test_privacy_shows_the_ledger_and_refuses_a_tampered_one(world: Path) -> None:

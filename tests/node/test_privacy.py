@@ -156,9 +156,10 @@ def _hand_clipped_mean(model: Transformer, y: torch.Tensor, bos: int, clip: floa
     """Per sequence: the gradient of its mean token loss, clipped to L2 norm ``clip``; then the
     sum over sequences divided by the batch (DP-SGD with noise 0)."""
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
-    for row in y:
+    device = next(model.parameters()).device
+    for row in y.to(device):
         model.zero_grad(set_to_none=True)
-        x = torch.cat([torch.tensor([bos]), row[:-1]])[None]
+        x = torch.cat([torch.tensor([bos], device=device), row[:-1]])[None]
         logits = model(x)
         F.cross_entropy(logits.reshape(-1, logits.shape[-1]), row).backward()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}  # type: ignore[union-attr]
@@ -169,14 +170,20 @@ def _hand_clipped_mean(model: Transformer, y: torch.Tensor, bos: int, clip: floa
     return {n: t / len(y) for n, t in total.items()}
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
-def test_per_sample_clipping_matches_a_hand_written_loop(mode: str) -> None:
+def test_per_sample_clipping_matches_a_hand_written_loop(mode: str, device: str) -> None:
     torch.manual_seed(0)
     config = preset("debug").with_vocab(64)
     model = Transformer(config).double()
     y = torch.randint(1, 64, (6, 16))
     clip = 0.5  # below most per-sequence norms at init, so clipping is exercised
-    reference = _hand_clipped_mean(model, y, 0, clip)
+    reference = _hand_clipped_mean(model, y, 0, clip)  # on the CPU
+    model.to(device)
+    reference = {n: t.to(device) for n, t in reference.items()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # q = 1 (expected batch = all records), noise 0, SGD lr 1: the step is -(clipped mean).
     records = Records(y, {"xx": len(y)})
@@ -188,6 +195,28 @@ def test_per_sample_clipping_matches_a_hand_written_loop(mode: str) -> None:
     ref = torch.cat([t.flatten() for t in reference.values()])
     assert float(diff.norm() / ref.norm()) < 1e-5
     assert not hasattr(model, "_forward_counter")  # Opacus unhooked the model afterwards
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_bf16_per_sample_gradients_are_still_clipped_within_c(device: str) -> None:
+    from node.dp_trainer import DPSGD
+
+    torch.manual_seed(0)
+    model = Transformer(preset("debug").with_vocab(64)).to(device)
+    y = torch.randint(1, 64, (1, 16))
+    clip = 0.05  # far below the gradient's norm: the step is exactly C long if clipped right
+    exact = _hand_clipped_mean(model, y, 0, clip)  # fp32, on the device's copy of the model
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # one sequence, q = 1, noise 0, SGD lr 1: the step is that sequence's clipped gradient
+    dp = DPSettings(noise_multiplier=0.0, max_grad_norm=clip, expected_batch=1, mode="hooks")
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    sgd = DPSGD(model, optimizer, Records(y, {"xx": 1}), dp, 0, secret_generator(0), bf16=True)
+    sgd.step(1.0)
+    sgd.close()
+    step = before - torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert clip * 0.999 <= float(step.norm()) <= clip * (1 + 1e-5)
+    reference = torch.cat([t.flatten() for t in exact.values()])
+    assert float(F.cosine_similarity(step, reference, dim=0)) > 0.99  # bf16 gradients
 
 
 def test_records_are_fixed_non_overlapping_sequences() -> None:
