@@ -162,7 +162,7 @@ federation:
   outer_lr: 1.0
   outer_momentum: 0.5
   update_encoding: int8     # updates up: fp32, bf16 or int8 (1 byte per parameter)
-  broadcast_encoding: bf16  # weights down: fp32 or bf16
+  broadcast_encoding: int8-delta  # weights down: fp32, bf16, or int8-delta (the change only)
   eval_every: 5             # federated evaluation every K rounds (and after the last)
   min_nodes: {min_nodes}              # replies needed to commit a round (keep below the node count)
   round_timeout_s: 600      # a round waits this long for replies, then goes on without stragglers

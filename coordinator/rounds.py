@@ -18,10 +18,11 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from coordinator.broadcast import DeltaBroadcast
 from coordinator.config import FederationConfig
 from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
@@ -57,6 +58,8 @@ from step_model.update_codec import encode, encoded_bytes
 
 log = logging.getLogger("step.coordinator")
 Kind = Literal["train", "evaluate"]
+VIEW_KEY = "broadcast_view"
+"""Where a checkpoint's optimizer tree keeps the int8-delta view (beside the strategy state)."""
 
 
 class Transport(Protocol):
@@ -105,6 +108,10 @@ class RoundRunner:
                 f"max_seq_len {self.model_config.max_seq_len}"
             )
         self.strategy = make_strategy(cfg)
+        delta = cfg.broadcast_encoding == "int8-delta"
+        self.broadcast: DeltaBroadcast | None = DeltaBroadcast() if delta else None
+        self.resynced: list[str] = []
+        """Nodes sent the weights whole in the last message round (int8-delta: no base)."""
         self.round = 0
         self.totals = Totals()
         self.history: list[dict[str, Any]] = []
@@ -146,7 +153,11 @@ class RoundRunner:
                 "original config or start a new run"
             )
         self.weights = {k: v.clone() for k, v in ckpt.weights.items()}
-        self.strategy.load_state_dict(ckpt.optimizer or {})
+        optimizer = dict(ckpt.optimizer or {})
+        view = optimizer.pop(VIEW_KEY, None)  # the int8-delta view, kept with the checkpoint
+        self.strategy.load_state_dict(optimizer)
+        if self.broadcast is not None and view is not None:
+            self.broadcast = DeltaBroadcast(view)
         self.round = int(ckpt.state["round"])
         self.totals = Totals(**ckpt.state["totals"])
         self.history = list(ckpt.state["history"])
@@ -169,9 +180,10 @@ class RoundRunner:
             "federation": self.cfg.to_dict(),
             "wall_s": self.wall_s(),
         }
-        ckpt = Checkpoint(
-            self.model_config, self.weights, self.tokenizer, state, self.strategy.state_dict()
-        )
+        optimizer = self.strategy.state_dict()
+        if self.broadcast is not None and self.broadcast.view is not None:
+            optimizer[VIEW_KEY] = self.broadcast.view
+        ckpt = Checkpoint(self.model_config, self.weights, self.tokenizer, state, optimizer)
         save_in_run(self.run_dir, f"round-{self.round:06d}", ckpt, keep=self.cfg.keep_checkpoints)
 
     def wall_s(self) -> float:
@@ -218,9 +230,14 @@ class RoundRunner:
         """Send the round to every node; returns the replies and the payload bytes sent
         (tensor bytes of the weights as encoded + the config's text, per node)."""
         node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
-        weights = encode(self.weights, config.broadcast_encoding)
-        raws = self.transport.send(kind, node_ids, weights, config.to_wire())
-        per_node = encoded_bytes(weights) + len(config.tokenizer) + len(config.model_config)
+        text = len(config.tokenizer) + len(config.model_config)
+        self.resynced = []
+        if self.broadcast is not None:
+            raws, sent = self._send_delta(kind, config, node_ids, text)
+        else:
+            weights = encode(self.weights, config.broadcast_encoding)
+            raws = self.transport.send(kind, node_ids, weights, config.to_wire())
+            sent = len(node_ids) * (encoded_bytes(weights) + text)
         for r in raws:  # an error reply carries no name: use the transport's
             r.node = r.node or self._name(r.node_id)
         replied = {r.node_id for r in raws}
@@ -229,7 +246,31 @@ class RoundRunner:
             log.warning("round %d: %s sent no reply within federation.round_timeout_s "
                         "(%.0f s): dropped from the round", config.round, name,
                         self.cfg.round_timeout_s)  # fmt: skip
-        return raws, len(node_ids) * per_node
+        return raws, sent
+
+    def _send_delta(
+        self, kind: Kind, config: P.RoundConfig, node_ids: list[int], text: int
+    ) -> tuple[list[RawReply], int]:
+        """int8-delta (coordinator/broadcast.py): the change since the nodes' view to all; the
+        new view whole, in fp32, to those that answer that they lack the base."""
+        assert self.broadcast is not None
+        msg = self.broadcast.message(self.weights)
+        wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view)
+        raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
+        sent = len(node_ids) * (encoded_bytes(msg.tensors) + text)
+        stale_code = f"node error {P.ERR_STALE_VIEW}:"
+        stale = [r.node_id for r in raws if r.error and r.error.startswith(stale_code)]
+        if stale:
+            whole = self.broadcast.resync()
+            wire = replace(config, broadcast_encoding=whole.encoding, view=whole.view)
+            again = self.transport.send(kind, stale, whole.tensors, wire.to_wire())
+            raws = [r for r in raws if r.node_id not in stale] + again
+            sent += len(stale) * (encoded_bytes(whole.tensors) + text)
+            self.resynced = [self._name(n) for n in stale]
+            log.info("round %d: sent the weights whole to %s (they lacked the base of the "
+                     "change)", config.round, ", ".join(self.resynced))  # fmt: skip
+        self.broadcast.commit()
+        return raws, sent
 
     def _name(self, node_id: int) -> str:
         """A node's name for reports: its enrolled name where the transport knows it."""
@@ -299,6 +340,8 @@ class RoundRunner:
         epsilons = {r.node: r.epsilon for r in ok if r.epsilon is not None}
         if epsilons:
             record["epsilon"] = epsilons
+        if self.broadcast is not None:
+            record["resynced"] = self.resynced
         if isinstance(self.strategy, CentralDP):
             record["epsilon_central"] = self.strategy.epsilon()
             record["central_dp_clipped"] = self.strategy.clipped

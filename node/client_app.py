@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,20 @@ from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
 from node.state import NodeStateStore
-from node.trainer import PrivateRound, TrainingDiverged, evaluate_round, train_round
+from node.trainer import (
+    PrivateRound,
+    TrainingDiverged,
+    evaluate_round,
+    model_shapes,
+    train_round,
+)
+from node.view_store import StaleView, ViewStore
 from step_model import protocol as P
 from step_model.errors import StepError
 from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.train import pick_device
-from step_model.update_codec import encode
+from step_model.update_codec import apply_delta, decode, encode, view_id
 
 app = ClientApp()
 log = logging.getLogger("step.node")
@@ -91,6 +99,8 @@ def _node_info(settings: NodeSettings) -> ConfigRecord:
 def _error_reply(msg: Message, exc: Exception) -> Message:
     if isinstance(exc, PrivacyBudgetExhausted):
         code = P.ERR_PRIVACY_BUDGET
+    elif isinstance(exc, StaleView):
+        code = P.ERR_STALE_VIEW
     elif isinstance(exc, TrainingDiverged):
         code = P.ERR_TRAINING
     elif isinstance(exc, StepError):
@@ -100,18 +110,38 @@ def _error_reply(msg: Message, exc: Exception) -> Message:
     return Message(Error(code=code, reason=str(exc)), reply_to=msg)
 
 
-def _parse(msg: Message) -> tuple[P.RoundConfig, dict[str, torch.Tensor]]:
+def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[str, torch.Tensor]]:
+    """The round config and the global weights; an int8-delta change is applied to the
+    weights this node kept (view_store.py), and the result is returned whole (fp32)."""
     config = msg.content[P.CONFIG]
     arrays = msg.content[P.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
-    return P.RoundConfig.from_wire(dict(config)), dict(arrays.to_torch_state_dict())
+    cfg = P.RoundConfig.from_wire(dict(config))
+    received = dict(arrays.to_torch_state_dict())
+    if not cfg.view:  # whole weights, nothing to keep
+        return cfg, received
+    store = ViewStore(settings.state_dir)
+    if cfg.broadcast_encoding == "int8-delta":
+        held = store.load()
+        if held is None or held[0] != cfg.view_base:
+            raise StaleView(
+                f"node {settings.name} holds global weights {held[0] if held else '(none)'}; "
+                f"the change applies to {cfg.view_base}: the coordinator sends them whole"
+            )
+        weights = apply_delta(held[1], received)
+    else:
+        weights = decode(received, cfg.broadcast_encoding, model_shapes(cfg))
+    if view_id(weights) != cfg.view:
+        raise ValueError("the received weights do not match their id: corrupted in transit")
+    store.save(cfg.view, weights)
+    return replace(cfg, broadcast_encoding="fp32", view_base="", view=""), weights
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     try:
         settings = node_settings(context)
-        cfg, weights = _parse(msg)
+        cfg, weights = _parse(msg, settings)
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
         store = NodeStateStore(settings.state_dir)
@@ -175,7 +205,7 @@ def _private_round(
 def evaluate(msg: Message, context: Context) -> Message:
     try:
         settings = node_settings(context)
-        cfg, weights = _parse(msg)
+        cfg, weights = _parse(msg, settings)
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
         per_lang = evaluate_round(data, tokenizer, cfg, weights, pick_device(settings.device))

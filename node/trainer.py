@@ -62,6 +62,13 @@ def model_sha(cfg: RoundConfig) -> str:
     return hashlib.sha256((cfg.model_config + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
 
 
+def model_shapes(cfg: RoundConfig) -> dict[str, torch.Size]:
+    """The parameter shapes of the round's model (built on the meta device: no memory)."""
+    model_config = ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
+    with torch.device("meta"):
+        return {k: v.shape for k, v in Transformer(model_config).state_dict().items()}
+
+
 def build_model(
     cfg: RoundConfig, received: dict[str, torch.Tensor], device: torch.device = CPU
 ) -> tuple[Transformer, Weights]:

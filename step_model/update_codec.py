@@ -8,9 +8,15 @@
 
 ``decode(encode(x))`` returns fp32 tensors of the original shapes; int8 keeps every element within
 half a quantisation step (max|row| / 254) of the original.
+
+``apply_delta`` adds an int8-encoded change to weights both sides hold (the int8-delta
+broadcast); ``view_id`` names such weights by their content, so that both sides can check they
+hold the same bits.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -83,3 +89,22 @@ def decode(
 
 def encoded_bytes(encoded: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in encoded.values())
+
+
+def apply_delta(
+    base: dict[str, torch.Tensor], encoded: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``base`` (fp32) plus the int8-encoded change: the same fp32 arithmetic wherever it runs,
+    so a coordinator and a node that hold the same base get the same bits."""
+    change = decode(encoded, "int8", {k: v.shape for k, v in base.items()})
+    return {k: (base[k] + change[k]).contiguous() for k in base}
+
+
+def view_id(weights: dict[str, torch.Tensor]) -> str:
+    """A short content hash of fp32 weights (names, shapes and bits)."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().float().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

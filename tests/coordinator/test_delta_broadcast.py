@@ -1,0 +1,87 @@
+"""The int8-delta broadcast (coordinator/broadcast.py, node/view_store.py): half the download
+of bf16 weights, the same training, nodes that lack the base resynchronised in the same round,
+and an exact resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from coordinator.broadcast import DeltaBroadcast
+from coordinator.rounds import RoundRunner
+from step_model.update_codec import apply_delta, decode, view_id
+from tests.coordinator.test_rounds import run
+
+
+def test_error_feedback_keeps_the_view_within_one_rounding_of_the_weights() -> None:
+    torch.manual_seed(0)
+    weights = {"w": torch.randn(64, 32)}
+    b = DeltaBroadcast()
+    first = b.message(weights)
+    assert first.encoding == "bf16" and first.base == ""
+    b.commit()
+    held = decode(first.tensors, "bf16", {"w": torch.Size([64, 32])})  # what a node keeps
+    assert view_id(held) == b.id
+    for _ in range(20):  # small steps, each rounded to int8 on the way down
+        weights = {"w": weights["w"] - 1e-3 * torch.randn(64, 32)}
+        msg = b.message(weights)
+        assert msg.encoding == "int8-delta" and msg.base == view_id(held)
+        held = apply_delta(held, msg.tensors)  # the node's side
+        b.commit()
+        assert view_id(held) == msg.view == b.id  # both sides hold the same bits
+        step = (weights["w"] - held["w"]).abs().amax(dim=1)
+        # the residual is at most half an int8 step of the last change: errors do not pile up
+        assert float(step.max()) < 1e-3 * 6 / 127
+
+
+def test_int8_delta_halves_the_download_and_trains_like_bf16(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    bf16 = run(tmp_path, tiny_corpus, "bf16", rounds=3, broadcast_encoding="bf16")
+    delta = run(tmp_path, tiny_corpus, "delta", rounds=3, broadcast_encoding="int8-delta")
+    a, b = bf16.run(), delta.run()
+    rounds = [[h for h in r.history if h["kind"] == "round"] for r in (bf16, delta)]
+    assert rounds[0][0]["bytes_down"] == rounds[1][0]["bytes_down"]  # round 1: whole, bf16
+    for r16, r8 in zip(rounds[0][1:], rounds[1][1:], strict=True):
+        assert r8["bytes_down"] < 0.6 * r16["bytes_down"]  # 1 byte + row scales vs 2 bytes
+        assert r8["resynced"] == []
+    assert abs(a["mean_bpb"] - b["mean_bpb"]) < 0.01
+    for name in ("hellas", "baltic"):  # each node keeps the weights it was last sent
+        assert (tmp_path / "delta" / "nodes" / name / "broadcast" / "view.json").is_file()
+
+
+def test_a_node_that_lost_its_copy_is_sent_the_weights_whole(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    straight = run(tmp_path, tiny_corpus, "s", rounds=3, broadcast_encoding="int8-delta")
+    straight.run()
+    lossy = run(tmp_path, tiny_corpus, "l", rounds=3, broadcast_encoding="int8-delta")
+    lossy.train_round(1)
+    shutil.rmtree(tmp_path / "l" / "nodes" / "baltic" / "broadcast")
+    second = lossy.train_round(2)
+    assert second["resynced"] == ["baltic"] and second["nodes"] == 2
+    assert lossy.train_round(3)["resynced"] == []
+    for k, v in straight.weights.items():  # the resent copy is exact: the same training
+        assert torch.equal(v, lossy.weights[k]), k
+
+
+def test_resume_with_int8_delta_is_exact_even_when_nodes_hold_a_newer_copy(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    fed = {"rounds": 3, "broadcast_encoding": "int8-delta"}
+    straight = run(tmp_path, tiny_corpus, "straight", **fed)
+    straight.run()
+    part = run(tmp_path, tiny_corpus, "resumed", **fed)
+    for r in (1, 2):
+        part.train_round(r)
+        part.round = r
+        part._save()
+    part.train_round(3)  # the nodes now hold round 3's copy; the checkpoint has round 2's
+    resumed: RoundRunner = run(tmp_path, tiny_corpus, "resumed", resume=True, **fed)
+    resumed.run()
+    third = [h for h in resumed.history if h["kind"] == "round"][-1]
+    assert third["round"] == 3 and sorted(third["resynced"]) == ["baltic", "hellas"]
+    for k, v in straight.weights.items():
+        assert torch.equal(v, resumed.weights[k]), k
