@@ -31,7 +31,10 @@ def raw_from_message(msg: Message, enrolled: NameOf | None = None) -> RawReply:
     known = enrolled(node_id) if enrolled is not None else None
     if msg.has_error():
         return RawReply(
-            node_id, known or "", error=f"node error {msg.error.code}: {msg.error.reason}"
+            node_id,
+            known or "",
+            error=f"node error {msg.error.code}: {msg.error.reason}",
+            error_code=int(msg.error.code),
         )
     content = msg.content
     info = content.get(P.NODE_INFO)

@@ -26,6 +26,8 @@ class RawReply:
     metrics: dict[str, float] = field(default_factory=dict)
     arrays: Weights = field(default_factory=dict)
     error: str | None = None
+    error_code: int | None = None
+    """The protocol's ERR_* code of an error reply."""
 
 
 @dataclass

@@ -258,8 +258,7 @@ class RoundRunner:
         wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view)
         raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
         sent = len(node_ids) * (encoded_bytes(msg.tensors) + text)
-        stale_code = f"node error {P.ERR_STALE_VIEW}:"
-        stale = [r.node_id for r in raws if r.error and r.error.startswith(stale_code)]
+        stale = [r.node_id for r in raws if r.error_code == P.ERR_STALE_VIEW]
         if stale:
             whole = self.broadcast.resync()
             wire = replace(config, broadcast_encoding=whole.encoding, view=whole.view)

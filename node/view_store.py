@@ -43,17 +43,15 @@ class ViewStore:
             return None
 
     def save(self, view: str, weights: Weights) -> None:
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        """Replace the kept copy. A crash in between leaves none (or a temporary folder that
+        the next save removes): the coordinator then sends the weights whole."""
         remove_stale_temps(self.dir.parent)
-        staged = self.dir.with_name("broadcast.new")
-        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
         try:
-            with atomic_directory(staged) as tmp:
+            with atomic_directory(self.dir) as tmp:
                 write_tree(tmp, "weights", weights)
                 atomic_write_text(tmp / "view.json", json.dumps({"id": view}))
                 write_sums(tmp)
-            shutil.rmtree(self.dir, ignore_errors=True)
-            staged.rename(self.dir)
         except OSError as e:
             raise StepError(
                 f"cannot keep the received weights in {self.dir} ({e}): check the state "
