@@ -6,7 +6,9 @@ carries a random marker in its environment; on every exit path (success, failure
 KeyboardInterrupt) the launcher terminates its own process groups, every descendant it can see,
 and every process that carries the marker (SIGTERM, then SIGKILL after a grace period). A small
 watchdog process (its own session, stdlib only) does the same sweep when the launcher dies
-without running ``finally`` (SIGKILL, SIGTERM, SIGHUP).
+without running ``finally`` (SIGKILL, SIGTERM, SIGHUP): marked processes, their process groups
+and their descendants (Ray's agents write their process title over their environment, marker
+included).
 
 Used by step-sim (simulation), step-coord (SuperLink) and step-node (SuperNode).
 """
@@ -54,29 +56,49 @@ import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 needle = sys.argv[1].encode()
+spared = {os.getpgid(0), os.getpgid(os.getppid())}  # our own group and the launcher's
 sys.stdin.buffer.read()  # returns at EOF: the launcher is done with its cleanup, or died
+groups = set()  # process groups of marked processes, remembered once seen
 
-def marked():
-    found = []
+def table():
+    # pid -> (ppid, pgid, marked) for every live process but this one.
+    rows = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) != os.getpid():
             try:
-                if needle in open("/proc/%s/environ" % name, "rb").read().split(b"\0"):
-                    state = open("/proc/%s/stat" % name).read().rsplit(")", 1)[1].split()[0]
-                    if state not in ("Z", "X"):
-                        found.append(int(name))
-            except OSError:
+                fields = open("/proc/%s/stat" % name).read().rsplit(")", 1)[1].split()
+                if fields[0] in ("Z", "X"):
+                    continue
+                env = open("/proc/%s/environ" % name, "rb").read().split(b"\0")
+                rows[int(name)] = (int(fields[1]), int(fields[3]), needle in env)
+            except (OSError, IndexError, ValueError):
                 pass
+    return rows
+
+def targets():
+    # Marked processes, everything in their process groups, and their descendants. Ray's agents
+    # overwrite their environment with their process title (setproctitle), so the marker may be
+    # gone from them; their group and parent still tie them to this launch, even once orphaned.
+    rows = table()
+    groups.update(g for _, g, m in rows.values() if m and g not in spared)
+    found = {pid for pid, (_, g, m) in rows.items() if m or g in groups}
+    todo = list(found)
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, _, _) in rows.items():
+            if ppid == parent and pid not in found:
+                found.add(pid)
+                todo.append(pid)
     return found
 
 def sweep():
-    # SIGTERM first, SIGKILL from 5 s on. Done only when nothing marked is seen for 3 s: a
-    # process being forked while we look (Ray starting its agents as the raylet dies) shows up
-    # seconds later.
+    # SIGTERM first, SIGKILL from 5 s on. Done only when nothing is seen for 3 s: a process
+    # being forked while we look (Ray starting its agents as the raylet dies) shows up seconds
+    # later.
     start = time.monotonic()
     quiet_since = None
     while time.monotonic() - start < 30.0:
-        left = marked()
+        left = targets()
         now = time.monotonic()
         if left:
             quiet_since = None
