@@ -1,10 +1,11 @@
-"""The int8-delta broadcast: send the nodes only the change since the weights they already hold.
+"""The intN-delta broadcast: send the nodes only the change since the weights they already hold.
 
 Whole weights in bf16 cost 2 bytes per parameter per node per round, twice what an int8 update
-costs on the way up. With ``broadcast_encoding: int8-delta`` the coordinator keeps the *view*:
-the exact fp32 weights every node holds. A round sends int8(global - view) per row (1 byte per
-parameter + a scale per row); coordinator and node both add it to the view with the same fp32
-arithmetic (``update_codec.apply_delta``), and the result is the new view. The rounding error is
+costs on the way up. With ``broadcast_encoding: int8-delta`` (or ``int4-delta``, ``int2-delta``)
+the coordinator keeps the *view*: the exact fp32 weights every node holds. A round sends
+intN(global - view) per row (1 byte, half or a quarter of a byte per parameter + a scale per
+row); coordinator and node both add it to the view with the same fp32 arithmetic
+(``update_codec.apply_delta``), and the result is the new view. The rounding error is
 not lost: it stays in (global - view) and goes out with the next change (error feedback), so
 the nodes' weights never drift from the global ones by more than one round's rounding.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from step_model.protocol import DELTA_SUFFIX
 from step_model.update_codec import apply_delta, encode, view_id
 
 Weights = dict[str, torch.Tensor]
@@ -39,7 +41,9 @@ class Message:
 
 
 class DeltaBroadcast:
-    def __init__(self, view: Weights | None = None) -> None:
+    def __init__(self, encoding: str, view: Weights | None = None) -> None:
+        self.encoding = encoding
+        """``intN-delta``: the change travels as ``intN``."""
         self.view = view
         self.id = view_id(view) if view is not None else ""
         self._next: Weights | None = None
@@ -47,15 +51,16 @@ class DeltaBroadcast:
 
     def message(self, weights: Weights) -> Message:
         """The message that brings every node holding the current view to ``weights`` (up to
-        int8 rounding); ``commit()`` makes its result the view once it has been sent."""
+        rounding); ``commit()`` makes its result the view once it has been sent."""
         if self.view is None:
             self._next = {k: v.to(torch.bfloat16).float() for k, v in weights.items()}
             self._next_id = view_id(self._next)
             return Message(encode(self._next, "bf16"), "bf16", "", self._next_id)
-        change = encode({k: weights[k] - self.view[k] for k in weights}, "int8")
-        self._next = apply_delta(self.view, change)
+        quantised = self.encoding.removesuffix(DELTA_SUFFIX)
+        change = encode({k: weights[k] - self.view[k] for k in weights}, quantised)
+        self._next = apply_delta(self.view, change, quantised)
         self._next_id = view_id(self._next)
-        return Message(change, "int8-delta", self.id, self._next_id)
+        return Message(change, self.encoding, self.id, self._next_id)
 
     def resync(self) -> Message:
         """The pending view whole, in fp32 (exact), for a node that lacks the base."""

@@ -161,8 +161,8 @@ federation:
   inner_lr: 3.0e-3
   outer_lr: 1.0
   outer_momentum: 0.5
-  update_encoding: int8     # updates up: fp32, bf16 or int8 (1 byte per parameter)
-  broadcast_encoding: int8-delta  # weights down: fp32, bf16, or int8-delta (the change only)
+  update_encoding: int8     # updates up: fp32, bf16, int8 (1 byte per parameter), int4, int2
+  broadcast_encoding: int8-delta  # weights down: fp32, bf16, or intN-delta (the change only)
   eval_every: 5             # federated evaluation every K rounds (and after the last)
   min_nodes: {min_nodes}              # replies needed to commit a round (keep below the node count)
   round_timeout_s: 600      # a round waits this long for replies, then goes on without stragglers

@@ -59,7 +59,7 @@ from step_model.update_codec import encode, encoded_bytes
 log = logging.getLogger("step.coordinator")
 Kind = Literal["train", "evaluate"]
 VIEW_KEY = "broadcast_view"
-"""Where a checkpoint's optimizer tree keeps the int8-delta view (beside the strategy state)."""
+"""Where a checkpoint's optimizer tree keeps the intN-delta view (beside the strategy state)."""
 
 
 class Transport(Protocol):
@@ -108,10 +108,10 @@ class RoundRunner:
                 f"max_seq_len {self.model_config.max_seq_len}"
             )
         self.strategy = make_strategy(cfg)
-        delta = cfg.broadcast_encoding == "int8-delta"
-        self.broadcast: DeltaBroadcast | None = DeltaBroadcast() if delta else None
+        delta = cfg.broadcast_encoding.endswith(P.DELTA_SUFFIX)
+        self.broadcast = DeltaBroadcast(cfg.broadcast_encoding) if delta else None
         self.resynced: list[str] = []
-        """Nodes sent the weights whole in the last message round (int8-delta: no base)."""
+        """Nodes sent the weights whole in the last message round (intN-delta: no base)."""
         self.round = 0
         self.totals = Totals()
         self.history: list[dict[str, Any]] = []
@@ -154,10 +154,10 @@ class RoundRunner:
             )
         self.weights = {k: v.clone() for k, v in ckpt.weights.items()}
         optimizer = dict(ckpt.optimizer or {})
-        view = optimizer.pop(VIEW_KEY, None)  # the int8-delta view, kept with the checkpoint
+        view = optimizer.pop(VIEW_KEY, None)  # the intN-delta view, kept with the checkpoint
         self.strategy.load_state_dict(optimizer)
         if self.broadcast is not None and view is not None:
-            self.broadcast = DeltaBroadcast(view)
+            self.broadcast = DeltaBroadcast(self.cfg.broadcast_encoding, view)
         self.round = int(ckpt.state["round"])
         self.totals = Totals(**ckpt.state["totals"])
         self.history = list(ckpt.state["history"])
@@ -251,13 +251,18 @@ class RoundRunner:
     def _send_delta(
         self, kind: Kind, config: P.RoundConfig, node_ids: list[int], text: int
     ) -> tuple[list[RawReply], int]:
-        """int8-delta (coordinator/broadcast.py): the change since the nodes' view to all; the
+        """intN-delta (coordinator/broadcast.py): the change since the nodes' view to all; the
         new view whole, in fp32, to those that answer that they lack the base."""
         assert self.broadcast is not None
         msg = self.broadcast.message(self.weights)
-        wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view)
+        # A change goes only to nodes that kept the weights, and they kept the tokenizer with
+        # them: it travels only with whole weights (the first round, resyncs).
+        tokenizer = "" if msg.base else config.tokenizer
+        wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view,
+                       tokenizer=tokenizer)  # fmt: skip
         raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
-        sent = len(node_ids) * (encoded_bytes(msg.tensors) + text)
+        sent = len(node_ids) * (encoded_bytes(msg.tensors) + text - len(config.tokenizer) +
+                                len(tokenizer))  # fmt: skip
         stale = [r.node_id for r in raws if r.error_code == P.ERR_STALE_VIEW]
         if stale:
             whole = self.broadcast.resync()

@@ -86,10 +86,13 @@ def _data(settings: NodeSettings, cfg: P.RoundConfig, tokenizer: Tokenizer) -> N
     return _DATA[key]
 
 
-def _received_bytes(msg: Message, cfg: P.RoundConfig) -> int:
+def _received_bytes(msg: Message) -> int:
+    """Tensor bytes and the config's text as they came (a change comes without the tokenizer)."""
     arrays = msg.content[P.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
-    return arrays.count_bytes() + len(cfg.tokenizer) + len(cfg.model_config)
+    config = msg.content[P.CONFIG]
+    text = sum(len(str(config.get(k, ""))) for k in (P.CFG_TOKENIZER, P.CFG_MODEL_CONFIG))
+    return arrays.count_bytes() + text
 
 
 def _node_info(settings: NodeSettings) -> ConfigRecord:
@@ -111,8 +114,9 @@ def _error_reply(msg: Message, exc: Exception) -> Message:
 
 
 def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[str, torch.Tensor]]:
-    """The round config and the global weights; an int8-delta change is applied to the
-    weights this node kept (view_store.py), and the result is returned whole (fp32)."""
+    """The round config and the global weights; an intN-delta change is applied to the
+    weights this node kept (view_store.py), and the result is returned whole (fp32). A change
+    comes without the tokenizer: the node kept it with the weights."""
     config = msg.content[P.CONFIG]
     arrays = msg.content[P.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
@@ -121,20 +125,28 @@ def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[st
     if not cfg.view:  # whole weights, nothing to keep
         return cfg, received
     store = ViewStore(settings.state_dir)
-    if cfg.broadcast_encoding == "int8-delta":
+    if cfg.broadcast_encoding.endswith(P.DELTA_SUFFIX):
         held = store.load()
-        if held is None or held[0] != cfg.view_base:
+        if held is None or held[0] != cfg.view_base or not _same_tokenizer(cfg, held[2]):
             raise StaleView(
                 f"node {settings.name} holds global weights {held[0] if held else '(none)'}; "
                 f"the change applies to {cfg.view_base}: the coordinator sends them whole"
             )
-        weights = apply_delta(held[1], received)
+        weights = apply_delta(
+            held[1], received, cfg.broadcast_encoding.removesuffix(P.DELTA_SUFFIX)
+        )
+        cfg = replace(cfg, tokenizer=cfg.tokenizer or held[2])
     else:
         weights = decode(received, cfg.broadcast_encoding, model_shapes(cfg))
     if view_id(weights) != cfg.view:
         raise ValueError("the received weights do not match their id: corrupted in transit")
-    store.save(cfg.view, weights)
+    store.save(cfg.view, weights, cfg.tokenizer)
     return replace(cfg, broadcast_encoding="fp32", view_base="", view=""), weights
+
+
+def _same_tokenizer(cfg: P.RoundConfig, held: str) -> bool:
+    """A change without a tokenizer applies only where the node kept the run's tokenizer."""
+    return bool(cfg.tokenizer) or hashlib.sha256(held.encode()).hexdigest() == cfg.tokenizer_sha256
 
 
 @app.train()
@@ -158,7 +170,7 @@ def train(msg: Message, context: Context) -> Message:
         P.M_ROUND: cfg.round,
         P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
         P.M_WALL_S: result.wall_s,
-        P.M_BYTES_RECEIVED: _received_bytes(msg, cfg),
+        P.M_BYTES_RECEIVED: _received_bytes(msg),
         P.M_BYTES_SENT: arrays.count_bytes(),
     }
     if spent is None:
@@ -211,7 +223,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         per_lang = evaluate_round(data, tokenizer, cfg, weights, pick_device(settings.device))
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
-    metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg, cfg)}
+    metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg)}
     _add_eval_metrics(metrics, per_lang)
     content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
     return Message(content, reply_to=msg)

@@ -1,7 +1,8 @@
 """What a node keeps between rounds: its inner AdamW state and its data position.
 
 DiLoCo keeps each worker's inner optimizer state across rounds; the data position (inner steps
-done so far) seeds the node's batches, so it never replays the same batch order. Both are saved
+done so far) seeds the node's batches, so it never replays the same batch order; with a
+quantised update encoding, the residual of error feedback travels with them. Both are saved
 after every round, atomically, as ``<state_dir>/rounds/round-<N>/`` (safetensors + JSON +
 SHA256SUMS), and the newest few are kept.
 
@@ -38,6 +39,8 @@ class InnerState:
     control: dict[str, Any] | None = None
     """For drift correction (trainer.py): the global weights the round started from, this
     node's update, and the round's summed learning rate."""
+    residual: dict[str, Any] | None = None
+    """Error feedback (trainer.py): what quantising this node's updates has not sent yet."""
 
 
 class NodeStateStore:
@@ -64,9 +67,11 @@ class NodeStateStore:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         optimizer = read_tree(path, "optimizer") if (path / "optimizer.json").is_file() else None
         control = read_tree(path, "control") if (path / "control.json").is_file() else None
+        residual = read_tree(path, "residual") if (path / "residual.json").is_file() else None
         return InnerState(
-            meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""), control
-        )
+            meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""), control,
+            residual,
+        )  # fmt: skip
 
     def save(self, state: InnerState) -> None:
         target = self.root / f"round-{state.round:08d}"
@@ -85,6 +90,8 @@ class NodeStateStore:
                     write_tree(tmp, "optimizer", state.optimizer)
                 if state.control is not None:
                     write_tree(tmp, "control", state.control)
+                if state.residual is not None:
+                    write_tree(tmp, "residual", state.residual)
                 write_sums(tmp)
         except OSError as e:
             raise StepError(

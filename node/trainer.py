@@ -7,6 +7,11 @@ One round (DiLoCo's inner loop):
   3. reply with the pseudo-gradient  delta = theta_t - theta_local  (what an outer optimizer
      treats as a gradient), tokens per language and the mean loss.
 
+With a quantised update encoding (int8, int4, int2) the node keeps what rounding lost (error
+feedback): it sends  delta + residual  and keeps  residual' = sent - decode(encode(sent)),  so
+that no part of its update is lost for good, only delayed by a round. The residual is saved
+with the inner state.
+
 Batches come from ``LanguageMixture`` seeded by (federation seed, node index) at the node's own
 step counter, which persists with the optimizer state (state.py). With local differential
 privacy (``privacy`` in the node's settings) step 2 is DP-SGD instead (dp_trainer.py).
@@ -36,7 +41,7 @@ from step_model.model import Transformer
 from step_model.protocol import RoundConfig
 from step_model.tokenizer import Tokenizer
 from step_model.train import lr_at, make_optimizer, train_step
-from step_model.update_codec import decode
+from step_model.update_codec import QUANTISED, decode, encode
 
 Weights = dict[str, torch.Tensor]
 CPU = torch.device("cpu")
@@ -45,7 +50,8 @@ CPU = torch.device("cpu")
 @dataclass
 class RoundResult:
     delta: dict[str, torch.Tensor]
-    """theta_global - theta_local, fp32, one entry per parameter."""
+    """theta_global - theta_local (plus the residual carried over from earlier rounds' rounding,
+    with a quantised encoding), fp32, one entry per parameter."""
     tokens_per_language: dict[str, int]
     token_counts: torch.Tensor | None
     """(vocab,) int32: how often each token id was a target this round (None under DP)."""
@@ -130,6 +136,7 @@ def train_round(
     local = model.state_dict()
     delta = {k: (weights[k].float() - local[k].float().cpu()) for k in weights}
     control = {"global": weights, "delta": delta, "lr_mass": sum(lrs)}
+    sent, residual = with_error_feedback(cfg.update_encoding, delta, state, sha)
     store.save(
         InnerState(
             cfg.round,
@@ -137,16 +144,30 @@ def train_round(
             optimizer.state_dict(),
             sha,
             control if cfg.drift_correction else None,
+            residual,
         )
     )
     finite = [x for x in steps.losses if math.isfinite(x)]
     return RoundResult(
-        delta,
+        sent,
         steps.tokens,
         steps.token_counts,
         sum(finite) / len(finite) if finite else float("nan"),
         time.perf_counter() - t0,
     )
+
+
+def with_error_feedback(
+    encoding: str, delta: Weights, state: InnerState, sha: str
+) -> tuple[Weights, Weights | None]:
+    """(update to send, residual to keep): with a quantised encoding the update carries the
+    residual of earlier rounds, and the new residual is what encoding it will round away."""
+    if encoding not in QUANTISED:
+        return delta, None
+    carried = state.residual if state.model_sha == sha else None
+    sent = delta if carried is None else {k: delta[k] + carried[k] for k in delta}
+    arrives = decode(encode(sent, encoding), encoding, {k: v.shape for k, v in sent.items()})
+    return sent, {k: sent[k] - arrives[k] for k in sent}
 
 
 @dataclass

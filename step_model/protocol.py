@@ -49,10 +49,10 @@ CFG_DRIFT_CORRECTION: Final = "drift-correction"  # 1: nodes correct their drift
 CFG_STEP_OFFSET: Final = "step-offset"  # global inner steps before this round
 CFG_TOTAL_STEPS: Final = "total-steps"  # inner steps of the whole schedule
 CFG_EVAL_FIRST: Final = "eval-first"  # 1: evaluate the received weights before training
-CFG_VIEW_BASE: Final = "view-base"  # int8-delta: the id of the weights the change applies to
+CFG_VIEW_BASE: Final = "view-base"  # intN-delta: the id of the weights the change applies to
 CFG_VIEW: Final = "view"  # the id of the weights this message gives the node (to keep)
 CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
-CFG_TOKENIZER: Final = "tokenizer"  # the tokenizer.json text
+CFG_TOKENIZER: Final = "tokenizer"  # tokenizer.json text; empty in an intN-delta change
 CFG_TOKENIZER_SHA256: Final = "tokenizer-sha256"
 CFG_EVAL_MAX_TOKENS: Final = "eval-max-tokens"  # 0: all held-out text
 
@@ -79,13 +79,14 @@ ERR_BAD_CONFIG: Final = 1001  # the round config is missing keys or has a protoc
 ERR_NODE_SETUP: Final = 1002  # the node's own settings or data are wrong (operator must fix)
 ERR_TRAINING: Final = 1003  # training diverged (non-finite loss)
 ERR_PRIVACY_BUDGET: Final = 1004  # the round would exceed the node's privacy budget: refused
-ERR_STALE_VIEW: Final = 1005  # int8-delta: the node lacks the weights the change applies to
+ERR_STALE_VIEW: Final = 1005  # intN-delta: the node lacks the weights the change applies to
 
 # --- update encodings (see update_codec.py) ---
-ENCODINGS: Final = ("fp32", "bf16", "int8")
-BROADCAST_ENCODINGS: Final = ("fp32", "bf16", "int8-delta")
-"""Weights down: whole (fp32, bf16; int8 weights would lose too much), or ``int8-delta``: the
-change since the weights the nodes already hold, int8 per row, with error feedback
+ENCODINGS: Final = ("fp32", "bf16", "int8", "int4", "int2")
+DELTA_SUFFIX: Final = "-delta"
+BROADCAST_ENCODINGS: Final = ("fp32", "bf16", "int8-delta", "int4-delta", "int2-delta")
+"""Weights down: whole (fp32, bf16; quantised weights would lose too much), or ``intN-delta``:
+the change since the weights the nodes already hold, quantised per row, with error feedback
 (coordinator/broadcast.py)."""
 
 
@@ -125,9 +126,9 @@ class RoundConfig:
     total_steps: int = 0
     """Inner steps of the whole learning-rate schedule (0: total_rounds x inner_steps)."""
     view_base: str = ""
-    """int8-delta: the id of the global weights the change in this message is added to."""
+    """intN-delta: the id of the global weights the change in this message is added to."""
     view: str = ""
-    """The id of the global weights this message gives (int8-delta mode; '' otherwise): the node
+    """The id of the global weights this message gives (intN-delta mode; '' otherwise): the node
     keeps them as the base of the next change."""
     """1: the node first evaluates the weights it received (the previous round's result) and
     adds the evaluation metrics to its train reply: an evaluation without a second download."""

@@ -5,11 +5,16 @@
   bfloat16, so the bits travel as int16 and are reinterpreted on arrival.
 - ``int8``: symmetric per-row absmax quantisation (1 byte + one fp32 scale per row), as in
   INTELLECT-1's int8 pseudo-gradients. A row's scale is stored under ``"<name>#scale"``.
+- ``int4``: the same with 15 levels (-7..7), two values packed per byte (uint8, flat).
+- ``int2``: ternary (-1, 0, 1) times the row's *mean* absolute value (absmax would round almost
+  everything to 0), four values packed per byte. Large values are clipped to the scale.
 
 ``decode(encode(x))`` returns fp32 tensors of the original shapes; int8 keeps every element within
-half a quantisation step (max|row| / 254) of the original.
+half a quantisation step (max|row| / 254) of the original, int4 within max|row| / 14. The lossy
+encodings are meant to be used with error feedback (what rounding lost is sent with the next
+update): the nodes do it for updates (node/trainer.py), the coordinator for the broadcast.
 
-``apply_delta`` adds an int8-encoded change to weights both sides hold (the int8-delta
+``apply_delta`` adds a quantised change to weights both sides hold (the ``intN-delta``
 broadcast); ``view_id`` names such weights by their content, so that both sides can check they
 hold the same bits.
 """
@@ -26,6 +31,12 @@ from step_model.protocol import ENCODINGS
 SCALE_SUFFIX = "#scale"
 
 
+QUANTISED: dict[str, int] = {"int8": 127, "int4": 7, "int2": 1}
+"""Encoding -> largest level: values are round(x / scale * level), in -level..level."""
+_BITS = {"int4": 4, "int2": 2}
+"""Packed encodings: bits per value (8 // bits values per byte)."""
+
+
 def _check(encoding: str) -> None:
     if encoding not in ENCODINGS:
         raise StepError(
@@ -38,6 +49,33 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1) if t.dim() >= 2 else t.reshape(1, -1)
 
 
+def _scale(rows: torch.Tensor, encoding: str) -> torch.Tensor:
+    """(rows,) fp32: the value of the largest level."""
+    mag = rows.abs().mean(dim=1) if encoding == "int2" else rows.abs().amax(dim=1)
+    return mag.clamp_min(1e-30)
+
+
+def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned values < 2**bits, flat -> uint8 with 8 // bits values per byte (zero-padded)."""
+    per = 8 // bits
+    flat = q.reshape(-1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % per)]).reshape(-1, per)
+    packed = torch.zeros(flat.shape[0], dtype=torch.uint8)
+    for i in range(per):
+        packed |= flat[:, i] << (bits * i)
+    return packed
+
+
+def _unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+    values: torch.Tensor = (packed[:, None] >> shifts) & (2**bits - 1)  # (bytes, 8 // bits)
+    return values.reshape(-1)[:numel]
+
+
+def _packed_len(numel: int, bits: int) -> int:
+    return -(-numel * bits // 8)
+
+
 def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Tensor]:
     _check(encoding)
     out: dict[str, torch.Tensor] = {}
@@ -48,10 +86,14 @@ def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Te
         elif encoding == "bf16":
             out[name] = t.to(torch.bfloat16).view(torch.int16).contiguous()
         else:
+            level = QUANTISED[encoding]
             rows = _rows(t)
-            scale = rows.abs().amax(dim=1).clamp_min(1e-30)  # (rows,)
-            q = torch.round(rows / scale[:, None] * 127.0).clamp(-127, 127).to(torch.int8)
-            out[name] = q.reshape(t.shape).contiguous()
+            scale = _scale(rows, encoding)
+            q = torch.round(rows / scale[:, None] * level).clamp(-level, level)
+            if encoding == "int8":
+                out[name] = q.to(torch.int8).reshape(t.shape).contiguous()
+            else:
+                out[name] = _pack(q + level, _BITS[encoding])
             out[name + SCALE_SUFFIX] = scale.contiguous()
     return out
 
@@ -61,25 +103,19 @@ def decode(
 ) -> dict[str, torch.Tensor]:
     """fp32 tensors of ``shapes``; raises ValueError (for the caller to reject) on any mismatch."""
     _check(encoding)
-    expected = set(shapes) | ({n + SCALE_SUFFIX for n in shapes} if encoding == "int8" else set())
+    quantised = encoding in QUANTISED
+    expected = set(shapes) | ({n + SCALE_SUFFIX for n in shapes} if quantised else set())
     if set(encoded) != expected:
         missing, extra = sorted(expected - set(encoded)), sorted(set(encoded) - expected)
         raise ValueError(
             f"update keys differ from the model's: missing {missing[:3]}, extra {extra[:3]}"
         )
-    dtype = {"fp32": torch.float32, "bf16": torch.int16, "int8": torch.int8}[encoding]
     out = {}
     for name, shape in shapes.items():
         t = encoded[name]
-        if t.shape != shape or t.dtype != dtype:
-            raise ValueError(
-                f"{name}: got {t.dtype} {tuple(t.shape)}, expected {dtype} {tuple(shape)}"
-            )
-        if encoding == "int8":
-            scale = encoded[name + SCALE_SUFFIX]
-            if scale.dtype != torch.float32 or scale.numel() != _rows(t).shape[0]:
-                raise ValueError(f"{name}{SCALE_SUFFIX}: wrong shape or dtype")
-            out[name] = (_rows(t).float() * (scale[:, None] / 127.0)).reshape(shape)
+        _check_wire_shape(name, t, encoding, shape)
+        if quantised:
+            out[name] = _dequantise(name, t, encoded[name + SCALE_SUFFIX], encoding, shape)
         elif encoding == "bf16":
             out[name] = t.view(torch.bfloat16).float()
         else:
@@ -87,16 +123,44 @@ def decode(
     return out
 
 
+def _check_wire_shape(name: str, t: torch.Tensor, encoding: str, shape: torch.Size) -> None:
+    if encoding in _BITS:
+        want: tuple[int, ...] = (_packed_len(shape.numel(), _BITS[encoding]),)
+        dtype = torch.uint8
+    else:
+        want = tuple(shape)
+        dtype = {"fp32": torch.float32, "bf16": torch.int16, "int8": torch.int8}[encoding]
+    if tuple(t.shape) != want or t.dtype != dtype:
+        raise ValueError(f"{name}: got {t.dtype} {tuple(t.shape)}, expected {dtype} {want}")
+
+
+def _dequantise(
+    name: str, t: torch.Tensor, scale: torch.Tensor, encoding: str, shape: torch.Size
+) -> torch.Tensor:
+    n_rows = shape[0] if len(shape) >= 2 else 1
+    if scale.dtype != torch.float32 or scale.numel() != n_rows:
+        raise ValueError(f"{name}{SCALE_SUFFIX}: wrong shape or dtype")
+    level = QUANTISED[encoding]
+    if encoding == "int8":
+        q = t.reshape(n_rows, -1).float()
+    else:
+        values = _unpack(t, _BITS[encoding], shape.numel())
+        if bool((values > 2 * level).any()):
+            raise ValueError(f"{name}: packed values out of range (corrupted in transit)")
+        q = values.float().reshape(n_rows, -1) - level
+    return (q * (scale[:, None] / level)).reshape(shape)
+
+
 def encoded_bytes(encoded: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in encoded.values())
 
 
 def apply_delta(
-    base: dict[str, torch.Tensor], encoded: dict[str, torch.Tensor]
+    base: dict[str, torch.Tensor], encoded: dict[str, torch.Tensor], encoding: str
 ) -> dict[str, torch.Tensor]:
-    """``base`` (fp32) plus the int8-encoded change: the same fp32 arithmetic wherever it runs,
+    """``base`` (fp32) plus the quantised change: the same fp32 arithmetic wherever it runs,
     so a coordinator and a node that hold the same base get the same bits."""
-    change = decode(encoded, "int8", {k: v.shape for k, v in base.items()})
+    change = decode(encoded, encoding, {k: v.shape for k, v in base.items()})
     return {k: (base[k] + change[k]).contiguous() for k in base}
 
 

@@ -7,33 +7,56 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from coordinator.broadcast import DeltaBroadcast
 from coordinator.rounds import RoundRunner
-from step_model.update_codec import apply_delta, decode, view_id
+from step_model.update_codec import QUANTISED, apply_delta, decode, encode, encoded_bytes, view_id
 from tests.coordinator.test_rounds import run
 
 
-def test_error_feedback_keeps_the_view_within_one_rounding_of_the_weights() -> None:
+@pytest.mark.parametrize("encoding", ["int8-delta", "int4-delta"])
+def test_error_feedback_keeps_the_view_within_one_rounding_of_the_weights(encoding: str) -> None:
     torch.manual_seed(0)
     weights = {"w": torch.randn(64, 32)}
-    b = DeltaBroadcast()
+    b = DeltaBroadcast(encoding)
+    quantised = encoding.removesuffix("-delta")
     first = b.message(weights)
     assert first.encoding == "bf16" and first.base == ""
     b.commit()
     held = decode(first.tensors, "bf16", {"w": torch.Size([64, 32])})  # what a node keeps
     assert view_id(held) == b.id
-    for _ in range(20):  # small steps, each rounded to int8 on the way down
+    for _ in range(20):  # small steps, each rounded on the way down
         weights = {"w": weights["w"] - 1e-3 * torch.randn(64, 32)}
         msg = b.message(weights)
-        assert msg.encoding == "int8-delta" and msg.base == view_id(held)
-        held = apply_delta(held, msg.tensors)  # the node's side
+        assert msg.encoding == encoding and msg.base == view_id(held)
+        held = apply_delta(held, msg.tensors, quantised)  # the node's side
         b.commit()
         assert view_id(held) == msg.view == b.id  # both sides hold the same bits
         step = (weights["w"] - held["w"]).abs().amax(dim=1)
-        # the residual is at most half an int8 step of the last change: errors do not pile up
-        assert float(step.max()) < 1e-3 * 6 / 127
+        # the residual is at most half a step of the last change: errors do not pile up
+        assert float(step.max()) < 1e-3 * 6 / QUANTISED[quantised]
+
+
+def test_ternary_error_feedback_does_not_pile_up() -> None:
+    """int2 clips values above the row's mean |x|: the clipped part waits in the residual, and
+    the residual stays bounded (its scale grows with it) instead of growing round after round."""
+    torch.manual_seed(0)
+    weights = {"w": torch.randn(64, 32)}
+    b = DeltaBroadcast("int2-delta")
+    b.message(weights)
+    b.commit()
+    gaps = []
+    for _ in range(60):
+        weights = {"w": weights["w"] - 1e-3 * torch.randn(64, 32)}
+        b.message(weights)
+        b.commit()
+        assert b.view is not None
+        gaps.append(float((weights["w"] - b.view["w"]).norm()))
+    one_step = 1e-3 * (64 * 32) ** 0.5
+    assert max(gaps[30:]) < 3 * one_step
+    assert max(gaps[30:]) < 1.5 * max(gaps[:30])
 
 
 def test_int8_delta_halves_the_download_and_trains_like_bf16(
@@ -44,22 +67,27 @@ def test_int8_delta_halves_the_download_and_trains_like_bf16(
     a, b = bf16.run(), delta.run()
     rounds = [[h for h in r.history if h["kind"] == "round"] for r in (bf16, delta)]
     assert rounds[0][0]["bytes_down"] == rounds[1][0]["bytes_down"]  # round 1: whole, bf16
+    change = encoded_bytes(encode(delta.weights, "int8"))
+    text = len(delta.round_config(2).model_config)  # a change comes without the tokenizer
     for r16, r8 in zip(rounds[0][1:], rounds[1][1:], strict=True):
         assert r8["bytes_down"] < 0.6 * r16["bytes_down"]  # 1 byte + row scales vs 2 bytes
+        assert r8["bytes_down"] == 2 * (change + text)
         assert r8["resynced"] == []
     assert abs(a["mean_bpb"] - b["mean_bpb"]) < 0.01
     for name in ("hellas", "baltic"):  # each node keeps the weights it was last sent
         assert (tmp_path / "delta" / "nodes" / name / "broadcast" / "view.json").is_file()
 
 
+@pytest.mark.parametrize("lost", ["broadcast", "broadcast/tokenizer.json"])
 def test_a_node_that_lost_its_copy_is_sent_the_weights_whole(
-    tiny_corpus: Path, tmp_path: Path
+    tiny_corpus: Path, tmp_path: Path, lost: str
 ) -> None:
     straight = run(tmp_path, tiny_corpus, "s", rounds=3, broadcast_encoding="int8-delta")
     straight.run()
     lossy = run(tmp_path, tiny_corpus, "l", rounds=3, broadcast_encoding="int8-delta")
     lossy.train_round(1)
-    shutil.rmtree(tmp_path / "l" / "nodes" / "baltic" / "broadcast")
+    gone = tmp_path / "l" / "nodes" / "baltic" / lost
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
     second = lossy.train_round(2)
     assert second["resynced"] == ["baltic"] and second["nodes"] == 2
     assert lossy.train_round(3)["resynced"] == []

@@ -51,10 +51,11 @@ def test_a_damaged_copy_of_the_broadcast_weights_counts_as_none(tmp_path: Path) 
 
     store = ViewStore(tmp_path)
     assert store.load() is None
-    store.save("abc", {"w": torch.ones(3)})
+    store.save("abc", {"w": torch.ones(3)}, '{"tok": 1}')
     held = store.load()
     assert held is not None and held[0] == "abc" and torch.equal(held[1]["w"], torch.ones(3))
-    store.save("def", {"w": torch.zeros(3)})  # replaced whole
+    assert held[2] == '{"tok": 1}'
+    store.save("def", {"w": torch.zeros(3)}, "{}")  # replaced whole
     assert store.load() is not None and store.load()[0] == "def"  # type: ignore[index]
     (tmp_path / "broadcast" / "weights.safetensors").write_bytes(b"garbage")
     assert store.load() is None  # the coordinator then sends the weights whole

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from coordinator.config import federation_from_dict
-from node.state import InnerState
-from node.trainer import drift_correction
+from node.state import InnerState, NodeStateStore
+from node.trainer import drift_correction, with_error_feedback
 from step_model.errors import StepError
 from step_model.protocol import RoundConfig
+from step_model.update_codec import decode, encode
 
 
 def round_config(round_: int, drift: int) -> RoundConfig:
@@ -76,3 +77,36 @@ def test_a_federation_with_drift_correction_corrects_from_round_two(
     state = NodeStateStore(tmp_path / "r" / "nodes" / "a").latest_before(3)
     assert state.round == 2 and state.control is not None
     assert state.control["lr_mass"] > 0 and set(state.control["delta"]) == set(runner.weights)
+
+
+def test_error_feedback_delays_what_rounding_loses_and_loses_nothing(tmp_path: Path) -> None:
+    """Over rounds, what arrives at the coordinator plus the residual the node still holds is
+    exactly the sum of the node's updates; the residual survives a restart with the state."""
+    torch.manual_seed(0)
+    shapes = {"w": torch.Size([8, 16]), "b": torch.Size([16])}
+    store = NodeStateStore(tmp_path)
+    total = {k: torch.zeros(s) for k, s in shapes.items()}
+    arrived = {k: torch.zeros(s) for k, s in shapes.items()}
+    for round_ in range(1, 6):
+        delta = {k: torch.randn(s) * 1e-3 for k, s in shapes.items()}
+        state = store.latest_before(round_)
+        sent, residual = with_error_feedback("int4", delta, state, "sha")
+        assert residual is not None
+        store.save(InnerState(round_, 0, None, "sha", None, residual))
+        for k in shapes:
+            total[k] += delta[k]
+            arrived[k] += decode(encode(sent, "int4"), "int4", shapes)[k]
+    held = store.latest_before(6).residual
+    assert held is not None
+    for k in shapes:
+        assert torch.allclose(arrived[k] + held[k], total[k], atol=1e-7)
+        assert float(held[k].abs().max()) < float(total[k].abs().max())  # not piling up
+
+
+def test_no_error_feedback_without_quantisation_or_across_models() -> None:
+    delta = {"w": torch.randn(4, 4)}
+    fresh = InnerState(round=0, node_step=0, optimizer=None)
+    assert with_error_feedback("fp32", delta, fresh, "sha") == (delta, None)
+    other = InnerState(1, 0, None, "old-model", None, {"w": torch.ones(4, 4)})
+    sent, _ = with_error_feedback("int8", delta, other, "sha")  # a residual of another model
+    assert torch.equal(sent["w"], delta["w"])
