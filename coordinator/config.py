@@ -59,9 +59,13 @@ class FederationConfig:
     round_timeout_s: float = 600.0
     """How long a round waits for replies."""
     update_encoding: str = "fp32"
-    """How nodes send their update: fp32, bf16 or int8 (per-row absmax)."""
+    """How nodes send their update: fp32, bf16, or quantised per row with error feedback at the
+    node: int8 (absmax, 1 byte per parameter), int4 (half a byte), int2 (ternary at the row's
+    mean magnitude, a quarter of a byte)."""
     broadcast_encoding: str = "fp32"
-    """How the global weights go to the nodes: fp32 or bf16 (the coordinator keeps fp32)."""
+    """How the global weights go to the nodes: whole in fp32 or bf16 (the coordinator keeps
+    fp32), or int8-delta / int4-delta / int2-delta: only the change since the weights the nodes
+    hold (coordinator/broadcast.py)."""
     token_rows: bool = True
     """Average each token's embedding and output rows over the nodes that saw the token (in
     proportion to how often), instead of over all nodes (see coordinator/replies.py)."""
