@@ -230,14 +230,13 @@ class RoundRunner:
         """Send the round to every node; returns the replies and the payload bytes sent
         (tensor bytes of the weights as encoded + the config's text, per node)."""
         node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
-        text = len(config.tokenizer) + len(config.model_config)
         self.resynced = []
         if self.broadcast is not None:
-            raws, sent = self._send_delta(kind, config, node_ids, text)
+            raws, sent = self._send_delta(kind, config, node_ids)
         else:
             weights = encode(self.weights, config.broadcast_encoding)
             raws = self.transport.send(kind, node_ids, weights, config.to_wire())
-            sent = len(node_ids) * (encoded_bytes(weights) + text)
+            sent = len(node_ids) * _payload_bytes(weights, config)
         for r in raws:  # an error reply carries no name: use the transport's
             r.node = r.node or self._name(r.node_id)
         replied = {r.node_id for r in raws}
@@ -249,7 +248,7 @@ class RoundRunner:
         return raws, sent
 
     def _send_delta(
-        self, kind: Kind, config: P.RoundConfig, node_ids: list[int], text: int
+        self, kind: Kind, config: P.RoundConfig, node_ids: list[int]
     ) -> tuple[list[RawReply], int]:
         """intN-delta (coordinator/broadcast.py): the change since the nodes' view to all; the
         new view whole, in fp32, to those that answer that they lack the base."""
@@ -261,15 +260,14 @@ class RoundRunner:
         wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view,
                        tokenizer=tokenizer)  # fmt: skip
         raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
-        sent = len(node_ids) * (encoded_bytes(msg.tensors) + text - len(config.tokenizer) +
-                                len(tokenizer))  # fmt: skip
+        sent = len(node_ids) * _payload_bytes(msg.tensors, wire)
         stale = [r.node_id for r in raws if r.error_code == P.ERR_STALE_VIEW]
         if stale:
             whole = self.broadcast.resync()
             wire = replace(config, broadcast_encoding=whole.encoding, view=whole.view)
             again = self.transport.send(kind, stale, whole.tensors, wire.to_wire())
             raws = [r for r in raws if r.node_id not in stale] + again
-            sent += len(stale) * (encoded_bytes(whole.tensors) + text)
+            sent += len(stale) * _payload_bytes(whole.tensors, wire)
             self.resynced = [self._name(n) for n in stale]
             log.info("round %d: sent the weights whole to %s (they lacked the base of the "
                      "change)", config.round, ", ".join(self.resynced))  # fmt: skip
@@ -445,3 +443,8 @@ class RoundRunner:
             out["delta_central"] = self.cfg.central_dp_delta
             out["central_privacy_unit"] = "one institution (all of its data)"
         return out
+
+
+def _payload_bytes(tensors: Weights, config: P.RoundConfig) -> int:
+    """What one message carries: the tensors as encoded and the config's text."""
+    return encoded_bytes(tensors) + len(config.tokenizer) + len(config.model_config)

@@ -37,7 +37,7 @@ from step_model.errors import StepError
 from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.train import pick_device
-from step_model.update_codec import apply_delta, decode, encode, view_id
+from step_model.update_codec import apply_delta, decode, view_id
 
 app = ClientApp()
 log = logging.getLogger("step.node")
@@ -163,9 +163,8 @@ def train(msg: Message, context: Context) -> Message:
         result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
-    encoded = encode(result.delta, cfg.update_encoding)
     counts = {} if result.token_counts is None else {P.TOKEN_COUNTS: result.token_counts}
-    arrays = ArrayRecord({**encoded, **counts})
+    arrays = ArrayRecord({**result.update, **counts})
     metrics: dict[str, Any] = {
         P.M_ROUND: cfg.round,
         P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),

@@ -49,9 +49,9 @@ CPU = torch.device("cpu")
 
 @dataclass
 class RoundResult:
-    delta: dict[str, torch.Tensor]
+    update: dict[str, torch.Tensor]
     """theta_global - theta_local (plus the residual carried over from earlier rounds' rounding,
-    with a quantised encoding), fp32, one entry per parameter."""
+    with a quantised encoding), in the round's update encoding: what the node sends."""
     tokens_per_language: dict[str, int]
     token_counts: torch.Tensor | None
     """(vocab,) int32: how often each token id was a target this round (None under DP)."""
@@ -136,7 +136,7 @@ def train_round(
     local = model.state_dict()
     delta = {k: (weights[k].float() - local[k].float().cpu()) for k in weights}
     control = {"global": weights, "delta": delta, "lr_mass": sum(lrs)}
-    sent, residual = with_error_feedback(cfg.update_encoding, delta, state, sha)
+    update, residual = with_error_feedback(cfg.update_encoding, delta, state, sha)
     store.save(
         InnerState(
             cfg.round,
@@ -149,7 +149,7 @@ def train_round(
     )
     finite = [x for x in steps.losses if math.isfinite(x)]
     return RoundResult(
-        sent,
+        update,
         steps.tokens,
         steps.token_counts,
         sum(finite) / len(finite) if finite else float("nan"),
@@ -160,14 +160,15 @@ def train_round(
 def with_error_feedback(
     encoding: str, delta: Weights, state: InnerState, sha: str
 ) -> tuple[Weights, Weights | None]:
-    """(update to send, residual to keep): with a quantised encoding the update carries the
-    residual of earlier rounds, and the new residual is what encoding it will round away."""
+    """(encoded update to send, residual to keep): with a quantised encoding the update carries
+    the residual of earlier rounds, and the new residual is what encoding it rounded away."""
     if encoding not in QUANTISED:
-        return delta, None
+        return encode(delta, encoding), None
     carried = state.residual if state.model_sha == sha else None
     sent = delta if carried is None else {k: delta[k] + carried[k] for k in delta}
-    arrives = decode(encode(sent, encoding), encoding, {k: v.shape for k, v in sent.items()})
-    return sent, {k: sent[k] - arrives[k] for k in sent}
+    encoded = encode(sent, encoding)
+    arrives = decode(encoded, encoding, {k: v.shape for k, v in sent.items()})
+    return encoded, {k: sent[k] - arrives[k] for k in sent}
 
 
 @dataclass

@@ -121,6 +121,8 @@ class RoundConfig:
     broadcast_encoding: str = "fp32"
     drift_correction: int = 0
     eval_first: int = 0
+    """1: the node first evaluates the weights it received (the previous round's result) and
+    adds the evaluation metrics to its train reply: an evaluation without a second download."""
     step_offset: int = -1
     """Global inner steps before this round (-1: (round - 1) x inner_steps)."""
     total_steps: int = 0
@@ -130,8 +132,6 @@ class RoundConfig:
     view: str = ""
     """The id of the global weights this message gives (intN-delta mode; '' otherwise): the node
     keeps them as the base of the next change."""
-    """1: the node first evaluates the weights it received (the previous round's result) and
-    adds the evaluation metrics to its train reply: an evaluation without a second download."""
 
     _KEYS: ClassVar[dict[str, str]] = {
         "round": CFG_ROUND,

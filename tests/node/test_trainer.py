@@ -90,12 +90,12 @@ def test_error_feedback_delays_what_rounding_loses_and_loses_nothing(tmp_path: P
     for round_ in range(1, 6):
         delta = {k: torch.randn(s) * 1e-3 for k, s in shapes.items()}
         state = store.latest_before(round_)
-        sent, residual = with_error_feedback("int4", delta, state, "sha")
+        encoded, residual = with_error_feedback("int4", delta, state, "sha")
         assert residual is not None
         store.save(InnerState(round_, 0, None, "sha", None, residual))
         for k in shapes:
             total[k] += delta[k]
-            arrived[k] += decode(encode(sent, "int4"), "int4", shapes)[k]
+            arrived[k] += decode(encoded, "int4", shapes)[k]
     held = store.latest_before(6).residual
     assert held is not None
     for k in shapes:
@@ -106,7 +106,8 @@ def test_error_feedback_delays_what_rounding_loses_and_loses_nothing(tmp_path: P
 def test_no_error_feedback_without_quantisation_or_across_models() -> None:
     delta = {"w": torch.randn(4, 4)}
     fresh = InnerState(round=0, node_step=0, optimizer=None)
-    assert with_error_feedback("fp32", delta, fresh, "sha") == (delta, None)
+    plain, residual = with_error_feedback("fp32", delta, fresh, "sha")
+    assert torch.equal(plain["w"], delta["w"]) and residual is None
     other = InnerState(1, 0, None, "old-model", None, {"w": torch.ones(4, 4)})
-    sent, _ = with_error_feedback("int8", delta, other, "sha")  # a residual of another model
-    assert torch.equal(sent["w"], delta["w"])
+    encoded, _ = with_error_feedback("int8", delta, other, "sha")  # a residual of another model
+    assert all(torch.equal(encoded[k], v) for k, v in encode(delta, "int8").items())
