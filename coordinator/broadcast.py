@@ -12,8 +12,12 @@ the nodes' weights never drift from the global ones by more than one round's rou
 Views are named by a content hash (``update_codec.view_id``). A node whose view is not the one
 the change applies to (it joined late, missed a broadcast, lost its state, or the coordinator
 resumed from a checkpoint older than the node's view) answers ``ERR_STALE_VIEW`` and is sent the
-new view whole, in fp32, in the same round. The first broadcast of a run goes out whole in bf16
-(the view starts as the bf16 rounding of the initial weights).
+new view whole, in fp32, in the same round.
+
+The first message of a fresh run carries no weights at all (``seed``): every node draws the
+initial weights with the run's seed, as the coordinator did, and checks their id; a node whose
+torch draws other bits answers ``ERR_STALE_VIEW`` and is sent them whole. A warm start
+(``init_from``) sends them whole in bf16 (the view starts as their bf16 rounding).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from step_model.protocol import DELTA_SUFFIX
+from step_model.protocol import DELTA_SUFFIX, SEED_BROADCAST
 from step_model.update_codec import apply_delta, encode, view_id
 
 Weights = dict[str, torch.Tensor]
@@ -41,9 +45,11 @@ class Message:
 
 
 class DeltaBroadcast:
-    def __init__(self, encoding: str, view: Weights | None = None) -> None:
+    def __init__(self, encoding: str, view: Weights | None = None, seeded: bool = False) -> None:
         self.encoding = encoding
         """``intN-delta``: the change travels as ``intN``."""
+        self.seeded = seeded
+        """The first message's weights are the ones the nodes draw from the run's seed."""
         self.view = view
         self.id = view_id(view) if view is not None else ""
         self._next: Weights | None = None
@@ -52,6 +58,10 @@ class DeltaBroadcast:
     def message(self, weights: Weights) -> Message:
         """The message that brings every node holding the current view to ``weights`` (up to
         rounding); ``commit()`` makes its result the view once it has been sent."""
+        if self.view is None and self.seeded:
+            self._next = {k: v.float().clone() for k, v in weights.items()}
+            self._next_id = view_id(self._next)
+            return Message({}, SEED_BROADCAST, "", self._next_id)
         if self.view is None:
             self._next = {k: v.to(torch.bfloat16).float() for k, v in weights.items()}
             self._next_id = view_id(self._next)

@@ -19,6 +19,9 @@ RULES = ("mean", "trimmed_mean", "median", "norm_clip", "filtered_mean")
 
 STRATEGIES = ("diloco", "fedavg")
 
+SEEN_ROWS_LEVELS = {"none": 0, "embedding": 1, "embedding+head": 2}
+"""federation.seen_rows -> the round config's ``seen_rows`` (step_model.protocol.SEEN_ROWS)."""
+
 
 @dataclass(frozen=True)
 class FederationConfig:
@@ -60,15 +63,22 @@ class FederationConfig:
     """How long a round waits for replies."""
     update_encoding: str = "fp32"
     """How nodes send their update: fp32, bf16, or quantised per row with error feedback at the
-    node: int8 (absmax, 1 byte per parameter), int4 (half a byte), int2 (ternary at the row's
-    mean magnitude, a quarter of a byte)."""
+    node: int8 (absmax, 1 byte per parameter), int4 (half a byte), int3 (7 levels, 3/8 of a
+    byte), int2 (ternary at the row's mean magnitude, a fifth of a byte)."""
     broadcast_encoding: str = "fp32"
     """How the global weights go to the nodes: whole in fp32 or bf16 (the coordinator keeps
-    fp32), or int8-delta / int4-delta / int2-delta: only the change since the weights the nodes
-    hold (coordinator/broadcast.py)."""
+    fp32), or int8-delta / int4-delta / int3-delta / int2-delta: only the change since the
+    weights the nodes hold (coordinator/broadcast.py)."""
     token_rows: bool = True
     """Average each token's embedding and output rows over the nodes that saw the token (in
     proportion to how often), instead of over all nodes (see coordinator/replies.py)."""
+    seen_rows: str = "embedding"
+    """With token rows and the mean aggregation, each node sends only the rows of the tokens
+    it saw in the round (about half the vocabulary for a regional node; the other rows would be
+    weighed 0) of: 'embedding' (the input embedding: rows no node saw have no gradient and
+    keep their value), 'embedding+head' (also the output head: the rows of tokens no node saw
+    then keep their value too, instead of the mean push-down of their logits), or 'none'.
+    Not with robust rules or central DP, which read every row."""
     drift_correction: bool = False
     """SCAFFOLD-style correction of client drift, at no extra communication: each inner step a
     node adds (global mean update - its own last update) per unit of learning rate, where it
@@ -133,6 +143,8 @@ class FederationConfig:
                 "needs strategy fedavg (nodes infer the global "
                 "update from two consecutive global models, which momentum would distort)",
             )
+        if self.seen_rows not in SEEN_ROWS_LEVELS:
+            raise bad("seen_rows", f"choose one of {', '.join(SEEN_ROWS_LEVELS)}")
         if self.aggregation not in RULES:
             raise bad("aggregation", f"choose one of {', '.join(RULES)}")
         if not 0 <= self.trim_fraction < 0.5:

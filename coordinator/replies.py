@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from step_model import protocol as P
+from step_model.protocol import EMBEDDING_WEIGHT as EMBEDDING
+from step_model.protocol import OUTPUT_WEIGHT as OUTPUT
 from step_model.update_codec import decode, encoded_bytes
 
 Weights = dict[str, torch.Tensor]
@@ -76,10 +78,14 @@ def check_train_reply(
     shapes: dict[str, torch.Size],
     max_norm: float,
     max_tokens: int = 0,
+    seen_rows: int = 0,
 ) -> TrainReply | Rejection:
     """``max_tokens``: the most a node can have trained on this round (steps x batch x
     sequence length; 0: no check). A token count is the aggregation weight, so a node
-    claiming more than it could have seen is trying to weigh more than it may."""
+    claiming more than it could have seen is trying to weigh more than it may.
+    ``seen_rows``: the round config's; a node that sends token counts sends only the rows of the
+    tokens it saw of the tensors ``P.SEEN_ROWS[seen_rows]``; they are put back in place, the
+    other rows are 0."""
 
     def reject(reason: str) -> Rejection:
         return Rejection(raw.node_id, raw.node or f"node {raw.node_id}", reason)
@@ -103,7 +109,11 @@ def check_train_reply(
             counts.shape != (vocab,) or counts.dtype != torch.int32 or bool((counts < 0).any())
         ):
             return reject(f"{P.TOKEN_COUNTS} must be ({vocab},) non-negative int32")
-        delta = decode(arrays, encoding, shapes)
+        names = P.SEEN_ROWS[seen_rows] if counts is not None else ()
+        seen = counts > 0 if counts is not None else torch.ones(vocab, dtype=torch.bool)
+        delta = decode(arrays, encoding, seen_shapes(shapes, seen, names))
+        for name in names:
+            delta[name] = scatter_rows(delta[name], seen)
     except ValueError as e:
         return reject(str(e))
     bad = [k for k, t in delta.items() if not torch.isfinite(t).all()]
@@ -131,6 +141,22 @@ def check_train_reply(
     )
 
 
+def seen_shapes(
+    shapes: dict[str, torch.Size], seen: torch.Tensor, names: tuple[str, ...]
+) -> dict[str, torch.Size]:
+    """The update's shapes when of the tensors ``names`` only the rows of ``seen`` (vocab,)
+    bool travel."""
+    n_seen = int(seen.sum())
+    return {**shapes, **{n: torch.Size((n_seen, *shapes[n][1:])) for n in names}}
+
+
+def scatter_rows(rows: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """(seen rows, dim) -> (vocab, dim), zeros where ``seen`` is False."""
+    full = rows.new_zeros((seen.numel(), *rows.shape[1:]))
+    full[seen] = rows
+    return full
+
+
 def check_eval_reply(raw: RawReply, round_: int) -> EvalReply | Rejection:
     name = raw.node or f"node {raw.node_id}"
     if raw.error is not None:
@@ -144,8 +170,6 @@ def check_eval_reply(raw: RawReply, round_: int) -> EvalReply | Rejection:
     return EvalReply(raw.node_id, name, nll, n_bytes)
 
 
-EMBEDDING = "model.embed_tokens.weight"
-OUTPUT = "lm_head.weight"
 TOKEN_ROWS = (EMBEDDING, OUTPUT)
 
 
@@ -156,7 +180,8 @@ def weighted_mean_delta(replies: list[TrainReply], token_rows: bool = False) -> 
     over the nodes in proportion to how often each saw token k. A language held by one node
     would otherwise have its script's rows moved at 1/N speed by the plain mean, where the
     centralized AdamW gives them full steps (Adam normalises per coordinate). Rows that no node
-    saw fall back to the plain mean.
+    saw fall back to the plain mean (for the input embedding sent as seen rows, a mean of
+    zeros: its rows get no gradient from tokens nobody trained on).
     """
     ordered = sorted(replies, key=lambda r: (r.node, r.node_id))
     total = sum(r.num_tokens for r in ordered)

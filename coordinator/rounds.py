@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from coordinator.broadcast import DeltaBroadcast
-from coordinator.config import FederationConfig
+from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig
 from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
     EvalReply,
@@ -130,6 +130,8 @@ class RoundRunner:
             self.weights: Weights = initial_weights(
                 self.model_config, self.tokenizer, cfg.seed, cfg.init_from
             )
+            if self.broadcast is not None:  # fresh weights: the nodes draw them from the seed
+                self.broadcast.seeded = not cfg.init_from
         self.shapes = {k: v.shape for k, v in self.weights.items()}
         self.params = sum(v.numel() for v in self.weights.values())
 
@@ -224,7 +226,18 @@ class RoundRunner:
             eval_first=int(not final_eval and self.eval_first(round_)),
             step_offset=c.step_offset(round_),
             total_steps=c.total_inner_steps,
+            seen_rows=self.seen_rows,
         )
+
+    @property
+    def seen_rows(self) -> int:
+        """The round config's ``seen_rows``: nodes send only the rows of the tokens they saw,
+        and only where the other rows would be weighed 0 (token rows, mean aggregation; the
+        robust rules and central DP's equal-weight sum read every row)."""
+        c = self.cfg
+        if not c.token_rows or c.aggregation != "mean" or c.central_dp_noise > 0:
+            return 0
+        return SEEN_ROWS_LEVELS[self.cfg.seen_rows]
 
     def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:
         """Send the round to every node; returns the replies and the payload bytes sent
@@ -293,6 +306,7 @@ class RoundRunner:
                 self.shapes,
                 self.cfg.max_update_norm,
                 max_tokens=config.inner_steps * config.batch_size * config.seq_len,
+                seen_rows=config.seen_rows,
             )
             for r in raws
         ]

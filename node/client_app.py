@@ -28,11 +28,13 @@ from node.trainer import (
     PrivateRound,
     TrainingDiverged,
     evaluate_round,
+    model_config,
     model_shapes,
     train_round,
 )
 from node.view_store import StaleView, ViewStore
 from step_model import protocol as P
+from step_model.checkpoint import seeded_weights
 from step_model.errors import StepError
 from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
@@ -125,7 +127,14 @@ def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[st
     if not cfg.view:  # whole weights, nothing to keep
         return cfg, received
     store = ViewStore(settings.state_dir)
-    if cfg.broadcast_encoding.endswith(P.DELTA_SUFFIX):
+    if cfg.broadcast_encoding == P.SEED_BROADCAST:
+        weights = seeded_weights(model_config(cfg), cfg.seed)
+        if view_id(weights) != cfg.view:
+            raise StaleView(
+                f"node {settings.name} draws other initial weights from seed {cfg.seed} than "
+                "the coordinator (another torch version?): the coordinator sends them whole"
+            )
+    elif cfg.broadcast_encoding.endswith(P.DELTA_SUFFIX):
         held = store.load()
         if held is None or held[0] != cfg.view_base or not _same_tokenizer(cfg, held[2]):
             raise StaleView(

@@ -38,7 +38,7 @@ from step_model.data import LanguageMixture
 from step_model.errors import StepError
 from step_model.evaluate import language_nll
 from step_model.model import Transformer
-from step_model.protocol import RoundConfig
+from step_model.protocol import SEEN_ROWS, RoundConfig
 from step_model.tokenizer import Tokenizer
 from step_model.train import lr_at, make_optimizer, train_step
 from step_model.update_codec import QUANTISED, decode, encode
@@ -68,11 +68,15 @@ def model_sha(cfg: RoundConfig) -> str:
     return hashlib.sha256((cfg.model_config + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
 
 
+def model_config(cfg: RoundConfig) -> ModelConfig:
+    """The round's model shape, as the coordinator sent it."""
+    return ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
+
+
 def model_shapes(cfg: RoundConfig) -> dict[str, torch.Size]:
     """The parameter shapes of the round's model (built on the meta device: no memory)."""
-    model_config = ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
     with torch.device("meta"):
-        return {k: v.shape for k, v in Transformer(model_config).state_dict().items()}
+        return {k: v.shape for k, v in Transformer(model_config(cfg)).state_dict().items()}
 
 
 def build_model(
@@ -81,9 +85,8 @@ def build_model(
     """The model on ``device`` with the global weights as received (decoded from the broadcast
     encoding); returns the model and those weights (fp32, host memory), from which the update
     is measured."""
-    model_config = ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
     torch.manual_seed(cfg.seed)
-    model = Transformer(model_config)
+    model = Transformer(model_config(cfg))
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     weights = decode(received, cfg.broadcast_encoding, shapes)
     model.load_state_dict(weights, strict=True)
@@ -136,7 +139,9 @@ def train_round(
     local = model.state_dict()
     delta = {k: (weights[k].float() - local[k].float().cpu()) for k in weights}
     control = {"global": weights, "delta": delta, "lr_mass": sum(lrs)}
-    update, residual = with_error_feedback(cfg.update_encoding, delta, state, sha)
+    seen = None if steps.token_counts is None else steps.token_counts > 0
+    names = SEEN_ROWS[cfg.seen_rows] if seen is not None else ()
+    update, residual = with_error_feedback(cfg.update_encoding, delta, state, sha, seen, names)
     store.save(
         InnerState(
             cfg.round,
@@ -158,17 +163,39 @@ def train_round(
 
 
 def with_error_feedback(
-    encoding: str, delta: Weights, state: InnerState, sha: str
+    encoding: str,
+    delta: Weights,
+    state: InnerState,
+    sha: str,
+    seen: torch.Tensor | None = None,
+    names: tuple[str, ...] = (),
 ) -> tuple[Weights, Weights | None]:
     """(encoded update to send, residual to keep): with a quantised encoding the update carries
-    the residual of earlier rounds, and the new residual is what encoding it rounded away."""
+    the residual of earlier rounds, and the new residual is what encoding it rounded away.
+
+    ``seen`` (vocab,) bool, ``names``: of these tensors send only the rows of the tokens seen
+    (round config ``seen_rows``); the other rows' change this round is dropped (the coordinator
+    would weigh it 0), and their residual waits for a round in which the token is seen."""
     if encoding not in QUANTISED:
-        return encode(delta, encoding), None
+        return encode(_seen_only(delta, seen, names), encoding), None
     carried = state.residual if state.model_sha == sha else None
     sent = delta if carried is None else {k: delta[k] + carried[k] for k in delta}
-    encoded = encode(sent, encoding)
-    arrives = decode(encoded, encoding, {k: v.shape for k, v in sent.items()})
-    return encoded, {k: sent[k] - arrives[k] for k in sent}
+    wire = _seen_only(sent, seen, names)
+    encoded = encode(wire, encoding)
+    arrives = decode(encoded, encoding, {k: v.shape for k, v in wire.items()})
+    residual = {k: wire[k] - arrives[k] for k in wire}
+    for name in names:
+        rows = torch.zeros_like(sent[name]) if carried is None else carried[name].clone()
+        rows[seen] = residual[name]
+        residual[name] = rows
+    return encoded, residual
+
+
+def _seen_only(update: Weights, seen: torch.Tensor | None, names: tuple[str, ...]) -> Weights:
+    """The update with only the ``seen`` rows of the tensors ``names``."""
+    if seen is None or not names:
+        return update
+    return {**update, **{name: update[name][seen] for name in names}}
 
 
 @dataclass

@@ -204,6 +204,13 @@ def load_checkpoint(path: Path, with_optimizer: bool = True) -> Checkpoint:
     return Checkpoint(config, weights, tokenizer, state, optimizer)
 
 
+def seeded_weights(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+    """A fresh model's weights drawn with ``seed``: the same bits wherever the same torch
+    draws them (a node builds a run's first weights this way instead of downloading them)."""
+    torch.manual_seed(seed)
+    return dict(Transformer(config).state_dict())
+
+
 def initial_weights(
     config: ModelConfig, tokenizer: Tokenizer, seed: int, init_from: str = ""
 ) -> dict[str, torch.Tensor]:
@@ -211,8 +218,7 @@ def initial_weights(
     checkpoint's, which must hold the same model and tokenizer (a warm start: e.g. open data
     trained centrally, private data federated)."""
     if not init_from:
-        torch.manual_seed(seed)
-        return dict(Transformer(config).state_dict())
+        return seeded_weights(config, seed)
     if not Path(init_from).exists():
         raise StepError(
             f"init_from {init_from} does not exist: give the --out folder of a `step-model "

@@ -51,6 +51,7 @@ CFG_TOTAL_STEPS: Final = "total-steps"  # inner steps of the whole schedule
 CFG_EVAL_FIRST: Final = "eval-first"  # 1: evaluate the received weights before training
 CFG_VIEW_BASE: Final = "view-base"  # intN-delta: the id of the weights the change applies to
 CFG_VIEW: Final = "view"  # the id of the weights this message gives the node (to keep)
+CFG_SEEN_ROWS: Final = "seen-rows"  # 1: send only the embedding rows of the tokens seen
 CFG_MODEL_CONFIG: Final = "model-config"  # JSON of ModelConfig
 CFG_TOKENIZER: Final = "tokenizer"  # tokenizer.json text; empty in an intN-delta change
 CFG_TOKENIZER_SHA256: Final = "tokenizer-sha256"
@@ -74,6 +75,13 @@ M_DELTA: Final = "delta"  # ... at this delta
 # that saw that token (see coordinator/replies.py).
 TOKEN_COUNTS: Final = "#token-counts"
 
+# Tensors whose row k belongs to token k (state-dict names of step_model.model.Transformer).
+EMBEDDING_WEIGHT: Final = "model.embed_tokens.weight"  # (vocab, dim)
+OUTPUT_WEIGHT: Final = "lm_head.weight"  # (vocab, dim)
+SEEN_ROWS: Final = {0: (), 1: (EMBEDDING_WEIGHT,), 2: (EMBEDDING_WEIGHT, OUTPUT_WEIGHT)}
+"""Round config ``seen_rows`` -> the tensors of which a node sends only the rows of the tokens
+it saw: 1 the input embedding (its other rows have no gradient), 2 also the output head."""
+
 # --- error codes in an error reply (node -> coordinator) ---
 ERR_BAD_CONFIG: Final = 1001  # the round config is missing keys or has a protocol mismatch
 ERR_NODE_SETUP: Final = 1002  # the node's own settings or data are wrong (operator must fix)
@@ -82,12 +90,23 @@ ERR_PRIVACY_BUDGET: Final = 1004  # the round would exceed the node's privacy bu
 ERR_STALE_VIEW: Final = 1005  # intN-delta: the node lacks the weights the change applies to
 
 # --- update encodings (see update_codec.py) ---
-ENCODINGS: Final = ("fp32", "bf16", "int8", "int4", "int2")
+ENCODINGS: Final = ("fp32", "bf16", "int8", "int4", "int3", "int2")
 DELTA_SUFFIX: Final = "-delta"
-BROADCAST_ENCODINGS: Final = ("fp32", "bf16", "int8-delta", "int4-delta", "int2-delta")
+BROADCAST_ENCODINGS: Final = (
+    "fp32",
+    "bf16",
+    "int8-delta",
+    "int4-delta",
+    "int3-delta",
+    "int2-delta",
+)
 """Weights down: whole (fp32, bf16; quantised weights would lose too much), or ``intN-delta``:
 the change since the weights the nodes already hold, quantised per row, with error feedback
 (coordinator/broadcast.py)."""
+SEED_BROADCAST: Final = "seed"
+"""intN-delta, a fresh run's first message: no weights; the node draws the initial weights
+with the round config's seed itself (step_model.checkpoint.seeded_weights) and checks that
+their id is the message's ``view``."""
 
 
 def per_language(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -132,6 +151,10 @@ class RoundConfig:
     view: str = ""
     """The id of the global weights this message gives (intN-delta mode; '' otherwise): the node
     keeps them as the base of the next change."""
+    seen_rows: int = 0
+    """A node that sends its token counts sends only the rows of the tokens it saw this round
+    (count > 0, in token order) of the tensors ``SEEN_ROWS[seen_rows]``; the coordinator puts
+    them back in place by those counts. It weighs the other rows 0 anyway (token rows)."""
 
     _KEYS: ClassVar[dict[str, str]] = {
         "round": CFG_ROUND,
@@ -160,6 +183,7 @@ class RoundConfig:
         "total_steps": CFG_TOTAL_STEPS,
         "view_base": CFG_VIEW_BASE,
         "view": CFG_VIEW,
+        "seen_rows": CFG_SEEN_ROWS,
     }
 
     def to_wire(self) -> dict[str, int | float | str]:

@@ -3,14 +3,19 @@
 - ``fp32``: as is (4 bytes per parameter).
 - ``bf16``: bfloat16 (2 bytes): ~3 significant digits. NumPy (Flower's array format) has no
   bfloat16, so the bits travel as int16 and are reinterpreted on arrival.
-- ``int8``: symmetric per-row absmax quantisation (1 byte + one fp32 scale per row), as in
-  INTELLECT-1's int8 pseudo-gradients. A row's scale is stored under ``"<name>#scale"``.
+- ``int8``: symmetric per-row absmax quantisation (1 byte + one scale per row), as in
+  INTELLECT-1's int8 pseudo-gradients. A row's scale is stored under ``"<name>#scale"``, in
+  bfloat16 (its bits as int16); values are quantised against the rounded scale, so the
+  receiver's arithmetic is exact.
 - ``int4``: the same with 15 levels (-7..7), two values packed per byte (uint8, flat).
+- ``int3``: the same with 7 levels (-3..3), eight values in three bytes (7**8 < 2**24).
 - ``int2``: ternary (-1, 0, 1) times the row's *mean* absolute value (absmax would round almost
-  everything to 0), four values packed per byte. Large values are clipped to the scale.
+  everything to 0), five values per byte (base 3: 3**5 = 243 <= 256, 1.6 bits per value).
+  Large values are clipped to the scale.
 
 ``decode(encode(x))`` returns fp32 tensors of the original shapes; int8 keeps every element within
-half a quantisation step (max|row| / 254) of the original, int4 within max|row| / 14. The lossy
+half a quantisation step (max|row| / 254, times 1 + 2**-8 for the bf16 scale) of the original,
+int4 within max|row| / 14 (the same factor). The lossy
 encodings are meant to be used with error feedback (what rounding lost is sent with the next
 update): the nodes do it for updates (node/trainer.py), the coordinator for the broadcast.
 
@@ -31,10 +36,12 @@ from step_model.protocol import ENCODINGS
 SCALE_SUFFIX = "#scale"
 
 
-QUANTISED: dict[str, int] = {"int8": 127, "int4": 7, "int2": 1}
+QUANTISED: dict[str, int] = {"int8": 127, "int4": 7, "int3": 3, "int2": 1}
 """Encoding -> largest level: values are round(x / scale * level), in -level..level."""
-_BITS = {"int4": 4, "int2": 2}
-"""Packed encodings: bits per value (8 // bits values per byte)."""
+_PACKING = {"int4": (2, 1), "int3": (8, 3), "int2": (5, 1)}
+"""Packed encodings: (values, bytes) per group. A group of bytes holds, little-endian, the
+number sum(v_i * base**i) with base = 2 * level + 1 levels; a group >= base**values cannot come
+from the encoder."""
 
 
 def _check(encoding: str) -> None:
@@ -50,30 +57,35 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _scale(rows: torch.Tensor, encoding: str) -> torch.Tensor:
-    """(rows,) fp32: the value of the largest level."""
+    """(rows,) bfloat16: the value of the largest level (bf16 halves what scales cost; the
+    quantiser divides by the rounded value, and error feedback takes what that changes)."""
     mag = rows.abs().mean(dim=1) if encoding == "int2" else rows.abs().amax(dim=1)
-    return mag.clamp_min(1e-30)
+    return mag.clamp_min(1e-30).to(torch.bfloat16)
 
 
-def _pack(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unsigned values < 2**bits, flat -> uint8 with 8 // bits values per byte (zero-padded)."""
-    per = 8 // bits
-    flat = q.reshape(-1).to(torch.uint8)
+def _pack(values: torch.Tensor, base: int, per: int, width: int) -> torch.Tensor:
+    """Values in 0..base-1, flat -> uint8: ``per`` values in each ``width`` bytes (zero-padded
+    at the end)."""
+    flat = values.reshape(-1).to(torch.int64)
     flat = torch.cat([flat, flat.new_zeros(-flat.numel() % per)]).reshape(-1, per)
-    packed = torch.zeros(flat.shape[0], dtype=torch.uint8)
-    for i in range(per):
-        packed |= flat[:, i] << (bits * i)
-    return packed
+    number = (flat * base ** torch.arange(per)).sum(dim=1)  # (groups,) < base**per
+    group = (number[:, None] >> (8 * torch.arange(width))) & 0xFF  # (groups, width)
+    return group.to(torch.uint8).reshape(-1)
 
 
-def _unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
-    values: torch.Tensor = (packed[:, None] >> shifts) & (2**bits - 1)  # (bytes, 8 // bits)
+def _unpack(packed: torch.Tensor, base: int, per: int, width: int, numel: int) -> torch.Tensor:
+    """The values of ``_pack``, flat, as int64; raises ValueError on a group no encoder writes."""
+    group = packed.to(torch.int64).reshape(-1, width)
+    number = (group << (8 * torch.arange(width))).sum(dim=1)  # (groups,)
+    if bool((number >= base**per).any()):
+        raise ValueError("packed values out of range (corrupted in transit)")
+    values: torch.Tensor = (number[:, None] // base ** torch.arange(per)) % base  # (groups, per)
     return values.reshape(-1)[:numel]
 
 
-def _packed_len(numel: int, bits: int) -> int:
-    return -(-numel * bits // 8)
+def _packed_len(numel: int, encoding: str) -> int:
+    per, width = _PACKING[encoding]
+    return -(-numel // per) * width
 
 
 def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Tensor]:
@@ -89,12 +101,12 @@ def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Te
             level = QUANTISED[encoding]
             rows = _rows(t)
             scale = _scale(rows, encoding)
-            q = torch.round(rows / scale[:, None] * level).clamp(-level, level)
+            q = torch.round(rows / scale.float()[:, None] * level).clamp(-level, level)
             if encoding == "int8":
                 out[name] = q.to(torch.int8).reshape(t.shape).contiguous()
             else:
-                out[name] = _pack(q + level, _BITS[encoding])
-            out[name + SCALE_SUFFIX] = scale.contiguous()
+                out[name] = _pack(q + level, 2 * level + 1, *_PACKING[encoding])
+            out[name + SCALE_SUFFIX] = scale.view(torch.int16).contiguous()
     return out
 
 
@@ -124,8 +136,8 @@ def decode(
 
 
 def _check_wire_shape(name: str, t: torch.Tensor, encoding: str, shape: torch.Size) -> None:
-    if encoding in _BITS:
-        want: tuple[int, ...] = (_packed_len(shape.numel(), _BITS[encoding]),)
+    if encoding in _PACKING:
+        want: tuple[int, ...] = (_packed_len(shape.numel(), encoding),)
         dtype = torch.uint8
     else:
         want = tuple(shape)
@@ -138,17 +150,23 @@ def _dequantise(
     name: str, t: torch.Tensor, scale: torch.Tensor, encoding: str, shape: torch.Size
 ) -> torch.Tensor:
     n_rows = shape[0] if len(shape) >= 2 else 1
-    if scale.dtype != torch.float32 or scale.numel() != n_rows:
-        raise ValueError(f"{name}{SCALE_SUFFIX}: wrong shape or dtype")
+    if scale.dtype != torch.int16 or scale.shape != (n_rows,):
+        raise ValueError(f"{name}{SCALE_SUFFIX}: expected ({n_rows},) int16 (bfloat16 bits)")
     level = QUANTISED[encoding]
     if encoding == "int8":
         q = t.reshape(n_rows, -1).float()
     else:
-        values = _unpack(t, _BITS[encoding], shape.numel())
-        if bool((values > 2 * level).any()):
-            raise ValueError(f"{name}: packed values out of range (corrupted in transit)")
+        try:
+            values = _unpack(t, 2 * level + 1, *_PACKING[encoding], shape.numel())
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
         q = values.float().reshape(n_rows, -1) - level
-    return (q * (scale[:, None] / level)).reshape(shape)
+    return (q * (row_scales(scale)[:, None] / level)).reshape(shape)
+
+
+def row_scales(wire: torch.Tensor) -> torch.Tensor:
+    """A row-scale tensor as it travels (bfloat16 bits as int16) -> fp32."""
+    return wire.view(torch.bfloat16).float()
 
 
 def encoded_bytes(encoded: dict[str, torch.Tensor]) -> int:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import node.client_app as node_app
 from coordinator.broadcast import DeltaBroadcast
 from coordinator.rounds import RoundRunner
+from step_model.config import ModelConfig
 from step_model.update_codec import QUANTISED, apply_delta, decode, encode, encoded_bytes, view_id
 from tests.coordinator.test_rounds import run
 
@@ -66,9 +68,12 @@ def test_int8_delta_halves_the_download_and_trains_like_bf16(
     delta = run(tmp_path, tiny_corpus, "delta", rounds=3, broadcast_encoding="int8-delta")
     a, b = bf16.run(), delta.run()
     rounds = [[h for h in r.history if h["kind"] == "round"] for r in (bf16, delta)]
-    assert rounds[0][0]["bytes_down"] == rounds[1][0]["bytes_down"]  # round 1: whole, bf16
-    change = encoded_bytes(encode(delta.weights, "int8"))
     text = len(delta.round_config(2).model_config)  # a change comes without the tokenizer
+    tokenizer = len(delta.round_config(1).tokenizer)
+    # round 1: bf16 sends the weights whole, the delta broadcast none (the nodes draw them)
+    assert rounds[0][0]["bytes_down"] == 2 * (2 * delta.params + tokenizer + text)
+    assert rounds[1][0]["bytes_down"] == 2 * (tokenizer + text)
+    change = encoded_bytes(encode(delta.weights, "int8"))
     for r16, r8 in zip(rounds[0][1:], rounds[1][1:], strict=True):
         assert r8["bytes_down"] < 0.6 * r16["bytes_down"]  # 1 byte + row scales vs 2 bytes
         assert r8["bytes_down"] == 2 * (change + text)
@@ -113,3 +118,28 @@ def test_resume_with_int8_delta_is_exact_even_when_nodes_hold_a_newer_copy(
     assert third["round"] == 3 and sorted(third["resynced"]) == ["baltic", "hellas"]
     for k, v in straight.weights.items():
         assert torch.equal(v, resumed.weights[k]), k
+
+
+def test_nodes_draw_the_first_weights_and_one_that_draws_others_is_sent_them_whole(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh run's first message carries no weights: the nodes draw them from the seed. A
+    node whose torch would draw other bits answers that it lacks the base and gets them whole
+    (fp32, exact), and the run is the same."""
+    straight = run(tmp_path, tiny_corpus, "s", rounds=2, broadcast_encoding="int8-delta")
+    straight.run()
+    first = next(h for h in straight.history if h["kind"] == "round")
+    assert first["resynced"] == []
+    drawn = node_app.seeded_weights
+
+    def other_torch(config: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
+        return {k: v + 1e-3 for k, v in drawn(config, seed).items()}
+
+    monkeypatch.setattr(node_app, "seeded_weights", other_torch)
+    odd = run(tmp_path, tiny_corpus, "o", rounds=2, broadcast_encoding="int8-delta")
+    odd.run()
+    first = next(h for h in odd.history if h["kind"] == "round")
+    assert sorted(first["resynced"]) == ["baltic", "hellas"]
+    assert first["bytes_down"] > 2 * 4 * odd.params  # the weights whole, fp32
+    for k, v in straight.weights.items():
+        assert torch.equal(v, odd.weights[k]), k

@@ -1,7 +1,16 @@
+import pytest
 import torch
 
-from coordinator.replies import TrainReply, weighted_mean_delta
+from coordinator.replies import (
+    RawReply,
+    Rejection,
+    TrainReply,
+    check_train_reply,
+    weighted_mean_delta,
+)
 from coordinator.strategy import DiLoCo, FedAvg
+from step_model import protocol as P
+from step_model.protocol import EMBEDDING_WEIGHT, OUTPUT_WEIGHT
 
 
 def test_diloco_matches_torch_sgd_with_nesterov() -> None:
@@ -57,3 +66,45 @@ def test_token_rows_are_averaged_over_the_nodes_that_saw_the_token() -> None:
     for name in names:
         assert rows[name][:, 0].tolist() == [1.0, 1.5, 3.0, 2.0]
     assert torch.equal(rows["other"], plain["other"])  # shared weights: the plain mean
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_seen_rows_arrive_in_place_and_average_as_the_full_update(level: int) -> None:
+    """A node that sends only the rows it saw (round config seen_rows: 1 the embedding, 2 also
+    the head) is put back in place; with token rows the mean is the full one on every row some
+    node saw, and rows nobody saw stay (a mean of zeros)."""
+    vocab, dim = 6, 3
+    shapes = {EMBEDDING_WEIGHT: torch.Size((vocab, dim)), OUTPUT_WEIGHT: torch.Size((vocab, dim))}
+    names = P.SEEN_ROWS[level]
+    torch.manual_seed(0)
+    counts = [torch.tensor(c, dtype=torch.int32) for c in ([4, 0, 2, 0, 0, 1], [0, 3, 5, 0, 0, 0])]
+    full, sparse = [], []
+    for i, c in enumerate(counts):
+        delta = {k: torch.randn(s) for k, s in shapes.items()}
+        metrics = {P.M_ROUND: 1, P.M_NUM_TOKENS: 100}
+        seen = {**delta, **{n: delta[n][c > 0] for n in names}}
+        for wire, out, flag in ((delta, full, 0), (seen, sparse, level)):
+            raw = RawReply(i, f"n{i}", metrics, {**wire, P.TOKEN_COUNTS: c})
+            checked = check_train_reply(raw, 1, "fp32", shapes, 0.0, seen_rows=flag)
+            assert isinstance(checked, TrainReply), checked
+            out.append(checked)
+        for n in names:
+            assert torch.equal(sparse[-1].delta[n][c == 0], torch.zeros(int((c == 0).sum()), dim))
+            assert torch.equal(sparse[-1].delta[n][c > 0], delta[n][c > 0])
+    want = weighted_mean_delta(full, token_rows=True)
+    got = weighted_mean_delta(sparse, token_rows=True)
+    someone = (counts[0] + counts[1]) > 0
+    for n in names:
+        assert torch.allclose(got[n][someone], want[n][someone])
+        assert torch.equal(got[n][~someone], torch.zeros(2, dim))
+    if level == 1:
+        assert torch.equal(got[OUTPUT_WEIGHT], want[OUTPUT_WEIGHT])  # the head travels whole
+
+
+def test_a_seen_rows_reply_with_the_wrong_number_of_rows_is_rejected() -> None:
+    shapes = {EMBEDDING_WEIGHT: torch.Size((4, 2))}
+    counts = torch.tensor([1, 0, 0, 2], dtype=torch.int32)
+    raw = RawReply(0, "n0", {P.M_ROUND: 1, P.M_NUM_TOKENS: 10},
+                   {EMBEDDING_WEIGHT: torch.zeros(4, 2), P.TOKEN_COUNTS: counts})  # fmt: skip
+    out = check_train_reply(raw, 1, "fp32", shapes, 0.0, seen_rows=1)
+    assert isinstance(out, Rejection) and "expected" in out.reason

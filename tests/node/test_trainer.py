@@ -7,7 +7,7 @@ from coordinator.config import federation_from_dict
 from node.state import InnerState, NodeStateStore
 from node.trainer import drift_correction, with_error_feedback
 from step_model.errors import StepError
-from step_model.protocol import RoundConfig
+from step_model.protocol import EMBEDDING_WEIGHT, RoundConfig
 from step_model.update_codec import decode, encode
 
 
@@ -111,3 +111,38 @@ def test_no_error_feedback_without_quantisation_or_across_models() -> None:
     other = InnerState(1, 0, None, "old-model", None, {"w": torch.ones(4, 4)})
     encoded, _ = with_error_feedback("int8", delta, other, "sha")  # a residual of another model
     assert all(torch.equal(encoded[k], v) for k, v in encode(delta, "int8").items())
+
+
+def test_error_feedback_with_seen_rows_sends_only_those_and_keeps_the_rest_waiting(
+    tmp_path: Path,
+) -> None:
+    """With seen rows, only the embedding rows of the tokens seen travel; what arrives plus
+    the residual held is the sum of the changes of the rows seen in each round, and a row's
+    residual waits through rounds in which its token is not seen."""
+    torch.manual_seed(0)
+    vocab, dim = 10, 4
+    shapes = {EMBEDDING_WEIGHT: torch.Size([vocab, dim]), "b": torch.Size([dim])}
+    store = NodeStateStore(tmp_path)
+    total = {k: torch.zeros(s) for k, s in shapes.items()}
+    arrived = {k: torch.zeros(s) for k, s in shapes.items()}
+    held = {k: torch.zeros(s) for k, s in shapes.items()}
+    for round_ in range(1, 7):
+        delta = {k: torch.randn(s) * 1e-3 for k, s in shapes.items()}
+        seen = torch.rand(vocab) < 0.5
+        state = store.latest_before(round_)
+        encoded, residual = with_error_feedback(
+            "int4", delta, state, "sha", seen, (EMBEDDING_WEIGHT,)
+        )
+        assert residual is not None and residual[EMBEDDING_WEIGHT].shape == (vocab, dim)
+        sent_shapes = {**shapes, EMBEDDING_WEIGHT: torch.Size([int(seen.sum()), dim])}
+        got = decode(encoded, "int4", sent_shapes)  # raises if the wrong rows travelled
+        store.save(InnerState(round_, 0, None, "sha", None, residual))
+        total["b"] += delta["b"]
+        total[EMBEDDING_WEIGHT][seen] += delta[EMBEDDING_WEIGHT][seen]
+        arrived["b"] += got["b"]
+        arrived[EMBEDDING_WEIGHT][seen] += got[EMBEDDING_WEIGHT]
+        # a row not seen this round keeps the residual it had
+        assert torch.equal(residual[EMBEDDING_WEIGHT][~seen], held[EMBEDDING_WEIGHT][~seen])
+        held = residual
+    for k in shapes:
+        assert torch.allclose(arrived[k] + held[k], total[k], atol=1e-7)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from step_model.protocol import RoundConfig
-from step_model.update_codec import QUANTISED, decode, encode, encoded_bytes
+from step_model.update_codec import QUANTISED, decode, encode, encoded_bytes, row_scales
 
 
 def update() -> dict[str, torch.Tensor]:
@@ -11,49 +11,70 @@ def update() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    ("encoding", "size", "tol"), [("fp32", 4, 0.0), ("bf16", 2, 4e-3), ("int8", 1, 1 / 254)]
+    ("encoding", "size", "tol"),
+    [("fp32", 4, 0.0), ("bf16", 2, 4e-3), ("int8", 1, (1 + 2**-8) / 254)],
 )
 def test_round_trip_error_and_size(encoding: str, size: int, tol: float) -> None:
     x = update()
     enc = encode(x, encoding)
     back = decode(enc, encoding, {k: v.shape for k, v in x.items()})
     for k, v in x.items():
-        # within tol of the row's largest magnitude (int8: half a quantisation step)
+        # within tol of the row's largest magnitude (int8: half a quantisation step of the
+        # bf16-rounded scale)
         assert (back[k] - v).abs().max() <= tol * v.abs().max() + 1e-12, (encoding, k)
-    scales = 4 * (16 + 1) if encoding == "int8" else 0
+    scales = 2 * (16 + 1) if encoding == "int8" else 0  # a bf16 scale per row
     assert encoded_bytes(enc) == size * (16 * 8 + 8) + scales
 
 
-@pytest.mark.parametrize(("encoding", "per_byte"), [("int4", 2), ("int2", 4)])
-def test_packed_encodings_size_and_levels(encoding: str, per_byte: int) -> None:
+@pytest.mark.parametrize(
+    ("encoding", "per", "width"), [("int4", 2, 1), ("int3", 8, 3), ("int2", 5, 1)]
+)
+def test_packed_encodings_size_and_levels(encoding: str, per: int, width: int) -> None:
+    """``per`` values travel in ``width`` bytes."""
     torch.manual_seed(1)
-    x = {"w": torch.randn(16, 9), "norm": torch.randn(7)}  # odd sizes: the last byte is padded
+    x = {"w": torch.randn(16, 9), "norm": torch.randn(7)}  # odd sizes: the last group is padded
     enc = encode(x, encoding)
     shapes = {k: v.shape for k, v in x.items()}
     back = decode(enc, encoding, shapes)
-    assert enc["w"].dtype == torch.uint8 and enc["w"].numel() == -(-16 * 9 // per_byte)
-    assert encoded_bytes(enc) == -(-144 // per_byte) + -(-7 // per_byte) + 4 * (16 + 1)
+    assert enc["w"].dtype == torch.uint8 and enc["w"].numel() == -(-16 * 9 // per) * width
+    body = (-(-144 // per) + -(-7 // per)) * width
+    assert encoded_bytes(enc) == body + 2 * (16 + 1)  # + a bf16 scale per row
     level = QUANTISED[encoding]
     for k, v in x.items():
         rows = v.reshape(v.shape[0], -1) if v.dim() == 2 else v.reshape(1, -1)
         got = back[k].reshape(rows.shape)
-        scale = enc[k + "#scale"][:, None]
+        scale = row_scales(enc[k + "#scale"])[:, None]
         steps = got / scale * level  # whole numbers in -level..level
         assert torch.allclose(steps, steps.round(), atol=1e-4)
         assert float(steps.abs().max()) <= level + 1e-4
-        if encoding == "int4":  # absmax: within half a step of every value
-            assert float((got - rows).abs().max()) <= float(scale.max()) / 14 + 1e-6
+        if encoding != "int2":  # absmax: within half a step of every value
+            bound = float(rows.abs().max()) * (1 + 2**-8) / (2 * level)
+            assert float((got - rows).abs().max()) <= bound + 1e-6
         else:  # ternary at the row's mean |x|: the sign survives wherever a value is kept
             kept = got != 0
             assert bool((torch.sign(got[kept]) == torch.sign(rows[kept])).all())
-            assert torch.allclose(enc[k + "#scale"], rows.abs().mean(dim=1))
+            mean = rows.abs().mean(dim=1)
+            assert torch.allclose(row_scales(enc[k + "#scale"]), mean, rtol=2**-8)
 
 
-def test_packed_values_out_of_range_are_refused() -> None:
-    enc = encode({"w": torch.randn(4, 4)}, "int4")
-    enc["w"][0] = 0xFF  # 15 is not a level of int4 (-7..7 is stored as 0..14)
+@pytest.mark.parametrize(
+    ("encoding", "per", "width"), [("int4", 2, 1), ("int3", 8, 3), ("int2", 5, 1)]
+)
+def test_packed_values_out_of_range_are_refused(encoding: str, per: int, width: int) -> None:
+    enc = encode({"w": torch.randn(4, 8)}, encoding)
+    shape = {"w": torch.Size([4, 8])}
+    levels = 2 * QUANTISED[encoding] + 1
+
+    def first_group(number: int) -> None:  # little-endian, as the packer writes it
+        enc["w"][:width] = torch.tensor([(number >> (8 * j)) & 0xFF for j in range(width)])
+
+    first_group(levels**per)  # the smallest group no encoder writes
     with pytest.raises(ValueError, match="out of range"):
-        decode(enc, "int4", {"w": torch.Size([4, 4])})
+        decode(enc, encoding, shape)
+    first_group(levels**per - 1)  # the largest one it does: every value at its top level
+    back = decode(enc, encoding, shape)["w"].reshape(-1)
+    top = float(row_scales(enc["w#scale"])[0])
+    assert torch.allclose(back[: min(per, 8)], torch.tensor(top))
 
 
 @pytest.mark.parametrize("damage", ["missing", "shape", "dtype", "extra"])
