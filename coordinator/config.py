@@ -86,7 +86,8 @@ class FederationConfig:
     early_rounds: int = 0
     """The first ``early_rounds`` rounds run ``early_inner_steps`` local steps instead of
     ``inner_steps``: more, shorter rounds while the learning rate is high and the nodes would
-    drift apart fastest (0: every round runs ``inner_steps``)."""
+    drift apart fastest (0: every round runs ``inner_steps``; at least ``rounds``, e.g. after
+    ``step-sim --rounds N`` for a quick look: every round does)."""
     early_inner_steps: int = 0
     init_from: str = ""
     """A checkpoint (``step-model train --out`` or a run's) whose weights start the federation
@@ -133,8 +134,8 @@ class FederationConfig:
             raise bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
         if self.broadcast_encoding not in BROADCAST_ENCODINGS:
             raise bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
-        if not 0 <= self.early_rounds <= self.rounds:
-            raise bad("early_rounds", "must be between 0 and federation.rounds")
+        if self.early_rounds < 0:  # above federation.rounds (--rounds N): every round is early
+            raise bad("early_rounds", "must be >= 0")
         if self.early_rounds and self.early_inner_steps < 1:
             raise bad("early_inner_steps", "must be a positive integer when early_rounds > 0")
         if self.drift_correction and self.strategy != "fedavg":

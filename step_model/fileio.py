@@ -21,9 +21,22 @@ import yaml
 
 from step_model.errors import StepError
 
+FSYNC_ENV = "STEP_FSYNC"
+"""``STEP_FSYNC=0`` skips fsync. Writes stay atomic (a killed process leaves the old or the new
+file); only a power loss could lose the last ones. step-sim sets it for its simulation
+processes: every institution is virtual, on one machine, and each round writes every node's
+state (fsync took 3% of an in-process run of the default example on this 2-core machine)."""
+
+
+def _fsync(fd: int) -> None:
+    if os.environ.get(FSYNC_ENV, "1") != "0":
+        os.fsync(fd)
+
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (POSIX needs the directory itself synced)."""
+    if os.environ.get(FSYNC_ENV, "1") == "0":
+        return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -51,7 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            _fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -73,7 +86,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        _fsync(f.fileno())
 
 
 @contextmanager
@@ -92,7 +105,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         for child in tmp.iterdir():
             if child.is_file():
                 with open(child, "rb") as f:
-                    os.fsync(f.fileno())
+                    _fsync(f.fileno())
         _fsync_dir(tmp)
         os.rename(tmp, path)
         _fsync_dir(path.parent)

@@ -26,6 +26,7 @@ hold the same bits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import torch
@@ -65,22 +66,45 @@ def _scale(rows: torch.Tensor, encoding: str) -> torch.Tensor:
 
 def _pack(values: torch.Tensor, base: int, per: int, width: int) -> torch.Tensor:
     """Values in 0..base-1, flat -> uint8: ``per`` values in each ``width`` bytes (zero-padded
-    at the end)."""
-    flat = values.reshape(-1).to(torch.int64)
+    at the end). int32 arithmetic: base**per < 2**31 for every packing."""
+    flat = values.reshape(-1).to(torch.int32)
     flat = torch.cat([flat, flat.new_zeros(-flat.numel() % per)]).reshape(-1, per)
-    number = (flat * base ** torch.arange(per)).sum(dim=1)  # (groups,) < base**per
-    group = (number[:, None] >> (8 * torch.arange(width))) & 0xFF  # (groups, width)
-    return group.to(torch.uint8).reshape(-1)
+    powers = base ** torch.arange(per, dtype=torch.int32)
+    number = (flat * powers).sum(dim=1, dtype=torch.int32)  # (groups,) < base**per
+    if width == 1:
+        return number.to(torch.uint8)
+    group = (number[:, None] >> (8 * torch.arange(width, dtype=torch.int32))) & 0xFF
+    return group.to(torch.uint8).reshape(-1)  # (groups * width,), little-endian
 
 
 def _unpack(packed: torch.Tensor, base: int, per: int, width: int, numel: int) -> torch.Tensor:
-    """The values of ``_pack``, flat, as int64; raises ValueError on a group no encoder writes."""
-    group = packed.to(torch.int64).reshape(-1, width)
-    number = (group << (8 * torch.arange(width))).sum(dim=1)  # (groups,)
+    """The values of ``_pack``, flat, as int64; raises ValueError on a group no encoder writes.
+    Digits are looked up in tables (a decode runs several times a round): a byte's at once,
+    a wider group's in two halves."""
+    if width == 1:
+        if bool((packed >= base**per).any()):
+            raise ValueError("packed values out of range (corrupted in transit)")
+        return _digits(base, per, 256)[packed.long()].reshape(-1)[:numel]
+    group = packed.to(torch.int32).reshape(-1, width)
+    number = (group << (8 * torch.arange(width, dtype=torch.int32))).sum(dim=1, dtype=torch.int32)
     if bool((number >= base**per).any()):
         raise ValueError("packed values out of range (corrupted in transit)")
-    values: torch.Tensor = (number[:, None] // base ** torch.arange(per)) % base  # (groups, per)
+    low = per // 2
+    high = torch.div(number, base**low, rounding_mode="floor").long()
+    rest = (number % base**low).long()
+    values = torch.cat(
+        [_digits(base, low, base**low)[rest], _digits(base, per - low, base ** (per - low))[high]],
+        dim=1,
+    )  # (groups, per)
     return values.reshape(-1)[:numel]
+
+
+@functools.cache
+def _digits(base: int, per: int, count: int) -> torch.Tensor:
+    """(count, per) int64: the ``per`` base-``base`` digits of 0..count-1, least significant
+    first."""
+    powers = base ** torch.arange(per)
+    return (torch.arange(count)[:, None] // powers) % base
 
 
 def _packed_len(numel: int, encoding: str) -> int:

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from step_model.errors import StepError
+from step_model.fileio import FSYNC_ENV
 from step_model.flwr_cli import log_tail, parse_json_stdout, strip_ansi
 from step_model.processes import (
     MARKER_ENV,
@@ -305,6 +306,7 @@ def _child_env(flwr_home: Path, ray_tmp: Path, marker: str, bin_dir: Path) -> di
             MARKER_ENV: marker,
         }
     )
+    env.setdefault(FSYNC_ENV, "0")  # virtual institutions on one machine: atomic, not durable
     return env
 
 
