@@ -109,11 +109,14 @@ def check_train_reply(
             counts.shape != (vocab,) or counts.dtype != torch.int32 or bool((counts < 0).any())
         ):
             return reject(f"{P.TOKEN_COUNTS} must be ({vocab},) non-negative int32")
-        names = P.SEEN_ROWS[seen_rows] if counts is not None else ()
-        seen = counts > 0 if counts is not None else torch.ones(vocab, dtype=torch.bool)
-        delta = decode(arrays, encoding, seen_shapes(shapes, seen, names))
-        for name in names:
-            delta[name] = scatter_rows(delta[name], seen)
+        names = P.SEEN_ROWS[seen_rows] if counts is not None else ()  # DP nodes send no counts
+        if counts is not None and names:
+            seen = counts > 0
+            delta = decode(arrays, encoding, seen_shapes(shapes, seen, names))
+            for name in names:
+                delta[name] = scatter_rows(delta[name], seen)
+        else:
+            delta = decode(arrays, encoding, shapes)
     except ValueError as e:
         return reject(str(e))
     bad = [k for k, t in delta.items() if not torch.isfinite(t).all()]

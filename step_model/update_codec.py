@@ -15,9 +15,9 @@
 
 ``decode(encode(x))`` returns fp32 tensors of the original shapes; int8 keeps every element within
 half a quantisation step (max|row| / 254, times 1 + 2**-8 for the bf16 scale) of the original,
-int4 within max|row| / 14 (the same factor). The lossy
-encodings are meant to be used with error feedback (what rounding lost is sent with the next
-update): the nodes do it for updates (node/trainer.py), the coordinator for the broadcast.
+int4 within max|row| / 14 and int3 within max|row| / 6 (the same factor). The lossy encodings
+are meant to be used with error feedback (what rounding lost is sent with the next update): the
+nodes do it for updates (node/trainer.py), the coordinator for the broadcast.
 
 ``apply_delta`` adds a quantised change to weights both sides hold (the ``intN-delta``
 broadcast); ``view_id`` names such weights by their content, so that both sides can check they

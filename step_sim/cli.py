@@ -182,10 +182,17 @@ def main(
     if not resume:
         atomic_write_text(out / "sim.yaml", yaml.safe_dump(sim.to_yaml_dict(), sort_keys=False))
     fed = sim.federation
+    early = min(fed.early_rounds, fed.rounds)
+    schedule = f"{fed.rounds} rounds x {fed.inner_steps} steps"
+    if early:
+        schedule = (
+            f"{fed.rounds} rounds ({early} x {fed.early_inner_steps} steps, then "
+            f"{fed.rounds - early} x {fed.inner_steps})"
+        )
     console.print(
         f"{mode}: {len(sim.names)} institutions, {len(sim.languages())} languages, "
-        f"{fed.strategy if not centralized else 'AdamW'}, {fed.rounds} rounds x "
-        f"{fed.inner_steps} steps, preset {fed.preset}; run folder {out}"
+        f"{fed.strategy if not centralized else 'AdamW'}, {schedule}, preset {fed.preset}; "
+        f"run folder {out}"
     )
     summary = (
         _run_centralized(sim, out, console)
