@@ -45,11 +45,12 @@ class Message:
 
 
 class DeltaBroadcast:
-    def __init__(self, encoding: str, view: Weights | None = None, seeded: bool = False) -> None:
+    def __init__(self, encoding: str, view: Weights | None = None) -> None:
         self.encoding = encoding
         """``intN-delta``: the change travels as ``intN``."""
-        self.seeded = seeded
-        """The first message's weights are the ones the nodes draw from the run's seed."""
+        self.seeded = False
+        """The first message's weights are the ones the nodes draw from the run's seed (set by
+        a fresh run without ``init_from``)."""
         self.view = view
         self.id = view_id(view) if view is not None else ""
         self._next: Weights | None = None

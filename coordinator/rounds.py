@@ -237,7 +237,7 @@ class RoundRunner:
         c = self.cfg
         if not c.token_rows or c.aggregation != "mean" or c.central_dp_noise > 0:
             return 0
-        return SEEN_ROWS_LEVELS[self.cfg.seen_rows]
+        return SEEN_ROWS_LEVELS[c.seen_rows]
 
     def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:
         """Send the round to every node; returns the replies and the payload bytes sent

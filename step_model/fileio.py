@@ -28,14 +28,18 @@ processes: every institution is virtual, on one machine, and each round writes e
 state (fsync took 3% of an in-process run of the default example on this 2-core machine)."""
 
 
+def _durable() -> bool:
+    return os.environ.get(FSYNC_ENV, "1") != "0"
+
+
 def _fsync(fd: int) -> None:
-    if os.environ.get(FSYNC_ENV, "1") != "0":
+    if _durable():
         os.fsync(fd)
 
 
 def _fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable (POSIX needs the directory itself synced)."""
-    if os.environ.get(FSYNC_ENV, "1") == "0":
+    if not _durable():
         return
     fd = os.open(path, os.O_RDONLY)
     try:
