@@ -7,6 +7,8 @@
     step-coord start [--config FILE] [--resume]  SuperLink + the training run, in the foreground
     step-coord status [--json]                run state, round, nodes, last metrics, bytes
     step-coord stop                           stop a running `step-coord start`
+    step-coord audit [--verify] [--json]      the signed audit log; --verify checks it
+    step-coord signing-key                    the federation's public signing key and fingerprint
 
 Every command but init works on the federation folder given by --dir (default: the current
 folder). See deployment.py for the folder's layout.
@@ -23,9 +25,13 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.markup import escape
 
+from coordinator.app_signing import SignedApp
+from coordinator.audit import AuditBroken, AuditLog
 from coordinator.config import FederationConfig, load_federation_config
+from coordinator.control_client import ControlClient
 from coordinator.deployment import (
     CONFIG_TEMPLATE,
     CoordinatorSettings,
@@ -34,8 +40,10 @@ from coordinator.deployment import (
     coordinator_settings,
     read_process_state,
 )
+from coordinator.guard import ControlGuard
 from coordinator.records import latest_epsilons, read_records
 from coordinator.registry import Registry
+from coordinator.round_audit import RoundAuditor
 from coordinator.superlink import (
     CONNECTION,
     FlowerAdmin,
@@ -46,16 +54,26 @@ from coordinator.superlink import (
     sync_registry,
     write_app,
 )
-from coordinator.tls import create_tls
+from coordinator.tls import TlsFiles, create_tls
 from step_model.cli_common import console_for, emit_json, table, user_errors
 from step_model.errors import StepError
-from step_model.fileio import atomic_write_text
+from step_model.fileio import atomic_write_text, file_lock, sha256_file
 from step_model.flwr_cli import log_tail
 from step_model.identity import read_public_key
 from step_model.processes import ChildProcesses, new_marker, watchdog
+from step_model.signing import (
+    create_signing_key,
+    key_fingerprint,
+    load_signing_key,
+    public_line,
+    read_verify_key,
+)
 from step_model.tokenizer import load_tokenizer
 
-app = typer.Typer(help=__doc__, add_completion=False, no_args_is_help=True)
+# pretty_exceptions_show_locals=False: a traceback must never print a local holding key bytes.
+app = typer.Typer(
+    help=__doc__, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The federation folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Last line of output: one JSON object.")]
@@ -96,12 +114,30 @@ def init(
     )
     folder.mkdir(parents=True, exist_ok=True)
     tls = create_tls(fed.tls, folder.resolve().name, list(host or []))
+    create_signing_key(fed.tls, f"step-federation-{folder.resolve().name}")
     Registry(folder).save()
     atomic_write_text(fed.config, text)
     load_federation_config(fed.config)  # the template must load
+    key = load_signing_key(fed.signing_key)
+    AuditLog(fed.root).append(
+        key,
+        "init",
+        {
+            "hosts": list(host or []),
+            "preset": preset,
+            "signing_key": key_fingerprint(key.public_key()),
+        },
+    )
     out = console_for(False)
-    out.print(f"federation folder {folder}: coordinator.yaml, registry.json, tls/")
-    out.print(f"give node operators the CA certificate: {tls.ca_cert}")
+    out.print(f"federation folder {folder}: coordinator.yaml, registry.json, tls/, audit.jsonl")
+    out.print(
+        f"give node operators the CA certificate {tls.ca_cert} and the federation's "
+        f"public signing key {fed.verify_key}"
+    )
+    out.print(
+        f"signing key fingerprint: {key_fingerprint(key.public_key())}  (read it to each "
+        "operator by phone: nodes run only apps signed with this key)"
+    )
     out.print(f"nodes connect to {fleet_address} (a host named in --host, port as given)")
     out.print("next: `step-coord enroll NAME --public-key node.pub`, then `step-coord start`")
 
@@ -116,7 +152,9 @@ def enroll(
     """Allow an institution in (takes effect at once on a running coordinator)."""
     fed = FederationFolder(folder).require()
     registry = Registry(folder)
+    key = load_signing_key(fed.signing_key)
     entry = registry.enroll(name, read_public_key(public_key))
+    AuditLog(fed.root).append(key, "enroll", {"node": name, "fingerprint": entry.fingerprint})
     out = console_for(False)
     out.print(f"enrolled {name}: {entry.fingerprint}")
     out.print("compare this fingerprint with the one the operator sees in `step-node init`")
@@ -131,8 +169,10 @@ def revoke(
 ) -> None:
     """Shut an institution out; it is refused from its next connection attempt on."""
     fed = FederationFolder(folder).require()
+    key = load_signing_key(fed.signing_key)
     registry = Registry(folder)
-    registry.revoke(name)
+    entry = registry.revoke(name)
+    AuditLog(fed.root).append(key, "revoke", {"node": name, "fingerprint": entry.fingerprint})
     console_for(False).print(f"revoked {name}")
     _apply_if_running(fed, registry)
 
@@ -143,23 +183,27 @@ def _apply_if_running(fed: FederationFolder, registry: Registry) -> None:
         console_for(False).print("takes effect when `step-coord start` runs")
         return
     admin = FlowerAdmin(fed, coordinator_settings(fed.config))
-    for change in sync_registry(admin, registry):
-        console_for(False).print(f"coordinator: {change}")
+    with file_lock(fed.control_lock):
+        for change in sync_registry(admin, Registry(fed.root)):
+            console_for(False).print(f"coordinator: {change}")
 
 
 @app.command()
 @user_errors
 def nodes(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
-    """Enrolled and revoked institutions, and which are connected now."""
+    """Enrolled and revoked institutions, which are connected now, and any node registered
+    behind the admin's back (a running coordinator removes those within seconds)."""
     fed = FederationFolder(folder).require()
     registry = Registry(folder)
-    online = _online_names(fed, registry)
+    listed = _listed_nodes(fed)
+    online = _online_names(listed, registry)
     rows = []
     for e in registry.as_json():
         e["connected"] = e["name"] in online
         rows.append(e)
+    foreign = _unenrolled(listed, registry)
     if json_out:
-        emit_json({"nodes": rows})
+        emit_json({"nodes": rows, "unenrolled": foreign})
         return
     out = console_for(False)
     out.print(
@@ -169,25 +213,41 @@ def nodes(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
             [
                 [r["name"], r["status"], "yes" if r["connected"] else "no", r["fingerprint"]]
                 for r in rows
+            ]
+            + [
+                [f"node id {n['node_id']}", "NOT ENROLLED", n["status"], "unknown"] for n in foreign
             ],
-        )
+        ),
+        crop=False,
+        overflow="ignore",
     )
+    for n in foreign:
+        out.print(f"ALERT: node id {n['node_id']} is registered at the SuperLink but was not "
+                  "enrolled with step-coord: a running coordinator unregisters it")  # fmt: skip
 
 
-def _online_names(fed: FederationFolder, registry: Registry) -> list[str]:
-    """Names of the nodes connected now ([] when the coordinator is not running)."""
+def _listed_nodes(fed: FederationFolder) -> list[dict[str, Any]]:
+    """The SuperLink's node registrations ([] when the coordinator is not running)."""
     state = read_process_state(fed)
     if state is None or not state.alive:
         return []
     try:
-        listed = FlowerAdmin(fed, coordinator_settings(fed.config)).list_nodes()
+        return FlowerAdmin(fed, coordinator_settings(fed.config)).list_nodes()
     except StepError:
         return []
-    return sorted(
-        registry.name_of(int(n["node-id"])) or f"node {n['node-id']}"
+
+
+def _online_names(listed: list[dict[str, Any]], registry: Registry) -> list[str]:
+    names = (registry.name_of(int(n["node-id"])) for n in listed if n.get("status") == "online")
+    return sorted(name for name in names if name is not None)
+
+
+def _unenrolled(listed: list[dict[str, Any]], registry: Registry) -> list[dict[str, Any]]:
+    return [
+        {"node_id": int(n["node-id"]), "status": str(n.get("status", ""))}
         for n in listed
-        if n.get("status") == "online"
-    )
+        if registry.name_of(int(n["node-id"])) is None and n.get("status") != "unregistered"
+    ]
 
 
 class Stop(Exception):
@@ -213,6 +273,7 @@ def start(
     fed_cfg = load_federation_config(config_path)  # fail before anything starts
     _check_files(fed_cfg, config_path)
     settings = coordinator_settings(config_path)
+    key = load_signing_key(fed.signing_key)
     previous = read_process_state(fed)
     if previous is not None and previous.alive:
         raise StepError(
@@ -230,6 +291,9 @@ def start(
     state.save(fed)
     fed.logs.mkdir(parents=True, exist_ok=True)
     log_path = fed.logs / "superlink.log"
+    audit = AuditLog(fed.root)
+    started = {"config": str(config_path), "config_sha256": sha256_file(config_path)}
+    audit.append(key, "resume" if resume else "start", started)
     old_handler = signal.signal(signal.SIGTERM, _raise_stop)
     marker = new_marker()
     try:
@@ -238,22 +302,24 @@ def start(
             superlink = start_superlink(procs, fed, settings, env, log_path)
             out.print(f"SuperLink up: nodes connect to {settings.fleet_address} (gRPC, TLS)")
             admin = FlowerAdmin(fed, settings)
-            for change in sync_registry(admin, Registry(folder)):
-                out.print(change)
-            run_file = fed.state / "run_config.toml"
-            atomic_write_text(run_file, run_config(config_path, fed.run, resume, fed.root))
-            reply = admin.call("run", str(write_app(fed)), CONNECTION, "--run-config",
-                               str(run_file))  # fmt: skip
-            state.run_id, state.status = int(reply["run-id"]), "running"
+            control = ControlClient(settings.control_port, TlsFiles(fed.tls).ca_cert)
+            guard = ControlGuard(fed, control, key, lambda line: out.print(line, markup=False))
+            with file_lock(fed.control_lock):
+                for change in sync_registry(admin, Registry(folder)):
+                    out.print(change)
+            guard.foreign_nodes()  # registrations made behind the admin's back persist
+            state.run_id = _submit(admin, guard, fed, config_path, resume, key)
+            state.status = "running"
             state.save(fed)
             out.print(f"run {state.run_id} started: {fed_cfg.rounds} rounds, "
-                      f"{fed_cfg.strategy}, preset {fed_cfg.preset}; log: {log_path}")  # fmt: skip
+                      f"{fed_cfg.strategy}, preset {fed_cfg.preset}; app signed "
+                      f"{key_fingerprint(key.public_key())}; log: {log_path}")  # fmt: skip
             with log_path.open("ab") as log:
                 procs.spawn([executable("flwr"), "log", str(state.run_id), CONNECTION,
                              "--stream"], env, log, log)  # fmt: skip
-            status, details = _follow(admin, superlink, state.run_id, fed, log_path)
-        state.status = "completed" if status == "finished:completed" else "failed"
-        state.details = details or status
+            follower = Follower(fed, guard, RoundAuditor(fed, key), resume)
+            status, details = follower.follow(superlink, state.run_id, log_path)
+        state.status, state.details = _outcome(status, details, guard)
     except (Stop, KeyboardInterrupt):
         state.status, state.details = "stopped", "stopped by the admin"
         out.print("stopping: the run ends, the SuperLink shuts down")
@@ -264,12 +330,50 @@ def start(
         signal.signal(signal.SIGTERM, old_handler)
         state.ended_at = time.time()
         state.save(fed)
-    if state.status == "failed":
-        out.print(log_tail(log_path, lines=20), markup=False)
-        out.print(f"[bold red]run {state.run_id} failed:[/] {escape(state.details)}")
+        audit.append(key, "end", {"run_id": state.run_id, "status": state.status,
+                                  "details": state.details})  # fmt: skip
+    if state.status in ("failed", "interrupted"):
+        if state.status == "failed":
+            out.print(log_tail(log_path, lines=20), markup=False)
+        out.print(f"[bold red]run {state.run_id} {state.status}:[/] {escape(state.details)}")
         out.print(f"full log: {escape(str(log_path))}")
         raise typer.Exit(1)
     out.print(f"run {state.run_id} {state.status}; `step-coord status` shows its metrics")
+
+
+def _submit(
+    admin: FlowerAdmin,
+    guard: ControlGuard,
+    fed: FederationFolder,
+    config_path: Path,
+    resume: bool,
+    key: Ed25519PrivateKey,
+) -> int:
+    """Submit the federation's app, signed with its key (app_signing.py); the run id."""
+    run_file = fed.state / "run_config.toml"
+    atomic_write_text(run_file, run_config(config_path, fed.run, resume, fed.root))
+    signed = SignedApp(write_app(fed), key)
+    reply = admin.call("run", str(fed.state / "app"), CONNECTION, "--run-config", str(run_file))
+    signed.check_submitted(str(reply.get("fab-hash", "")))
+    signed.store_signature(fed.database)
+    guard.run_id, guard.app = int(reply["run-id"]), signed
+    return guard.run_id
+
+
+def _outcome(status: str, details: str, guard: ControlGuard) -> tuple[str, str]:
+    """(state, details) of a finished run; a stop step-coord did not issue is an alert."""
+    if status == "finished:completed":
+        return "completed", details or status
+    if status == "finished:stopped":
+        guard.alert(
+            f"run {guard.run_id} was stopped through the Control API, not by step-coord",
+            run_id=guard.run_id,
+        )
+        return "interrupted", (
+            "stopped through Flower's Control API by someone other than step-coord (recorded "
+            "in the audit log); `step-coord start --resume` continues from the last round"
+        )
+    return "failed", details or status
 
 
 def _check_files(cfg: FederationConfig, config_path: Path) -> None:
@@ -287,29 +391,50 @@ def _check_files(cfg: FederationConfig, config_path: Path) -> None:
         raise StepError(f"{config_path}: federation.init_from {cfg.init_from} does not exist")
 
 
-def _follow(
-    admin: FlowerAdmin, superlink: Any, run_id: int, fed: FederationFolder, log_path: Path
-) -> tuple[str, str]:
-    """Print each new round and evaluation until the run finishes; (status, details)."""
-    out = console_for(False)
-    metrics, offset = fed.run / "metrics.jsonl", 0
-    while True:
-        time.sleep(POLL_S)
-        if metrics.exists():
-            with metrics.open("rb") as f:
-                f.seek(offset)
-                chunk = f.read()
-            end = chunk.rfind(b"\n") + 1
-            offset += end
-            for line in chunk[:end].decode("utf-8").splitlines():
-                out.print(_describe(json.loads(line)))
-        if superlink.poll() is not None:
-            raise StepError(
-                f"the SuperLink stopped (exit code {superlink.returncode}): see {log_path}"
-            )
-        status, details = admin.run_status(run_id)
-        if status.startswith("finished"):
-            return status, details
+class Follower:
+    """Prints each committed round and evaluation, audits the rounds, and runs the guard, until
+    the run finishes."""
+
+    def __init__(
+        self, fed: FederationFolder, guard: ControlGuard, auditor: RoundAuditor, resume: bool
+    ) -> None:
+        self.fed, self.guard, self.auditor = fed, guard, auditor
+        self.metrics = fed.run / "metrics.jsonl"
+        # On --resume, rounds committed before are not news: print only what comes now (the
+        # ServerApp first drops lines after its last checkpoint, which are never reprinted).
+        self.printed = self.auditor.done if resume else 0
+        self.offset = 0
+
+    def follow(self, superlink: Any, run_id: int, log_path: Path) -> tuple[str, str]:
+        """(status, details) once the run is finished."""
+        while True:
+            time.sleep(POLL_S)
+            self._new_records()
+            if superlink.poll() is not None:
+                raise StepError(
+                    f"the SuperLink stopped (exit code {superlink.returncode}): see {log_path}"
+                )
+            ours = [r for r in self.guard.check() if r.run_id == run_id]
+            if ours and ours[0].status.startswith("finished"):
+                self._new_records()
+                return ours[0].status, ours[0].details
+
+    def _new_records(self) -> None:
+        if not self.metrics.exists():
+            return
+        if self.metrics.stat().st_size < self.offset:  # rewritten shorter by a resume
+            self.offset = 0
+        with self.metrics.open("rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        out = console_for(False)
+        for line in chunk[:end].decode("utf-8").splitlines():
+            rec = json.loads(line)
+            if int(rec.get("round", 0)) > self.printed:
+                out.print(_describe(rec))
+            self.auditor.record(rec)
 
 
 def _describe(rec: dict[str, Any]) -> str:
@@ -354,6 +479,10 @@ def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
             out.print(f"round {round_}: rejected {node}: {reason}", markup=False)
     for round_, names in report["missing"].items():
         out.print(f"round {round_}: no reply in time from {', '.join(names)}", markup=False)
+    for alert in report["alerts"]:
+        out.print(f"ALERT: {alert}", markup=False)
+    for foreign in n["unenrolled"]:
+        out.print(f"ALERT: node id {foreign['node_id']} is registered but not enrolled")
     for node, eps in sorted(report["epsilon"].items()):
         out.print(f"local DP: {node} has spent epsilon {eps:.3f}")
     if report["epsilon_central"] is not None:
@@ -364,6 +493,7 @@ def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
 def status_report(fed: FederationFolder) -> dict[str, Any]:
     state = read_process_state(fed)
     registry = Registry(fed.root)
+    listed = _listed_nodes(fed)
     records = read_records(fed.run / "metrics.jsonl")
     rounds = [r for r in records if r.get("kind") == "round"]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -382,8 +512,10 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
         "nodes": {
             "enrolled": sorted(e.name for e in registry.nodes.values() if e.active),
             "revoked": sorted(e.name for e in registry.nodes.values() if not e.active),
-            "connected": _online_names(fed, registry),
+            "connected": _online_names(listed, registry),
+            "unenrolled": _unenrolled(listed, registry),
         },
+        "alerts": _recent_alerts(fed),
         "loss": rounds[-1]["loss"] if rounds else None,
         "eval_round": evals[-1]["round"] if evals else None,
         "mean_bpb": evals[-1]["mean_bpb"] if evals else None,
@@ -398,6 +530,18 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
     }
 
 
+def _recent_alerts(fed: FederationFolder) -> list[str]:
+    """The audit log's alerts since the last start or resume."""
+    alerts: list[str] = []
+    for entry in AuditLog(fed.root).entries():
+        if entry.get("action") in ("start", "resume"):
+            alerts = []
+        elif entry.get("action") == "alert":
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(entry["time"])))
+            alerts.append(f"{when} {entry['details'].get('alert', '')}")
+    return alerts
+
+
 @app.command()
 @user_errors
 def stop(folder: DirOpt = Path("."), timeout_s: float = 60.0) -> None:
@@ -406,6 +550,8 @@ def stop(folder: DirOpt = Path("."), timeout_s: float = 60.0) -> None:
     state = read_process_state(fed)
     if state is None or not state.alive:
         raise StepError(f"no coordinator is running for {folder}: nothing to stop")
+    AuditLog(fed.root).append(load_signing_key(fed.signing_key), "stop",
+                              {"pid": state.pid, "run_id": state.run_id})  # fmt: skip
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -417,5 +563,52 @@ def stop(folder: DirOpt = Path("."), timeout_s: float = 60.0) -> None:
     raise StepError(f"pid {state.pid} did not stop within {timeout_s:.0f} s: kill it")
 
 
+@app.command()
+@user_errors
+def audit(
+    folder: DirOpt = Path("."),
+    verify_log: Annotated[
+        bool, typer.Option("--verify", help="Check the chain, signatures and end of the log.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The audit log: admin actions, committed rounds, alerts; --verify checks that no line
+    was edited, deleted, inserted or reordered (exit 1 naming the line if one was)."""
+    fed = FederationFolder(folder).require()
+    log = AuditLog(fed.root)
+    entries = log.entries()
+    problems = log.verify(read_verify_key(fed.verify_key)) if verify_log else []
+    if json_out:
+        emit_json({"entries": entries, "verified": verify_log and not problems,
+                   "problems": problems})  # fmt: skip
+    else:
+        out = console_for(False)
+        for e in entries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(e.get("time", 0))))
+            out.print(f"{e.get('seq')}  {when}  {e.get('action')}  "
+                      f"{json.dumps(e.get('details'), sort_keys=True)}", markup=False)  # fmt: skip
+        if verify_log and not problems:
+            out.print(f"audit log verified: {len(entries)} entries, chained and signed by "
+                      f"{key_fingerprint(read_verify_key(fed.verify_key))}")  # fmt: skip
+    if problems:
+        raise AuditBroken(f"{log.path} does not verify: " + "; ".join(problems))
+
+
+@app.command("signing-key")
+@user_errors
+def signing_key(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
+    """The federation's public signing key and its fingerprint (to read to node operators)."""
+    fed = FederationFolder(folder).require()
+    key = read_verify_key(fed.verify_key)
+    report = {"public_key": public_line(key), "fingerprint": key_fingerprint(key),
+              "file": str(fed.verify_key)}  # fmt: skip
+    out = console_for(json_out)
+    out.print(f"{report['public_key']}\nfingerprint: {report['fingerprint']}\n"
+              f"give node operators {fed.verify_key} with ca.crt", soft_wrap=True)  # fmt: skip
+    if json_out:
+        emit_json(report)
+
+
 def main() -> None:
+    os.umask(0o077)  # everything step-coord and its SuperLink create is the admin's alone
     app()

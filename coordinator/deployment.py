@@ -4,7 +4,9 @@ Layout (all paths relative to the folder)::
 
     coordinator.yaml        federation: training settings; coordinator: network settings
     registry.json           enrolled institutions (registry.py)
-    tls/                    ca.crt (give it to node operators), ca.key, server.crt, server.key
+    tls/                    ca.crt and federation.pub (give them to node operators), ca.key,
+                            server.crt, server.key, federation.key (the signing key)
+    audit.jsonl, audit.head the signed audit log (audit.py)
     run/                    checkpoints and metrics.jsonl of the training run
     state/                  SuperLink database, Flower's home, the generated Flower App,
                             coordinator.json (the running coordinator: pid, ports, run id)
@@ -21,6 +23,7 @@ from typing import Any
 
 from step_model.errors import StepError
 from step_model.fileio import atomic_write_json, read_yaml
+from step_model.signing import PRIVATE_KEY, PUBLIC_KEY
 
 CONFIG = "coordinator.yaml"
 
@@ -92,6 +95,24 @@ class FederationFolder:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.tls / PRIVATE_KEY
+
+    @property
+    def verify_key(self) -> Path:
+        return self.tls / PUBLIC_KEY
+
+    @property
+    def database(self) -> Path:
+        return self.state / "superlink.db"
+
+    @property
+    def control_lock(self) -> Path:
+        """Held while the SuperLink's registrations are changed or checked (enroll, revoke,
+        and the guard of a running coordinator), so neither undoes the other's half-done work."""
+        return self.state / ".control.lock"
 
     @property
     def process_file(self) -> Path:

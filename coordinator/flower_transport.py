@@ -58,17 +58,29 @@ class GridTransport:
         self.grid, self.timeout_s, self.enrolled = grid, timeout_s, enrolled
         self.settled = False
 
+    def connected(self) -> list[int]:
+        """The connected node ids this round may address: in a deployment only those of
+        enrolled, unrevoked institutions (a key registered at the SuperLink behind the admin's
+        back never receives the weights nor gets its update aggregated)."""
+        ids = sorted(self.grid.get_node_ids())
+        if self.enrolled is None:
+            return ids
+        foreign = [n for n in ids if self.enrolled(n) is None]
+        if foreign:
+            log.warning("ignoring node ids that are not enrolled: %s", foreign)
+        return [n for n in ids if n not in foreign]
+
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
         """Wait for ``minimum`` nodes, then until the count holds still for a second (nodes
         register one by one when a run starts; a round should not go out half-addressed)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            ids = sorted(self.grid.get_node_ids())
+            ids = self.connected()
             if len(ids) >= minimum and self.settled:
                 return ids
             if len(ids) >= minimum:
                 time.sleep(1.0)
-                again = sorted(self.grid.get_node_ids())
+                again = self.connected()
                 if again == ids:
                     self.settled = True
                     return ids
@@ -91,4 +103,12 @@ class GridTransport:
         message_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
         messages = [Message(content, dst_node_id=n, message_type=message_type) for n in node_ids]
         replies = self.grid.send_and_receive(messages, timeout=self.timeout_s)
-        return [raw_from_message(m, self.enrolled) for m in replies]
+        return [raw_from_message(m, self.enrolled) for m in replies if self._usable(m)]
+
+    def _usable(self, reply: Message) -> bool:
+        """Only replies from nodes still enrolled (one revoked mid-round is not used)."""
+        node_id = reply.metadata.src_node_id
+        if self.enrolled is not None and self.enrolled(node_id) is None:
+            log.warning("dropping the reply of node id %d: not enrolled (or revoked)", node_id)
+            return False
+        return True

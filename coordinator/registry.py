@@ -98,8 +98,10 @@ class Registry:
         return self.nodes[name]
 
     def name_of(self, node_id: int) -> str | None:
+        """The name of the active entry registered under ``node_id`` (None: nobody enrolled,
+        or revoked)."""
         for entry in self.nodes.values():
-            if entry.node_id == node_id:
+            if entry.node_id == node_id and entry.active:
                 return entry.name
         return None
 

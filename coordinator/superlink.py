@@ -120,14 +120,6 @@ class FlowerAdmin:
     def unregister(self, node_id: int) -> None:
         self.call("supernode", "unregister", str(node_id), CONNECTION)
 
-    def run_status(self, run_id: int) -> tuple[str, str]:
-        runs = self.call("ls", CONNECTION, "--run-id", str(run_id)).get("runs") or [{}]
-        details = str(runs[0].get("status-details", ""))
-        return str(runs[0].get("status", "unknown")), "" if details == "N/A" else details
-
-    def stop_run(self, run_id: int) -> None:
-        self.call("stop", str(run_id), CONNECTION, timeout_s=30.0)
-
 
 def sync_registry(admin: FlowerAdmin, registry: Registry) -> list[str]:
     """Make the SuperLink accept exactly the active entries; return what changed."""

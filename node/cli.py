@@ -1,18 +1,22 @@
 """``step-node``: the node operator's command line.
 
-    step-node init DIR --coordinator HOST:PORT --ca FILE [--name NAME] [--data DIR]
+    step-node init DIR --coordinator HOST:PORT --ca FILE --federation-key FILE [--name NAME]
+                   [--data DIR]
     step-node check [--dir DIR] [--tokenizer FILE] [--json]
     step-node start [--dir DIR]
+    step-node status [--dir DIR] [--json]
     step-node privacy [--dir DIR] [--json]
 
 init writes node.yaml and the node's key pair and prints the public key and its fingerprint for
 the coordinator admin; check reads the local data exactly as training will, before anything
-connects anywhere; start runs the Flower SuperNode (TLS, node key) until Ctrl-C; privacy shows
+connects anywhere; start runs the Flower SuperNode (TLS, node key, only apps signed with the
+federation key) until Ctrl-C; status shows whether it runs and every app it refused; privacy shows
 the privacy ledger: every DP round trained or refused, epsilon spent and what is left.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from dataclasses import asdict
@@ -27,15 +31,20 @@ from node.data import read_node_texts
 from node.keys import PUBLIC_KEY, create_key_pair
 from node.ledger import PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
-from node.supernode import run_node
+from node.supernode import FEDERATION_KEY, node_status, run_node
 from step_model.cli_common import console_for, emit_json, table, user_errors
 from step_model.data import tokenize_texts
 from step_model.errors import StepError
+from step_model.fileio import atomic_write_text
 from step_model.identity import fingerprint, read_public_key
+from step_model.signing import key_fingerprint, public_line, read_verify_key
 from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from step_model.train import pick_device
 
-app = typer.Typer(help=__doc__, add_completion=False, no_args_is_help=True)
+# pretty_exceptions_show_locals=False: a traceback must never print a local holding key bytes.
+app = typer.Typer(
+    help=__doc__, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False
+)
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The node folder (holds node.yaml).")]
 
@@ -46,6 +55,9 @@ def init(
     folder: Annotated[Path, typer.Argument(help="Node folder to create.")],
     coordinator: Annotated[str, typer.Option(help="HOST:PORT the coordinator admin gave.")],
     ca: Annotated[Path, typer.Option(help="The federation's ca.crt from the admin.")],
+    federation_key: Annotated[
+        Path, typer.Option(help="The federation.pub from the admin: only apps it signed run here.")
+    ],
     name: Annotated[str | None, typer.Option(help="Institution name (default: folder).")] = None,
     data: Annotated[str, typer.Option(help="Folder with this institution's text.")] = "data",
 ) -> None:
@@ -55,6 +67,7 @@ def init(
         raise StepError(f"--ca {ca} does not exist: give the ca.crt the coordinator admin sent")
     if b"BEGIN CERTIFICATE" not in ca.read_bytes():
         raise StepError(f"--ca {ca} is not a PEM certificate: ask the admin for tls/ca.crt")
+    signing = read_verify_key(federation_key)  # an Ed25519 public key, or a clear error
     if (folder / NODE_FILE).exists() or (folder / "node.key").exists():
         raise StepError(
             f"{folder} already holds a node: use it (`step-node start --dir {folder}`), or "
@@ -63,11 +76,15 @@ def init(
     node_name = name or folder.resolve().name
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca, folder / "ca.crt")
+    atomic_write_text(folder / FEDERATION_KEY, public_line(signing) + "\n")
     data_path = str(Path(data).resolve()) if Path(data).exists() else data
     write_node_file(folder, node_name, coordinator, data_path)
     public = create_key_pair(folder, node_name)
     out = console_for(False)
-    out.print(f"node folder {folder}: node.yaml, node.key (private, 0600), node.pub, ca.crt")
+    out.print(f"node folder {folder}: node.yaml, node.key (private, 0600), node.pub, ca.crt, "
+              f"{FEDERATION_KEY}")  # fmt: skip
+    out.print(f"federation signing key: {key_fingerprint(signing)}  (check it with the admin "
+              "by phone: this node runs only apps signed with it)")  # fmt: skip
     out.print("send this public key to the coordinator admin:")
     out.print(public, soft_wrap=True)
     out.print(f"fingerprint: {fingerprint(public)}  (the admin sees the same at enrollment)")
@@ -147,6 +164,29 @@ def start(folder: DirOpt = Path(".")) -> None:
 
 @app.command()
 @user_errors
+def status(
+    folder: DirOpt = Path("."),
+    json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
+) -> None:
+    """Whether the node runs, where it connects, which keys it trusts, and every app it refused
+    (not signed with the federation key)."""
+    nf = load_node_file(folder / NODE_FILE)
+    report = node_status(nf)
+    out = console_for(json_out)
+    out.print(f"{nf.name}: {report['state']}; coordinator {nf.coordinator}", markup=False)
+    out.print(f"node key {report['node_key']}; runs only apps signed by "
+              f"{report['federation_key']}", markup=False)  # fmt: skip
+    for r in report["refused_apps"]:
+        out.print(f"REFUSED app of run {r['run_id']} at {r['time']}: {r['reason']}", markup=False)
+    if not report["refused_apps"]:
+        out.print("no app refused")
+    out.print(f"log: {report['log']}", markup=False)
+    if json_out:
+        emit_json(report)
+
+
+@app.command()
+@user_errors
 def privacy(
     folder: DirOpt = Path("."),
     json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
@@ -192,4 +232,5 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> None:
+    os.umask(0o077)  # the node's state, logs and keys are its operator's alone
     app()

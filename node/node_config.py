@@ -35,6 +35,8 @@ class NodeFile:
     """torch threads for training (0: all cores of the machine)."""
     max_backoff_s: float
     """Longest wait between reconnection attempts when the coordinator is unreachable."""
+    federation_key: Path | None
+    """The federation's public signing key: the SuperNode runs only apps signed with it."""
 
     @property
     def folder(self) -> Path:
@@ -50,6 +52,7 @@ TEMPLATE = """\
 name: {name}
 coordinator: "{coordinator}"   # the coordinator's address (HOST:PORT), from its admin
 ca: ca.crt                      # the federation's CA certificate, from the coordinator admin
+federation_key: federation.pub  # the federation's signing key: only apps it signed run here
 data: {data}                    # a STEP-35 corpus folder, or a folder of .txt / .jsonl files
 languages: null                 # null: every language in data; or a list, e.g. [de, fr]
 state_dir: state                # inner optimizer state and data position between rounds
@@ -81,7 +84,7 @@ def load_node_file(path: Path) -> NodeFile:
     data = read_yaml(path, "run `step-node init DIR ...` first, or pass --dir DIR")
     if not isinstance(data, dict):
         raise StepError(f"{path}: expected the settings written by `step-node init`")
-    known = {"name", "coordinator", "ca", "data", "languages", "state_dir",
+    known = {"name", "coordinator", "ca", "federation_key", "data", "languages", "state_dir",
              "holdout_fraction", "resources", "privacy"}  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
@@ -92,6 +95,7 @@ def load_node_file(path: Path) -> NodeFile:
     coordinator = check_address(str(data.get("coordinator", "")), f"{path}: coordinator")
     folder = path.parent
     ca = folder / str(data.get("ca") or "ca.crt")
+    federation_key = folder / str(data["federation_key"]) if data.get("federation_key") else None
     if data.get("data") in (None, ""):
         raise StepError(f"{path}: 'data' must name the folder with this institution's text")
     text_dir = folder / str(data["data"])
@@ -116,7 +120,7 @@ def load_node_file(path: Path) -> NodeFile:
         privacy_from_dict(data.get("privacy"), str(path)),
         device,
     )
-    return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff))
+    return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff), federation_key)
 
 
 def _device(value: Any, path: Path) -> str:

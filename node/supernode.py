@@ -6,11 +6,19 @@ a coordinator restart. When it exits anyway, this loop tells apart the refusals 
 cannot fix (a key the coordinator does not accept, a coordinator certificate the CA does not
 vouch for), which end ``step-node start`` with a message saying what to do, from everything
 else, after which it starts the SuperNode again with exponential backoff.
+
+The SuperNode runs with the federation's public signing key as its only trusted entity
+(``--trusted-entities``): Flower verifies each run's app (FAB) against it before running any of
+its code and answers an unsigned or foreign-signed app with an error. Each refusal is said on
+the console and kept in ``logs/refused-apps.jsonl`` for ``step-node status``.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -18,17 +26,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from node.keys import PUBLIC_KEY
 from node.node_config import NODE_CONFIG_KEY, NodeFile
 from step_model.errors import StepError
+from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from step_model.flwr_cli import flower_env, strip_ansi
 from step_model.identity import fingerprint, read_public_key
 from step_model.processes import ChildProcesses, free_port, new_marker, watchdog
+from step_model.signing import key_fingerprint, read_verify_key, trusted_entities_yaml
 
 FIRST_BACKOFF_S = 1.0
 DRAIN_S = 1.0  # output still read after the SuperNode exits
+FEDERATION_KEY = "federation.pub"
+TRUSTED = "trusted-entities.yaml"
+REFUSED = "refused-apps.jsonl"
+STATUS = "node.json"
+APP_REFUSALS = ("FAB verification failed", "The FAB could not be verified")
+"""What flwr 1.39's SuperNode logs when an app fails the signature check (no signature from a
+trusted key; no signature at all)."""
+_RUN_RE = re.compile(r"\[RUN (\d+)")
 KEY_GRACE_S = 15.0
 """How long a refused key is retried before the refusal is final: a coordinator that has just
 started opens its node port a moment before it has registered the enrolled keys."""
@@ -78,13 +96,28 @@ def _key_hint(nf: NodeFile) -> str:
         return PUBLIC_KEY
 
 
-def _argv(nf: NodeFile, port: int) -> list[str]:
+def trusted_entities(nf: NodeFile) -> Path:
+    """Write the SuperNode's trusted-entities file from the federation key in node.yaml."""
+    if nf.federation_key is None:
+        raise StepError(
+            f"{nf.path} names no federation_key: get federation.pub from the coordinator admin, "
+            f"put it in {nf.folder} and add `federation_key: {FEDERATION_KEY}` to node.yaml "
+            "(nodes run only apps signed with it)"
+        )
+    key = read_verify_key(nf.federation_key)
+    path = nf.folder / TRUSTED
+    atomic_write_text(path, trusted_entities_yaml(key))
+    return path
+
+
+def _argv(nf: NodeFile, port: int, trusted: Path) -> list[str]:
     exe = Path(sys.executable).parent / "flower-supernode"
     return [
         str(exe),
         "--superlink", nf.coordinator,
         "--root-certificates", str(nf.ca),
         "--auth-supernode-private-key", str(nf.private_key),
+        "--trusted-entities", str(trusted),
         "--node-config", f'{NODE_CONFIG_KEY}="{nf.path}"',
         "--port", str(port),  # the local ClientApp API: loopback, free port
     ]  # fmt: skip
@@ -95,35 +128,55 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
     for path, what in ((nf.ca, "the CA certificate"), (nf.private_key, "the node's key")):
         if not path.is_file():
             raise StepError(f"{path} ({what}) is missing: run `step-node init` or restore it")
+    trusted = trusted_entities(nf)
     log_path = nf.folder / "logs" / "supernode.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    marker, backoff = new_marker(), FIRST_BACKOFF_S
-    first_refused: float | None = None
-    with watchdog(marker), ChildProcesses(marker) as procs:
-        while True:
-            say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")
-            began = time.monotonic()
-            proc = procs.spawn(
-                _argv(nf, free_port()),
-                flower_env(nf.folder / "flwr_home", marker),
-                subprocess.PIPE,
-                subprocess.STDOUT,
-            )
-            refusal = _watch(proc, nf, log_path, say)
-            procs.terminate_all()  # the SuperNode's SuperExec may outlive it
-            if refusal is not None:
-                first_refused = first_refused or time.monotonic()
-                if time.monotonic() - first_refused >= refusal.retry_s:
-                    raise NodeRefused(refusal.message)
-                say("the coordinator refused this node's key; retrying for a few seconds in "
-                    "case it is still registering the enrolled nodes")  # fmt: skip
-            else:
-                first_refused = None
-            if time.monotonic() - began > 60:
-                backoff = FIRST_BACKOFF_S  # it ran a while: a new outage, not the same one
-            say(f"the SuperNode stopped (exit code {proc.returncode}); retrying in {backoff:.0f} s")
-            time.sleep(backoff)
-            backoff = min(backoff * 2, nf.max_backoff_s)
+    marker = new_marker()
+    _set_status(nf, "connecting")
+    try:
+        with watchdog(marker), ChildProcesses(marker) as procs:
+            backoff = _Backoff(nf)
+            while True:
+                say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")
+                began = time.monotonic()
+                proc = procs.spawn(
+                    _argv(nf, free_port(), trusted),
+                    flower_env(nf.folder / "flwr_home", marker),
+                    subprocess.PIPE,
+                    subprocess.STDOUT,
+                )
+                refusal = _watch(proc, nf, log_path, say)
+                procs.terminate_all()  # the SuperNode's SuperExec may outlive it
+                _set_status(nf, "reconnecting")
+                backoff.after(refusal, time.monotonic() - began, proc.returncode, say)
+    finally:
+        _set_status(nf, "stopped")
+
+
+class _Backoff:
+    """Exponential backoff between SuperNode restarts; a refusal of the key is final after its
+    grace time."""
+
+    def __init__(self, nf: NodeFile) -> None:
+        self.nf, self.wait_s = nf, FIRST_BACKOFF_S
+        self.first_refused: float | None = None
+
+    def after(
+        self, refusal: Refusal | None, ran_s: float, code: int | None, say: Callable[[str], None]
+    ) -> None:
+        if refusal is not None:
+            self.first_refused = self.first_refused or time.monotonic()
+            if time.monotonic() - self.first_refused >= refusal.retry_s:
+                raise NodeRefused(refusal.message)
+            say("the coordinator refused this node's key; retrying for a few seconds in "
+                "case it is still registering the enrolled nodes")  # fmt: skip
+        else:
+            self.first_refused = None
+        if ran_s > 60:
+            self.wait_s = FIRST_BACKOFF_S  # it ran a while: a new outage, not the same one
+        say(f"the SuperNode stopped (exit code {code}); retrying in {self.wait_s:.0f} s")
+        time.sleep(self.wait_s)
+        self.wait_s = min(self.wait_s * 2, self.nf.max_backoff_s)
 
 
 def _watch(
@@ -139,6 +192,7 @@ def _watch(
     threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
     found: Refusal | None = None
     exited_at: float | None = None
+    run_id = ""
     with log_path.open("ab") as log:
         while exited_at is None or time.monotonic() - exited_at < DRAIN_S:
             if exited_at is None and proc.poll() is not None:
@@ -153,12 +207,76 @@ def _watch(
             for r in refusals(nf):
                 if r.needle in line and found is None:
                     found = r
-            if "SuperNode ID:" in line:
-                node_id = line.split("SuperNode ID:")[1].strip()
-                say(f"connected to the coordinator: node id {node_id}")
-            elif line.startswith(("ERROR", "WARNING")) and "Exit Code" not in line:
-                say(line)
+            if run := _RUN_RE.search(line):
+                run_id = run.group(1)
+            _describe(nf, line, run_id, say)
     return found
+
+
+def _describe(nf: NodeFile, line: str, run_id: str, say: Callable[[str], None]) -> None:
+    """Say what the operator should see of one SuperNode log line."""
+    if "SuperNode ID:" in line:
+        node_id = line.split("SuperNode ID:")[1].strip()
+        _set_status(nf, "connected", node_id=node_id)
+        say(f"connected to the coordinator: node id {node_id}")
+    elif any(needle in line for needle in APP_REFUSALS):
+        reason = line.split(":", 1)[-1].strip() if ":" in line else line
+        append_jsonl(nf.folder / "logs" / REFUSED,
+                     {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "run_id": run_id,
+                      "reason": reason})  # fmt: skip
+        say(f"REFUSED the app of run {run_id or '?'}: it is not signed with the federation key "
+            f"{_federation_hint(nf)}; none of its code ran")  # fmt: skip
+    elif line.startswith(("ERROR", "WARNING")) and "Exit Code" not in line:
+        say(line)
+
+
+def _federation_hint(nf: NodeFile) -> str:
+    try:
+        return key_fingerprint(read_verify_key(nf.federation_key or nf.folder / FEDERATION_KEY))
+    except StepError:
+        return FEDERATION_KEY
+
+
+def _set_status(nf: NodeFile, state: str, **extra: Any) -> None:
+    status = {"pid": os.getpid(), "state": state, "since": time.time(), **extra}
+    atomic_write_json(nf.folder / "logs" / STATUS, status)
+
+
+def node_status(nf: NodeFile) -> dict[str, Any]:
+    """What ``step-node status`` shows: running or not, keys, refused apps."""
+    logs = nf.folder / "logs"
+    try:
+        status = json.loads((logs / STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = {"state": "never started"}
+    if status.get("state") not in ("stopped", "never started") and not _alive(status.get("pid")):
+        status["state"] = "not running (it was killed)"
+    refused = []
+    try:
+        for line in (logs / REFUSED).read_text(encoding="utf-8").splitlines():
+            refused.append(json.loads(line))
+    except (OSError, ValueError):
+        pass
+    return {
+        "name": nf.name,
+        "coordinator": nf.coordinator,
+        "state": status.get("state"),
+        "node_id": status.get("node_id"),
+        "node_key": _key_hint(nf),
+        "federation_key": _federation_hint(nf),
+        "refused_apps": refused,
+        "log": str(logs / "supernode.log"),
+    }
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _pump(stream: IO[bytes], lines: queue.Queue[bytes]) -> None:

@@ -22,7 +22,10 @@ from step_model.corpus import LanguageSelection, read_corpus, resolve_corpus
 from step_model.errors import StepError
 from step_model.tokenizer import BPE_SAMPLE_CHARS
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+# pretty_exceptions_show_locals=False: a traceback must never print the values of locals.
+app = typer.Typer(
+    help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False
+)
 tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_help=True)
 corpus_app = typer.Typer(
     help="Corpus statistics and rebuilding STEP-35 from its sources.", no_args_is_help=True
@@ -339,6 +342,44 @@ def evaluate(
                 "step": ckpt.state.get("step"),
             }
         )
+
+
+@app.command()
+@user_errors
+def verify(
+    path: Annotated[Path, typer.Argument(help="A checkpoint folder, or a run folder (LATEST).")],
+    federation_key: Annotated[
+        Path, typer.Option(help="The federation.pub of the federation that signed it.")
+    ],
+    json_out: JsonFlag = False,
+) -> None:
+    """Check that a checkpoint (or an exported model folder with SHA256SUMS) is exactly what the
+    federation signed: every file matches SHA256SUMS, no file is outside it, and SHA256SUMS
+    carries the federation key's signature (SHA256SUMS.sig)."""
+    from step_model.checkpoint import SUMS, resolve_checkpoint, verify_checkpoint
+    from step_model.signing import SIGNATURE_SUFFIX, key_fingerprint, read_verify_key, verify_file
+
+    key = read_verify_key(federation_key)
+    folder = resolve_checkpoint(path)
+    verify_checkpoint(folder, required=())
+    listed = {line.partition("  ")[2] for line in (folder / SUMS).read_text().splitlines()}
+    unsigned = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name not in listed and p.name not in (SUMS, SUMS + SIGNATURE_SUFFIX)
+    )
+    if unsigned:
+        raise StepError(
+            f"{folder} holds files the signature does not cover: {unsigned}; remove them or "
+            "get a clean copy from the coordinator admin"
+        )
+    verify_file(key, folder / SUMS)
+    console = console_for(json_out)
+    console.print(f"{folder}: {len(listed)} files match SHA256SUMS, signed by the federation key "
+                  f"{key_fingerprint(key)}", markup=False)  # fmt: skip
+    if json_out:
+        emit_json({"verified": True, "path": str(folder), "files": sorted(listed),
+                   "federation_key": key_fingerprint(key)})  # fmt: skip
 
 
 def main() -> None:

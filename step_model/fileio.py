@@ -7,6 +7,7 @@ the new one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -116,6 +117,21 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created 0600 if missing) for the block:
+    processes that take the same lock run the block one at a time; the lock goes with the
+    process, so a killed holder never leaves it held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:

@@ -32,7 +32,7 @@ from step_model.tokenizer import resolve_tokenizer
 from step_sim.config import SimConfig, load_sim_config
 from step_sim.plot import plot_bpb
 
-app = typer.Typer(help=__doc__, add_completion=False)
+app = typer.Typer(help=__doc__, add_completion=False, pretty_exceptions_show_locals=False)
 
 
 def _resolve_tokenizer(sim: SimConfig, out: Path) -> SimConfig:

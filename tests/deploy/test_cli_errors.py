@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app as coord
 from node.cli import app as node
+from step_model.cli import app as model
 from step_sim.cli import app as sim
 from tests.local_federation import write_sim_config
 
@@ -35,8 +37,10 @@ def world(tmp_path: Path, tiny_corpus: Path) -> Path:
         runner.invoke(coord, ["init", str(tmp_path / "fed"), "--host", "127.0.0.1"]).exit_code == 0
     )
     ca = tmp_path / "fed" / "tls" / "ca.crt"
+    fed_key = tmp_path / "fed" / "tls" / "federation.pub"
     r = runner.invoke(node, ["init", str(tmp_path / "uni"), "--coordinator", "127.0.0.1:9092",
-                             "--ca", str(ca), "--data", str(tiny_corpus)])  # fmt: skip
+                             "--ca", str(ca), "--federation-key", str(fed_key),
+                             "--data", str(tiny_corpus)])  # fmt: skip
     assert r.exit_code == 0, r.output
     pub = tmp_path / "uni" / "node.pub"
     r = runner.invoke(
@@ -55,6 +59,10 @@ def world(tmp_path: Path, tiny_corpus: Path) -> Path:
         (tmp_path / "sim.yaml").read_text() + "privacy: {epsilon: 8, rounds: 2}\n"
     )
     _tampered_checkpoint(tmp_path / "ckpt")
+    shutil.copytree(tmp_path / "uni", tmp_path / "nokey")  # a node.yaml of before signed apps
+    yaml_path = tmp_path / "nokey" / "node.yaml"
+    lines = yaml_path.read_text().splitlines(keepends=True)
+    yaml_path.write_text("".join(x for x in lines if not x.startswith("federation_key:")))
     return tmp_path
 
 
@@ -73,6 +81,18 @@ def _tampered_checkpoint(path: Path) -> None:
 
 def _fed(w: Path) -> str:
     return str(w / "fed")
+
+
+def _ca(w: Path) -> str:
+    return str(w / "fed" / "tls" / "ca.crt")
+
+
+def _fed_pub(w: Path) -> str:
+    return str(w / "fed" / "tls" / "federation.pub")
+
+
+def _fk(w: Path) -> list[str]:
+    return ["--federation-key", _fed_pub(w)]
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -145,7 +165,7 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "node init missing ca",
         lambda w: (
             node,
-            ["init", str(w / "n2"), "--coordinator", "h:1", "--ca", str(w / "none.crt")],
+            ["init", str(w / "n2"), "--coordinator", "h:1", "--ca", str(w / "none.crt"), *_fk(w)],
         ),
         "does not exist",
     ),
@@ -153,7 +173,7 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "node init ca not pem",
         lambda w: (
             node,
-            ["init", str(w / "n3"), "--coordinator", "h:1", "--ca", str(w / "notes.txt")],
+            ["init", str(w / "n3"), "--coordinator", "h:1", "--ca", str(w / "notes.txt"), *_fk(w)],
         ),
         "not a PEM",
     ),
@@ -161,7 +181,7 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "node init bad address",
         lambda w: (
             node,
-            ["init", str(w / "n4"), "--coordinator", "host", "--ca", str(w / "fed/tls/ca.crt")],
+            ["init", str(w / "n4"), "--coordinator", "host", "--ca", str(w / "fed/tls/ca.crt"), *_fk(w)],
         ),
         "HOST:PORT",
     ),
@@ -169,9 +189,37 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "node init over a node",
         lambda w: (
             node,
-            ["init", str(w / "uni"), "--coordinator", "h:1", "--ca", str(w / "fed/tls/ca.crt")],
+            ["init", str(w / "uni"), "--coordinator", "h:1", "--ca", str(w / "fed/tls/ca.crt"), *_fk(w)],
         ),
         "already holds a node",
+    ),
+    (
+        "node init missing federation key",
+        lambda w: (node, ["init", str(w / "n5"), "--coordinator", "h:1", "--ca", _ca(w),
+                          "--federation-key", str(w / "none.pub")]),
+        "federation.pub the coordinator admin sent",
+    ),
+    (
+        "node init federation key not ed25519",
+        lambda w: (node, ["init", str(w / "n6"), "--coordinator", "h:1", "--ca", _ca(w),
+                          "--federation-key", str(w / "uni" / "node.pub")]),
+        "not an Ed25519 key",
+    ),
+    (
+        "node start without federation key",
+        lambda w: (node, ["start", "--dir", str(w / "nokey")]),
+        "names no federation_key",
+    ),
+    (
+        "verify with a node key",
+        lambda w: (model, ["verify", str(w / "ckpt"), "--federation-key",
+                           str(w / "uni" / "node.pub")]),
+        "not an Ed25519 key",
+    ),
+    (
+        "verify a tampered checkpoint",
+        lambda w: (model, ["verify", str(w / "ckpt"), "--federation-key", _fed_pub(w)]),
+        "does not match its sha256",
     ),
     ("check without node.yaml", lambda w: (node, ["check", "--dir", str(w)]), "step-node init"),
     ("privacy without node.yaml", lambda w: (node, ["privacy", "--dir", str(w)]), "step-node init"),
