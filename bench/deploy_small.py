@@ -129,7 +129,8 @@ def main() -> None:
     langs = {"uni-a": "el", "uni-b": "et"}
     for name, lang in langs.items():
         cli("step-node", "init", out / name, "--coordinator", f"127.0.0.1:{fleet}", "--ca",
-            fed / "tls" / "ca.crt", "--data", args.corpus.resolve())  # fmt: skip
+            fed / "tls" / "ca.crt", "--federation-key", fed / "tls" / "federation.pub",
+            "--data", args.corpus.resolve())  # fmt: skip
         node_yaml = out / name / "node.yaml"
         node_yaml.write_text(
             node_yaml.read_text().replace("languages: null ", f"languages: [{lang}] ")

@@ -286,6 +286,8 @@ def start(
             "start over, move that folder away"
         )
     out = console_for(False)
+    if resume and not (fed.run / "LATEST").exists():
+        out.print("no round was committed before: the run starts from round 1")
     state = ProcessState(os.getpid(), "starting", time.time(), settings.fleet_address,
                          settings.control_port)  # fmt: skip
     state.save(fed)
@@ -308,7 +310,8 @@ def start(
                 for change in sync_registry(admin, Registry(folder)):
                     out.print(change)
             guard.foreign_nodes()  # registrations made behind the admin's back persist
-            state.run_id = _submit(admin, guard, fed, config_path, resume, key)
+            resume_from = resume and (fed.run / "LATEST").exists()
+            state.run_id = _submit(admin, guard, fed, config_path, resume_from, key)
             state.status = "running"
             state.save(fed)
             out.print(f"run {state.run_id} started: {fed_cfg.rounds} rounds, "

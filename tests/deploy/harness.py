@@ -93,3 +93,92 @@ class Processes:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+EVIL_TOML = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "evilapp"
+version = "1.0.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "mallory"
+
+[tool.flwr.app.components]
+serverapp = "evil:server"
+clientapp = "evil:client"
+
+[tool.flwr.app.config]
+marker = ""
+delay = 0.0
+"""
+
+EVIL_PY = '''\
+"""A foreign app: its ClientApp writes a marker file on the node it runs on."""
+import time
+from pathlib import Path
+
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    Path(str(context.run_config["marker"])).write_text("foreign code ran here")
+    return Message(RecordDict(), reply_to=msg)
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    time.sleep(float(context.run_config["delay"]))  # lets the test sign it first
+    ids = list(grid.get_node_ids())
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.TRAIN) for n in ids]
+    list(grid.send_and_receive(msgs, timeout=60))
+'''
+
+
+class Outsider:
+    """Any process on the coordinator's host holding nothing but ca.crt: the flwr CLI against
+    the Control API, and a foreign app whose ClientApp writes a marker file where it runs."""
+
+    def __init__(self, tmp: Path, control: int, ca: Path) -> None:
+        self.home, self.app = tmp / "outsider", tmp / "evilapp"
+        self.home.mkdir()
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "coord"\n\n[superlink.coord]\n'
+            f'address = "127.0.0.1:{control}"\nroot-certificates = "{ca}"\n'
+        )
+        self.app.mkdir()
+        (self.app / "pyproject.toml").write_text(EVIL_TOML)
+        (self.app / "evil.py").write_text(EVIL_PY)
+
+    def flwr(self, *args: str | Path) -> dict[str, Any]:
+        """``flwr ARGS coord --format json``; its JSON answer (asserting success)."""
+        done = subprocess.run(
+            [str(BIN / "flwr"), *map(str, args), "coord", "--format", "json"],
+            env={**env(), "FLWR_HOME": str(self.home)}, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        reply: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
+        assert reply.get("success"), reply
+        return reply
+
+    def submit(self, marker: Path, delay: float = 0.0) -> int:
+        config = f"marker={json.dumps(str(marker))} delay={delay}"
+        done = subprocess.run(
+            [str(BIN / "flwr"), "run", str(self.app), "coord", "--format", "json",
+             "--run-config", config],
+            env={**env(), "FLWR_HOME": str(self.home)}, capture_output=True, text=True,
+            timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return int(json.loads(done.stdout[done.stdout.index("{") :])["run-id"])

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -181,7 +184,7 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "node init bad address",
         lambda w: (
             node,
-            ["init", str(w / "n4"), "--coordinator", "host", "--ca", str(w / "fed/tls/ca.crt"), *_fk(w)],
+            ["init", str(w / "n4"), "--coordinator", "host", "--ca", _ca(w), *_fk(w)],
         ),
         "HOST:PORT",
     ),
@@ -189,7 +192,7 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "node init over a node",
         lambda w: (
             node,
-            ["init", str(w / "uni"), "--coordinator", "h:1", "--ca", str(w / "fed/tls/ca.crt"), *_fk(w)],
+            ["init", str(w / "uni"), "--coordinator", "h:1", "--ca", _ca(w), *_fk(w)],
         ),
         "already holds a node",
     ),
@@ -368,3 +371,38 @@ def test_nodes_lists_enrolled_and_revoked(world: Path) -> None:
     result = runner.invoke(coord, ["nodes", "--dir", _fed(world), "--json"])
     rows = json.loads(result.stdout.strip().splitlines()[-1])["nodes"]
     assert [(r["name"], r["status"], r["connected"]) for r in rows] == [("uni", "revoked", False)]
+
+
+def test_tracebacks_never_print_locals(tmp_path: Path) -> None:
+    """A crash (here: a full disk while init writes the CA) prints no local variable: a local
+    could hold private key bytes."""
+    for cli in (coord, node, sim, model):
+        assert cli.pretty_exceptions_show_locals is False
+    crash = (
+        "import sys, coordinator.cli as c\n"
+        "def full_disk(*args, **kwargs):\n"
+        "    secret = 'BEGIN-PRIVATE-KEY-BYTES'\n"
+        "    raise OSError(28, 'No space left on device')\n"
+        "c.create_tls = full_disk\n"
+        f"sys.argv = ['step-coord', 'init', {str(tmp_path / 'fed')!r}]\n"
+        "c.main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "_TYPER_STANDARD_TRACEBACK"}
+    done = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True,
+                          env={**env, "COLUMNS": "200"}, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert "No space left on device" in done.stderr
+    assert "BEGIN-PRIVATE-KEY-BYTES" not in done.stdout + done.stderr
+
+
+def test_created_files_are_private(tmp_path: Path, tiny_corpus: Path) -> None:
+    """step-coord and step-node create everything 0600/0700 (umask 077)."""
+    bin_dir = Path(sys.executable).parent
+    fed, uni = tmp_path / "fed", tmp_path / "uni"
+    subprocess.run([bin_dir / "step-coord", "init", fed], check=True, capture_output=True)
+    subprocess.run([bin_dir / "step-node", "init", uni, "--coordinator", "h:1", "--ca",
+                    fed / "tls" / "ca.crt", "--federation-key", fed / "tls" / "federation.pub",
+                    "--data", tiny_corpus], check=True, capture_output=True)  # fmt: skip
+    for root in (fed, uni):
+        for p in [root, *root.rglob("*")]:
+            assert p.stat().st_mode & 0o077 == 0, f"{p} is readable by others"

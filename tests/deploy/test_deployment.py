@@ -1,5 +1,7 @@
 """End to end over gRPC + TLS on loopback: step-coord init/enroll/start, three honest nodes,
-and three that must be refused: not enrolled, revoked, and one that trusts another CA."""
+and three that must be refused: not enrolled, revoked, and one that trusts another CA; and an
+outsider on the coordinator's host with the flwr CLI and ca.crt, whose registration, app and stop
+are undone or recorded."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 from flwr.proto.fleet_pb2_grpc import FleetStub
 from flwr.proto.run_pb2 import GetRunRequest
 
-from tests.deploy.harness import Processes, cli, free_ports, last_json
+from step_model.checkpoint import SUMS
+from tests.deploy.harness import Outsider, Processes, cli, free_ports, last_json
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +29,7 @@ def _ok(result: object) -> None:
     assert getattr(result, "returncode", 1) == 0, getattr(result, "stderr", "")
 
 
-def _setup(tmp: Path, corpus: Path) -> tuple[Path, int]:
+def _setup(tmp: Path, corpus: Path) -> tuple[Path, int, int]:
     fleet, control = free_ports(2)
     fed = tmp / "fed"
     _ok(cli("step-coord", "init", fed, "--host", "127.0.0.1", "--rounds", "2",
@@ -36,11 +39,13 @@ def _setup(tmp: Path, corpus: Path) -> tuple[Path, int]:
     cfg.write_text(cfg.read_text().replace("eval_every: 5 ", "eval_every: 2 "))
     other = tmp / "other-fed"  # a second federation: its CA vouches for nothing here
     _ok(cli("step-coord", "init", other, "--fleet-address", "127.0.0.1:1", "--control-port", "2"))
-    nodes = {**{n: fed for n in HONEST}, "intruder": fed, "revoked": fed, "wrongca": other}
+    nodes = {**{n: fed for n in HONEST}, "intruder": fed, "revoked": fed, "wrongca": other,
+             "mallory": fed}  # fmt: skip
     for name, ca_fed in nodes.items():
         node = tmp / name
         _ok(cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
-                "--ca", ca_fed / "tls" / "ca.crt", "--data", corpus))  # fmt: skip
+                "--ca", ca_fed / "tls" / "ca.crt", "--federation-key",
+                fed / "tls" / "federation.pub", "--data", corpus))  # fmt: skip
         yaml_path = node / "node.yaml"
         lang = LANGS.get(name, "et")
         yaml_path.write_text(
@@ -48,19 +53,23 @@ def _setup(tmp: Path, corpus: Path) -> tuple[Path, int]:
         )
         if name == "gamma":  # claims another institution's name: the enrolled one counts
             yaml_path.write_text(yaml_path.read_text().replace("name: gamma", "name: alpha"))
-        if name != "intruder":
+        if name not in ("intruder", "mallory"):
             _ok(cli("step-coord", "enroll", name, "--public-key", node / "node.pub", "--dir", fed))
     _ok(cli("step-coord", "revoke", "revoked", "--dir", fed))
-    return fed, fleet
+    return fed, fleet, control
 
 
 def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) -> None:
-    fed, fleet = _setup(tmp_path, tiny_corpus)
+    fed, fleet, control = _setup(tmp_path, tiny_corpus)
     with Processes(tmp_path) as procs:
         procs.start("coord", "step-coord", "start", "--dir", fed)
         _wait_for_line(procs, "coord", "started", timeout=90)  # keys registered, run submitted
         _assert_grpc_over_tls(fed, fleet)
-        for name in (*HONEST, "intruder", "revoked", "wrongca"):
+        # The outsider registers a key of its own behind the admin's back and submits an app.
+        mallory = Outsider(tmp_path, control, fed / "tls" / "ca.crt")
+        mallory.flwr("supernode", "register", tmp_path / "mallory" / "node.pub")
+        mallory.submit(tmp_path / "evil.marker")
+        for name in (*HONEST, "intruder", "revoked", "wrongca", "mallory"):
             procs.start(name, "step-node", "start", "--dir", tmp_path / name)
 
         for name in ("intruder", "revoked"):
@@ -70,8 +79,10 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
         assert procs.wait("wrongca", timeout=90) == 3, procs.log("wrongca")
         assert "does not vouch for" in procs.log("wrongca")
         assert "Traceback" not in procs.log("wrongca") + procs.log("intruder")
+        assert procs.wait("mallory", timeout=120) == 3, procs.log("mallory")
 
         assert procs.wait("coord", timeout=240) == 0, procs.log("coord")
+    _assert_outsider_undone(tmp_path, fed, procs.log("coord"))
 
     status = cli("step-coord", "status", "--dir", fed, "--json")
     _ok(status)
@@ -86,6 +97,30 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
     assert "round 2: 3 nodes" in procs.log("coord")
     records = [json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()]
     assert set(records[0]["node_wall_s"]) == set(HONEST)
+    assert all(set(r.get("node_wall_s", {})) <= set(HONEST) for r in records)  # no mallory
+    assert len(report["alerts"]) == 2, report["alerts"]
+
+
+def _assert_outsider_undone(tmp: Path, fed: Path, coord_log: str) -> None:
+    """The foreign registration was removed and the foreign app stopped, both recorded in a
+    log that verifies; no code of the app ran; the run's files are private and its last
+    checkpoint carries the federation's signature."""
+    assert "was registered through the Control API, not by step-coord enroll" in coord_log
+    assert "(mallory/evilapp) was submitted through the Control API" in coord_log
+    assert not (tmp / "evil.marker").exists()
+    audit = cli("step-coord", "audit", "--verify", "--json", "--dir", fed)
+    _ok(audit)
+    entries = last_json(audit.stdout)["entries"]
+    actions = [e["action"] for e in entries]
+    assert actions[:1] == ["init"] and actions.count("alert") == 2
+    rounds = [e["details"] for e in entries if e["action"] == "round"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert set(rounds[-1]["participants"]) == set(HONEST) and rounds[-1]["sha256sums"]
+    latest = fed / "run" / (fed / "run" / "LATEST").read_text().strip()
+    assert (latest / f"{SUMS}.sig").is_file()
+    _ok(cli("step-model", "verify", latest, "--federation-key", fed / "tls" / "federation.pub"))
+    for private in (fed / "state" / "superlink.db", fed / "state", fed / "logs", fed / "run"):
+        assert private.stat().st_mode & 0o077 == 0, f"{private} is readable by others"
 
 
 def _wait_for_line(procs: Processes, name: str, text: str, timeout: float) -> None:
@@ -124,12 +159,25 @@ def _assert_grpc_over_tls(fed: Path, port: int) -> None:
 
 
 def test_status_while_running_and_a_clean_stop(tmp_path: Path) -> None:
+    """A stop through the Control API that step-coord did not issue is recorded and the run
+    resumes; step-coord stop then stops it cleanly."""
     fleet, control = free_ports(2)
     fed = tmp_path / "fed"
     _ok(cli("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
             "--control-port", str(control)))  # fmt: skip
     with Processes(tmp_path) as procs:
-        procs.start("coord", "step-coord", "start", "--dir", fed)
+        procs.start("first", "step-coord", "start", "--dir", fed)
+        _wait_for_line(procs, "first", "started", timeout=90)
+        run_id = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)["run_id"]
+        Outsider(tmp_path, control, fed / "tls" / "ca.crt").flwr("stop", str(run_id))
+        assert procs.wait("first", timeout=60) == 1, procs.log("first")
+        assert "stopped through Flower's Control API by someone other" in procs.log("first")
+        report = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
+        assert report["status"] == "interrupted"
+        assert any(f"run {run_id} was stopped through the Control API" in a
+                   for a in report["alerts"])  # fmt: skip
+
+        procs.start("coord", "step-coord", "start", "--dir", fed, "--resume")
         _wait_for_line(procs, "coord", "started", timeout=90)
         running = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
         assert running["status"] == "running" and running["round"] == 0
@@ -140,6 +188,9 @@ def test_status_while_running_and_a_clean_stop(tmp_path: Path) -> None:
         assert procs.wait("coord", timeout=30) == 0
     stopped = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
     assert stopped["status"] == "stopped" and stopped["pid"] is None
+    actions = [e["action"] for e in last_json(cli("step-coord", "audit", "--verify", "--json",
+                                                  "--dir", fed).stdout)["entries"]]  # fmt: skip
+    assert actions == ["init", "start", "alert", "end", "resume", "stop", "end"]
     leftovers = [
         p for p in Path("/proc").iterdir()
         if p.name.isdigit() and str(fed).encode() in _cmdline(p)
@@ -181,7 +232,8 @@ def test_a_node_started_before_the_coordinator_connects_when_it_comes(
             "--fleet-address", f"127.0.0.1:{fleet}", "--control-port", str(control)))  # fmt: skip
     node = tmp_path / "early"
     _ok(cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
-            "--ca", fed / "tls" / "ca.crt", "--data", tiny_corpus))  # fmt: skip
+            "--ca", fed / "tls" / "ca.crt", "--federation-key", fed / "tls" / "federation.pub",
+            "--data", tiny_corpus))  # fmt: skip
     _ok(cli("step-coord", "enroll", "early", "--public-key", node / "node.pub", "--dir", fed))
     with Processes(tmp_path) as procs:
         procs.start("early", "step-node", "start", "--dir", node)
