@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -40,6 +41,7 @@ from coordinator.deployment import (
     coordinator_settings,
     read_process_state,
 )
+from coordinator.follower import Follower
 from coordinator.guard import ControlGuard
 from coordinator.records import latest_epsilons, read_records
 from coordinator.registry import Registry
@@ -77,7 +79,6 @@ app = typer.Typer(
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The federation folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Last line of output: one JSON object.")]
-POLL_S = 2.0
 
 
 @app.command()
@@ -268,61 +269,19 @@ def start(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
 ) -> None:
     """Start the SuperLink (TLS, node authentication) and run the training to its end."""
-    fed = FederationFolder(folder).require()
-    config_path = (config or fed.config).resolve()
-    fed_cfg = load_federation_config(config_path)  # fail before anything starts
-    _check_files(fed_cfg, config_path)
-    settings = coordinator_settings(config_path)
-    key = load_signing_key(fed.signing_key)
-    previous = read_process_state(fed)
-    if previous is not None and previous.alive:
-        raise StepError(
-            f"a coordinator is already running for {folder} (pid {previous.pid}): "
-            "`step-coord stop` it first"
-        )
-    if not resume and (fed.run / "LATEST").exists():
-        raise StepError(
-            f"{fed.run} holds an earlier run: `step-coord start --resume` continues it; to "
-            "start over, move that folder away"
-        )
-    out = console_for(False)
-    if resume and not (fed.run / "LATEST").exists():
-        out.print("no round was committed before: the run starts from round 1")
+    launch = _preflight(FederationFolder(folder).require(), config, resume)
+    fed, settings, key, out = launch.fed, launch.settings, launch.key, console_for(False)
     state = ProcessState(os.getpid(), "starting", time.time(), settings.fleet_address,
                          settings.control_port)  # fmt: skip
     state.save(fed)
     fed.logs.mkdir(parents=True, exist_ok=True)
     log_path = fed.logs / "superlink.log"
     audit = AuditLog(fed.root)
-    started = {"config": str(config_path), "config_sha256": sha256_file(config_path)}
+    started = {"config": str(launch.config_path), "config_sha256": sha256_file(launch.config_path)}
     audit.append(key, "resume" if resume else "start", started)
     old_handler = signal.signal(signal.SIGTERM, _raise_stop)
-    marker = new_marker()
     try:
-        with watchdog(marker), ChildProcesses(marker) as procs:
-            env = flower_env(fed, marker)
-            superlink = start_superlink(procs, fed, settings, env, log_path)
-            out.print(f"SuperLink up: nodes connect to {settings.fleet_address} (gRPC, TLS)")
-            admin = FlowerAdmin(fed, settings)
-            control = ControlClient(settings.control_port, TlsFiles(fed.tls).ca_cert)
-            guard = ControlGuard(fed, control, key, lambda line: out.print(line, markup=False))
-            with file_lock(fed.control_lock):
-                for change in sync_registry(admin, Registry(folder)):
-                    out.print(change)
-            guard.foreign_nodes()  # registrations made behind the admin's back persist
-            resume_from = resume and (fed.run / "LATEST").exists()
-            state.run_id = _submit(admin, guard, fed, config_path, resume_from, key)
-            state.status = "running"
-            state.save(fed)
-            out.print(f"run {state.run_id} started: {fed_cfg.rounds} rounds, "
-                      f"{fed_cfg.strategy}, preset {fed_cfg.preset}; app signed "
-                      f"{key_fingerprint(key.public_key())}; log: {log_path}")  # fmt: skip
-            with log_path.open("ab") as log:
-                procs.spawn([executable("flwr"), "log", str(state.run_id), CONNECTION,
-                             "--stream"], env, log, log)  # fmt: skip
-            follower = Follower(fed, guard, RoundAuditor(fed, key), resume)
-            status, details = follower.follow(superlink, state.run_id, log_path)
-        state.status, state.details = _outcome(status, details, guard)
+        state.status, state.details = _serve(launch, state, log_path)
     except (Stop, KeyboardInterrupt):
         state.status, state.details = "stopped", "stopped by the admin"
         out.print("stopping: the run ends, the SuperLink shuts down")
@@ -344,39 +303,84 @@ def start(
     out.print(f"run {state.run_id} {state.status}; `step-coord status` shows its metrics")
 
 
-def _submit(
-    admin: FlowerAdmin,
-    guard: ControlGuard,
-    fed: FederationFolder,
-    config_path: Path,
-    resume: bool,
-    key: Ed25519PrivateKey,
-) -> int:
+@dataclass(frozen=True)
+class _Launch:
+    """What `step-coord start` checked before starting anything."""
+
+    fed: FederationFolder
+    config_path: Path
+    cfg: FederationConfig
+    settings: CoordinatorSettings
+    key: Ed25519PrivateKey
+    resume: bool
+    """Continue from a committed round (False when --resume found none)."""
+
+
+def _preflight(fed: FederationFolder, config: Path | None, resume: bool) -> _Launch:
+    """Every check that can fail before anything starts."""
+    config_path = (config or fed.config).resolve()
+    cfg = load_federation_config(config_path)
+    _check_files(cfg, config_path)
+    settings = coordinator_settings(config_path)
+    key = load_signing_key(fed.signing_key)
+    previous = read_process_state(fed)
+    if previous is not None and previous.alive:
+        raise StepError(
+            f"a coordinator is already running for {fed.root} (pid {previous.pid}): "
+            "`step-coord stop` it first"
+        )
+    committed = (fed.run / "LATEST").exists()
+    if not resume and committed:
+        raise StepError(
+            f"{fed.run} holds an earlier run: `step-coord start --resume` continues it; to "
+            "start over, move that folder away"
+        )
+    if resume and not committed:
+        console_for(False).print("no round was committed before: the run starts from round 1")
+    return _Launch(fed, config_path, cfg, settings, key, resume and committed)
+
+
+def _serve(launch: _Launch, state: ProcessState, log_path: Path) -> tuple[str, str]:
+    """SuperLink up, registry in step, the signed app submitted, then follow it to its end;
+    (state, details) of the finished run."""
+    fed, settings, key, out = launch.fed, launch.settings, launch.key, console_for(False)
+    marker = new_marker()
+    with watchdog(marker), ChildProcesses(marker) as procs:
+        env = flower_env(fed, marker)
+        superlink = start_superlink(procs, fed, settings, env, log_path)
+        out.print(f"SuperLink up: nodes connect to {settings.fleet_address} (gRPC, TLS)")
+        admin = FlowerAdmin(fed, settings)
+        control = ControlClient(settings.control_port, TlsFiles(fed.tls).ca_cert)
+        guard = ControlGuard(fed, control, key, lambda line: out.print(line, markup=False))
+        with file_lock(fed.control_lock):
+            for change in sync_registry(admin, Registry(fed.root)):
+                out.print(change)
+        guard.foreign_nodes()  # registrations made behind the admin's back persist
+        state.run_id = _submit(admin, guard, launch)
+        state.status = "running"
+        state.save(fed)
+        cfg = launch.cfg
+        out.print(f"run {state.run_id} started: {cfg.rounds} rounds, {cfg.strategy}, preset "
+                  f"{cfg.preset}; app signed {key_fingerprint(key.public_key())}; "
+                  f"log: {log_path}")  # fmt: skip
+        with log_path.open("ab") as log:
+            procs.spawn([executable("flwr"), "log", str(state.run_id), CONNECTION,
+                         "--stream"], env, log, log)  # fmt: skip
+        follower = Follower(guard, RoundAuditor(fed, key), launch.resume)
+        return guard.outcome(*follower.follow(superlink, state.run_id, log_path))
+
+
+def _submit(admin: FlowerAdmin, guard: ControlGuard, launch: _Launch) -> int:
     """Submit the federation's app, signed with its key (app_signing.py); the run id."""
+    fed = launch.fed
     run_file = fed.state / "run_config.toml"
-    atomic_write_text(run_file, run_config(config_path, fed.run, resume, fed.root))
-    signed = SignedApp(write_app(fed), key)
+    atomic_write_text(run_file, run_config(launch.config_path, fed.run, launch.resume, fed.root))
+    signed = SignedApp(write_app(fed), launch.key)
     reply = admin.call("run", str(fed.state / "app"), CONNECTION, "--run-config", str(run_file))
     signed.check_submitted(str(reply.get("fab-hash", "")))
     signed.store_signature(fed.database)
     guard.run_id, guard.app = int(reply["run-id"]), signed
     return guard.run_id
-
-
-def _outcome(status: str, details: str, guard: ControlGuard) -> tuple[str, str]:
-    """(state, details) of a finished run; a stop step-coord did not issue is an alert."""
-    if status == "finished:completed":
-        return "completed", details or status
-    if status == "finished:stopped":
-        guard.alert(
-            f"run {guard.run_id} was stopped through the Control API, not by step-coord",
-            run_id=guard.run_id,
-        )
-        return "interrupted", (
-            "stopped through Flower's Control API by someone other than step-coord (recorded "
-            "in the audit log); `step-coord start --resume` continues from the last round"
-        )
-    return "failed", details or status
 
 
 def _check_files(cfg: FederationConfig, config_path: Path) -> None:
@@ -392,68 +396,6 @@ def _check_files(cfg: FederationConfig, config_path: Path) -> None:
         load_tokenizer(cfg.tokenizer)
     if cfg.init_from and not Path(cfg.init_from).exists():
         raise StepError(f"{config_path}: federation.init_from {cfg.init_from} does not exist")
-
-
-class Follower:
-    """Prints each committed round and evaluation, audits the rounds, and runs the guard, until
-    the run finishes."""
-
-    def __init__(
-        self, fed: FederationFolder, guard: ControlGuard, auditor: RoundAuditor, resume: bool
-    ) -> None:
-        self.fed, self.guard, self.auditor = fed, guard, auditor
-        self.metrics = fed.run / "metrics.jsonl"
-        # On --resume, rounds committed before are not news: print only what comes now (the
-        # ServerApp first drops lines after its last checkpoint, which are never reprinted).
-        self.printed = self.auditor.done if resume else 0
-        self.offset = 0
-
-    def follow(self, superlink: Any, run_id: int, log_path: Path) -> tuple[str, str]:
-        """(status, details) once the run is finished."""
-        while True:
-            time.sleep(POLL_S)
-            self._new_records()
-            if superlink.poll() is not None:
-                raise StepError(
-                    f"the SuperLink stopped (exit code {superlink.returncode}): see {log_path}"
-                )
-            ours = [r for r in self.guard.check() if r.run_id == run_id]
-            if ours and ours[0].status.startswith("finished"):
-                self._new_records()
-                return ours[0].status, ours[0].details
-
-    def _new_records(self) -> None:
-        if not self.metrics.exists():
-            return
-        if self.metrics.stat().st_size < self.offset:  # rewritten shorter by a resume
-            self.offset = 0
-        with self.metrics.open("rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        end = chunk.rfind(b"\n") + 1
-        self.offset += end
-        out = console_for(False)
-        for line in chunk[:end].decode("utf-8").splitlines():
-            rec = json.loads(line)
-            if int(rec.get("round", 0)) > self.printed:
-                out.print(_describe(rec))
-            self.auditor.record(rec)
-
-
-def _describe(rec: dict[str, Any]) -> str:
-    if rec.get("kind") == "round":
-        rejected = rec.get("rejected") or {}
-        extra = f", rejected {sorted(rejected)}" if rejected else ""
-        if rec.get("missing"):
-            extra += f", no reply in time from {rec['missing']}"
-        if "epsilon_central" in rec:
-            extra += f", central epsilon {rec['epsilon_central']:.3f}"
-        loss = "-" if rec["loss"] is None else f"{rec['loss']:.3f}"  # None: only DP nodes
-        return (f"round {rec['round']}: {rec['nodes']} nodes, loss {loss}, "
-                f"{rec['wall_s']:.1f} s{extra}")  # fmt: skip
-    if rec.get("kind") == "eval":
-        return f"round {rec['round']}: mean bpb {rec['mean_bpb']:.3f}"
-    return json.dumps(rec)
 
 
 @app.command()

@@ -12,7 +12,8 @@ runs, this guard checks the SuperLink every few seconds and:
   is refused by the nodes anyway, since it is not signed with the federation key), with an alert;
 - re-applies the signature of its own app if another submission of the same bytes wiped it.
 
-A stop of its own run that it did not issue is recorded by ``step-coord start`` (cli.py).
+- records a stop of its own run that it did not issue (``outcome``): ``step-coord start`` then
+  ends with state ``interrupted``, and ``--resume`` continues from the last committed round.
 """
 
 from __future__ import annotations
@@ -84,6 +85,22 @@ class ControlGuard:
     def keep_signed(self) -> None:
         if self.app is not None and self.app.store_signature(self.fed.database):
             self.alert("the signature of this federation's app had been removed: re-applied")
+
+    def outcome(self, status: str, details: str) -> tuple[str, str]:
+        """(state, details) of this coordinator's finished run, as ``flwr ls`` reported it."""
+        if status == "finished:completed":
+            return "completed", details or status
+        if status == "finished:stopped":  # step-coord's own stop ends the SuperLink instead
+            self.alert(
+                f"run {self.run_id} was stopped through the Control API, not by step-coord",
+                run_id=self.run_id,
+            )
+            return "interrupted", (
+                "stopped through Flower's Control API by someone other than step-coord "
+                "(recorded in the audit log); `step-coord start --resume` continues from the "
+                "last committed round"
+            )
+        return "failed", details or status
 
     def check(self) -> list[RunInfo]:
         """One sweep; returns the runs listed (the caller reads its own run's status there)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from coordinator.authorized_run import authorize
 from coordinator.config import load_corpus_setting, load_federation_config
 from coordinator.flower_transport import GridTransport
 from coordinator.registry import Registry
@@ -34,9 +35,11 @@ def main(grid: Grid, context: Context) -> None:
             "step-sim or step-coord, or pass them with `flwr run . --run-config`"
         )
     config_path, run_path = app_path(str(config_file)), app_path(str(run_dir))
+    registry = str(context.run_config.get(P.RUN_REGISTRY, "") or "")
+    if registry:  # a deployment (step-coord): serve only the run step-coord started
+        authorize(Path(registry), context.run_id, [config_path, run_path])
     cfg = load_federation_config(config_path)
     resume = bool(context.run_config.get(P.RUN_RESUME, False))
-    registry = str(context.run_config.get(P.RUN_REGISTRY, "") or "")
     enrolled = enrolled_names(Path(registry)) if registry else None
     transport = GridTransport(grid, cfg.round_timeout_s, enrolled)
     corpus = load_corpus_setting(config_path)

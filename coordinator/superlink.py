@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,10 @@ def sync_registry(admin: FlowerAdmin, registry: Registry) -> list[str]:
 
 
 def write_app(folder: FederationFolder) -> Path:
+    """The app of this launch. A random launch id makes its bytes, so its hash, unique: the
+    federation's signature of it (app_signing.py) fits no app anyone else could build."""
     app = folder.state / "app"
-    atomic_write_text(app / "pyproject.toml", APP_PYPROJECT)
+    atomic_write_text(app / "pyproject.toml", f"# launch {uuid.uuid4()}\n{APP_PYPROJECT}")
     return app
 
 
