@@ -14,14 +14,13 @@ by asking for round N again, and the node starts from exactly the state it had t
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from step_model.checkpoint import read_tree, verify_checkpoint, write_sums, write_tree
 from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text, remove_stale_temps
+from step_model.fileio import atomic_directory, atomic_write_text, remove_stale_temps, remove_tree
 
 KEEP = 3
 
@@ -77,7 +76,7 @@ class NodeStateStore:
         target = self.root / f"round-{state.round:08d}"
         remove_stale_temps(self.root)  # left by a node killed mid-save
         if target.exists():  # this round was trained before (a coordinator resume): replace
-            shutil.rmtree(target)
+            remove_tree(target)
         try:
             with atomic_directory(target) as tmp:
                 meta = {
@@ -99,4 +98,4 @@ class NodeStateStore:
                 "folder's permissions and free space"
             ) from None
         for _, old in self._dirs()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)

@@ -18,7 +18,6 @@ A *run folder* holds ``checkpoints/<name>/`` folders and a ``LATEST`` file namin
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from step_model.config import ModelConfig
 from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text, sha256_file
+from step_model.fileio import atomic_directory, atomic_write_text, remove_tree, sha256_file
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 
@@ -124,7 +123,7 @@ def save_in_run(run_dir: Path, name: str, ckpt: Checkpoint, keep: int = 2) -> Pa
     """Save ``run_dir/checkpoints/name``, point LATEST at it, keep the ``keep`` newest."""
     ckpt_dir = Path(run_dir) / "checkpoints" / name
     if ckpt_dir.exists():  # a previous attempt of this very step: replace it
-        shutil.rmtree(ckpt_dir)
+        remove_tree(ckpt_dir)
     save_checkpoint(ckpt_dir, ckpt)
     atomic_write_text(Path(run_dir) / LATEST, f"checkpoints/{name}\n")
     older = sorted(
@@ -132,7 +131,7 @@ def save_in_run(run_dir: Path, name: str, ckpt: Checkpoint, keep: int = 2) -> Pa
     )
     for old in older[: max(0, len(older) - keep)]:
         if old != ckpt_dir:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     return ckpt_dir
 
 

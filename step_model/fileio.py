@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,6 +133,20 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def remove_tree(path: Path) -> None:
+    """Remove the folder ``path`` so that a kill at any moment leaves it whole or gone: it is
+    first renamed to a temporary sibling (one atomic step), then deleted. A half-deleted
+    folder under its real name would look like a damaged checkpoint; a half-deleted temporary
+    is removed by ``remove_stale_temps``."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        os.rename(path, tmp)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
