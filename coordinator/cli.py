@@ -207,6 +207,9 @@ def nodes(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
         emit_json({"nodes": rows, "unenrolled": foreign})
         return
     out = console_for(False)
+    out.width = max(
+        out.width, 132
+    )  # whole fingerprints: the admin compares them character by character
     out.print(
         table(
             "institutions",
@@ -218,9 +221,7 @@ def nodes(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
             + [
                 [f"node id {n['node_id']}", "NOT ENROLLED", n["status"], "unknown"] for n in foreign
             ],
-        ),
-        crop=False,
-        overflow="ignore",
+        )
     )
     for n in foreign:
         out.print(f"ALERT: node id {n['node_id']} is registered at the SuperLink but was not "
