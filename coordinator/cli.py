@@ -56,10 +56,10 @@ from coordinator.superlink import (
     sync_registry,
     write_app,
 )
-from coordinator.tls import TlsFiles, create_tls
+from coordinator.tls import TlsFiles, create_tls, san_entry
 from step_model.cli_common import console_for, emit_json, table, user_errors
 from step_model.errors import StepError
-from step_model.fileio import atomic_write_text, file_lock, sha256_file
+from step_model.fileio import atomic_directory, atomic_write_text, file_lock, sha256_file
 from step_model.flwr_cli import log_tail
 from step_model.identity import read_public_key
 from step_model.processes import ChildProcesses, new_marker, watchdog
@@ -96,16 +96,27 @@ def init(
     fleet_address: Annotated[str, typer.Option(help="Where nodes connect.")] = "0.0.0.0:9092",
     control_port: Annotated[int, typer.Option(help="Loopback Control API port.")] = 9093,
 ) -> None:
-    """Create a federation folder: coordinator.yaml, CA and server certificate, empty registry."""
+    """Create a federation folder: coordinator.yaml, CA and server certificate, signing key,
+    empty registry, audit log. Everything is checked first; nothing is left half-made."""
     fed = FederationFolder(folder)
     if fed.config.exists() or (fed.tls / "ca.key").exists():
         raise StepError(
             f"{folder} already holds a federation: use it, or choose a new folder (re-running "
             "init would replace the CA that every node trusts)"
         )
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise StepError(f"{folder} exists and is not an empty folder: choose a new folder")
     CoordinatorSettings(fleet_address, control_port)  # validate before writing anything
+    try:
+        FederationConfig(preset=preset, rounds=rounds, inner_steps=inner_steps,
+                         min_nodes=min_nodes)  # fmt: skip
+    except StepError as e:
+        raise StepError(f"{e}: fix the option and run init again (nothing was written)") from None
+    for h in host or []:
+        san_entry(h)  # a bad --host fails here, before anything is written
+    name = folder.resolve().name
     text = CONFIG_TEMPLATE.format(
-        name=folder.resolve().name,
+        name=name,
         preset=preset,
         rounds=rounds,
         inner_steps=inner_steps,
@@ -113,34 +124,40 @@ def init(
         fleet_address=fleet_address,
         control_port=control_port,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    tls = create_tls(fed.tls, folder.resolve().name, list(host or []))
-    create_signing_key(fed.tls, f"step-federation-{folder.resolve().name}")
-    Registry(folder).save()
-    atomic_write_text(fed.config, text)
-    load_federation_config(fed.config)  # the template must load
-    key = load_signing_key(fed.signing_key)
-    AuditLog(fed.root).append(
-        key,
-        "init",
-        {
-            "hosts": list(host or []),
-            "preset": preset,
-            "signing_key": key_fingerprint(key.public_key()),
-        },
-    )
+    try:
+        if folder.exists():
+            folder.rmdir()  # empty: the whole federation appears in one rename below
+        with atomic_directory(folder) as tmp:
+            _make_federation(FederationFolder(tmp), name, list(host or []), text, preset)
+    except OSError as e:
+        raise StepError(
+            f"cannot create {folder} ({e.strerror or e}): choose a writable place with free "
+            "space; nothing was written"
+        ) from None
+    key = read_verify_key(fed.verify_key)
     out = console_for(False)
     out.print(f"federation folder {folder}: coordinator.yaml, registry.json, tls/, audit.jsonl")
-    out.print(
-        f"give node operators the CA certificate {tls.ca_cert} and the federation's "
-        f"public signing key {fed.verify_key}"
-    )
-    out.print(
-        f"signing key fingerprint: {key_fingerprint(key.public_key())}  (read it to each "
-        "operator by phone: nodes run only apps signed with this key)"
-    )
+    out.print(f"give node operators the CA certificate {fed.tls / 'ca.crt'} and the "
+              f"federation's public signing key {fed.verify_key}")  # fmt: skip
+    out.print(f"signing key fingerprint: {key_fingerprint(key)}  (read it to each operator by "
+              "phone: nodes run only apps signed with this key)")  # fmt: skip
     out.print(f"nodes connect to {fleet_address} (a host named in --host, port as given)")
     out.print("next: `step-coord enroll NAME --public-key node.pub`, then `step-coord start`")
+
+
+def _make_federation(
+    fed: FederationFolder, name: str, hosts: list[str], config_text: str, preset: str
+) -> None:
+    create_tls(fed.tls, name, hosts)
+    create_signing_key(fed.tls, f"step-federation-{name}")
+    Registry(fed.root).save()
+    atomic_write_text(fed.config, config_text)
+    load_federation_config(fed.config)  # the template must load
+    key = load_signing_key(fed.signing_key)
+    signer = key_fingerprint(key.public_key())
+    AuditLog(fed.root).append(
+        key, "init", {"hosts": hosts, "preset": preset, "signing_key": signer}
+    )
 
 
 @app.command()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from step_model.config import PRESETS
 from step_model.corpus import resolve_corpus
 from step_model.errors import StepError
 from step_model.fileio import read_yaml
@@ -128,6 +129,8 @@ class FederationConfig:
         for key in ("inner_lr", "outer_lr", "round_timeout_s"):
             if not getattr(self, key) > 0:
                 raise bad(key, "must be positive")
+        if self.preset not in PRESETS:
+            raise bad("preset", f"choose one of {', '.join(PRESETS)}")
         if self.strategy not in STRATEGIES:
             raise bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
         if self.update_encoding not in ENCODINGS:

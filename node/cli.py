@@ -16,6 +16,7 @@ the privacy ledger: every DP round trained or refused, epsilon spent and what is
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -74,12 +75,23 @@ def init(
             "choose a new folder (init would replace the key the coordinator enrolled)"
         )
     node_name = name or folder.resolve().name
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(ca, folder / "ca.crt")
-    atomic_write_text(folder / FEDERATION_KEY, public_line(signing) + "\n")
     data_path = str(Path(data).resolve()) if Path(data).exists() else data
-    write_node_file(folder, node_name, coordinator, data_path)
-    public = create_key_pair(folder, node_name)
+    made_folder = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ca, folder / "ca.crt")
+        atomic_write_text(folder / FEDERATION_KEY, public_line(signing) + "\n")
+        write_node_file(folder, node_name, coordinator, data_path)
+        public = create_key_pair(folder, node_name)
+    except OSError as e:  # unwritable place, full disk
+        _undo_init(folder, made_folder)
+        raise StepError(
+            f"cannot create the node in {folder} ({e.strerror or e}): choose a writable place "
+            "with free space; nothing was written"
+        ) from None
+    except StepError:  # e.g. a node name node.yaml cannot hold
+        _undo_init(folder, made_folder)
+        raise
     out = console_for(False)
     out.print(f"node folder {folder}: node.yaml, node.key (private, 0600), node.pub, ca.crt, "
               f"{FEDERATION_KEY}")  # fmt: skip
@@ -90,6 +102,16 @@ def init(
     out.print(f"fingerprint: {fingerprint(public)}  (the admin sees the same at enrollment)")
     out.print(f"next: set `data:` in {folder / NODE_FILE}, run `step-node check`, then "
               "`step-node start` once enrolled")  # fmt: skip
+
+
+def _undo_init(folder: Path, made_folder: bool) -> None:
+    """Remove what a failed init wrote: nothing is left half-made."""
+    for made in ("ca.crt", FEDERATION_KEY, NODE_FILE, "node.key", PUBLIC_KEY):
+        with contextlib.suppress(OSError):
+            (folder / made).unlink(missing_ok=True)
+    if made_folder:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 @app.command()

@@ -73,6 +73,11 @@ def write_node_file(folder: Path, name: str, coordinator: str, data: str) -> Pat
 
 
 def check_address(address: str, where: str) -> str:
+    if "://" in address:
+        raise StepError(
+            f"{where} {address!r} has a scheme: give HOST:PORT only, e.g. coord.example.eu:9092 "
+            "(the connection is always gRPC over TLS)"
+        )
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise StepError(f"{where} {address!r} must be HOST:PORT, e.g. coord.example.eu:9092")

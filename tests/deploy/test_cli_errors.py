@@ -106,6 +106,25 @@ def _edit(path: Path, old: str, new: str) -> None:
 CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
     ("init over a federation", lambda w: (coord, ["init", _fed(w)]), "already holds a federation"),
     ("init bad host", lambda w: (coord, ["init", str(w / "f2"), "--host", "a b"]), "neither an IP"),
+    ("init rounds 0", lambda w: (coord, ["init", str(w / "f5"), "--rounds", "0"]),
+     "federation.rounds = 0"),
+    ("init min-nodes 0", lambda w: (coord, ["init", str(w / "f6"), "--min-nodes", "0"]),
+     "federation.min_nodes = 0"),
+    ("init inner-steps -5", lambda w: (coord, ["init", str(w / "f7"), "--inner-steps", "-5"]),
+     "federation.inner_steps = -5"),
+    ("init preset huge", lambda w: (coord, ["init", str(w / "f8"), "--preset", "huge"]),
+     "federation.preset = 'huge'"),
+    ("init onto a file", lambda w: (coord, ["init", str(w / "notes.txt")]),
+     "not an empty folder"),
+    ("init where nothing can be written", lambda w: (coord, ["init", "/proc/step-fed"]),
+     "nothing was written"),
+    ("node init with a scheme", lambda w: (node, ["init", str(w / "n7"), "--coordinator",
+                                                  "https://h:9092", "--ca", _ca(w), *_fk(w)]),
+     "has a scheme"),
+    ("node init where nothing can be written",
+     lambda w: (node, ["init", "/proc/step-node", "--coordinator", "h:1", "--ca", _ca(w),
+                       *_fk(w)]),
+     "nothing was written"),
     (
         "init bad address",
         lambda w: (coord, ["init", str(w / "f3"), "--fleet-address", "9092"]),
@@ -374,16 +393,16 @@ def test_nodes_lists_enrolled_and_revoked(world: Path) -> None:
 
 
 def test_tracebacks_never_print_locals(tmp_path: Path) -> None:
-    """A crash (here: a full disk while init writes the CA) prints no local variable: a local
-    could hold private key bytes."""
+    """A crash (here: a bug while init writes the CA) prints no local variable: a local could
+    hold private key bytes. (A full disk is a clear one-line error: see the table above.)"""
     for cli in (coord, node, sim, model):
         assert cli.pretty_exceptions_show_locals is False
     crash = (
         "import sys, coordinator.cli as c\n"
-        "def full_disk(*args, **kwargs):\n"
+        "def broken(*args, **kwargs):\n"
         "    secret = 'BEGIN-PRIVATE-KEY-BYTES'\n"
-        "    raise OSError(28, 'No space left on device')\n"
-        "c.create_tls = full_disk\n"
+        "    raise RuntimeError('a bug while writing the CA')\n"
+        "c.create_tls = broken\n"
         f"sys.argv = ['step-coord', 'init', {str(tmp_path / 'fed')!r}]\n"
         "c.main()\n"
     )
@@ -391,7 +410,7 @@ def test_tracebacks_never_print_locals(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True,
                           env={**env, "COLUMNS": "200"}, check=False)  # fmt: skip
     assert done.returncode == 1
-    assert "No space left on device" in done.stderr
+    assert "a bug while writing the CA" in done.stderr
     assert "BEGIN-PRIVATE-KEY-BYTES" not in done.stdout + done.stderr
 
 
