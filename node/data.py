@@ -55,7 +55,7 @@ def read_node_texts(settings: NodeSettings) -> tuple[dict[str, str], dict[str, s
         except StepError:
             valid = {}
     else:
-        own = read_text_dir(settings.data, selection)
+        own = read_text_dir(settings.data, selection, settings.encoding)
         pairs = {lang: _split_holdout(t, settings.holdout_fraction) for lang, t in own.items()}
         train = {lang: p[0] for lang, p in pairs.items()}
         valid = {lang: p[1] for lang, p in pairs.items() if p[1]}

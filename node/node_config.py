@@ -7,6 +7,7 @@ the ClientApp (``--node-config node-file=...``).
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ data: {data}                    # a STEP-35 corpus folder, or a folder of .txt /
 languages: null                 # null: every language in data; or a list, e.g. [de, fr]
 state_dir: state                # inner optimizer state and data position between rounds
 holdout_fraction: 0.05          # share of paragraphs held out for evaluation (no valid/ split)
+encoding: null                  # encoding of your .txt/.jsonl files: null (UTF-8) or e.g. cp1253
 privacy: null                   # local DP, e.g. {{epsilon: 8, delta: 1.0e-6, rounds: 20}}
 resources:
   device: auto                  # auto: a CUDA GPU when one is visible, else cpu; or cpu, cuda
@@ -90,7 +92,7 @@ def load_node_file(path: Path) -> NodeFile:
     if not isinstance(data, dict):
         raise StepError(f"{path}: expected the settings written by `step-node init`")
     known = {"name", "coordinator", "ca", "federation_key", "data", "languages", "state_dir",
-             "holdout_fraction", "resources", "privacy"}  # fmt: skip
+             "holdout_fraction", "encoding", "resources", "privacy"}  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
         raise StepError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
@@ -124,8 +126,21 @@ def load_node_file(path: Path) -> NodeFile:
         float(holdout),
         privacy_from_dict(data.get("privacy"), str(path)),
         device,
+        _encoding(data.get("encoding"), path),
     )
     return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff), federation_key)
+
+
+def _encoding(value: Any, path: Path) -> str | None:
+    if value is None:
+        return None
+    try:
+        return codecs.lookup(str(value)).name
+    except LookupError:
+        raise StepError(
+            f"{path}: encoding {value!r} is not a known text encoding: use null (UTF-8) or a "
+            "name like cp1253, iso-8859-7, cp1251, koi8-r, utf-16"
+        ) from None
 
 
 def _device(value: Any, path: Path) -> str:

@@ -51,6 +51,8 @@ class NodeSettings:
     """Local differential privacy (DP-SGD with a budget); None: no local DP."""
     device: str = "cpu"
     """Where the node trains and evaluates: 'cpu', 'cuda', or 'auto' (cuda when visible)."""
+    encoding: str | None = None
+    """Text encoding of the node's own .txt/.jsonl files when they are not UTF-8."""
 
 
 def parse_shares(entry: dict[str, Any], where: str) -> dict[str, float]:

@@ -10,12 +10,15 @@ STEP-35 layout (see the corpus README): ``train/<lang>.txt``, ``valid/<lang>.txt
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import charset_normalizer
 
 from step_model.errors import StepError
 
@@ -117,14 +120,35 @@ def head_lines(text: str, n_bytes: int) -> str:
     return "".join(out)
 
 
-def read_text_file(path: Path) -> str:
-    """The file as text, or a StepError saying why it cannot be training text."""
+def read_text_file(path: Path, encoding: str | None = None) -> str:
+    """The file as text, or a StepError saying why it cannot be training text and what to do.
+
+    ``encoding``: the file's encoding when it is not UTF-8 (a node's ``encoding:`` setting)."""
     if not path.is_file():
         raise StepError(f"{path} not found: check the path or the language code")
     raw = path.read_bytes()
     if not raw.strip():
         raise StepError(f"{path} is empty: remove it or fill it with text")
+    if encoding is not None:
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise StepError(
+                f"{path} is not {encoding} (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+                "fix the `encoding:` setting, or re-encode the file as UTF-8"
+            ) from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise StepError(
+            f"{path} is UTF-16 (it starts with a UTF-16 byte-order mark): re-encode it as UTF-8 "
+            "(`iconv -f UTF-16 -t UTF-8`), or set `encoding: utf-16`"
+        )
     if b"\x00" in raw:
+        if _looks_utf16(raw):
+            raise StepError(
+                f"{path} looks like UTF-16 without a byte-order mark (every other byte is 0): "
+                "re-encode it as UTF-8 (`iconv -f UTF-16LE -t UTF-8`), or set "
+                "`encoding: utf-16-le`"
+            )
         raise StepError(
             f"{path} looks binary (contains NUL bytes): only UTF-8 text can be trained on"
         )
@@ -133,8 +157,28 @@ def read_text_file(path: Path) -> str:
     except UnicodeDecodeError as e:
         raise StepError(
             f"{path} is not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}): "
-            "re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+            f"{_encoding_hint(raw)}"
         ) from None
+
+
+def _looks_utf16(raw: bytes) -> bool:
+    """Mostly-ASCII text in UTF-16 has a NUL in every other byte."""
+    head = raw[:4096]
+    return len(head) >= 4 and max(head[0::2].count(0), head[1::2].count(0)) > 0.4 * len(head) / 2
+
+
+def _encoding_hint(raw: bytes) -> str:
+    """What to do with a file that is not UTF-8: its likely encoding and language, guessed by
+    charset-normalizer (e.g. Greek in Windows-1253, Bulgarian in KOI8-R)."""
+    best = charset_normalizer.from_bytes(raw[:200_000]).best()
+    if best is None:
+        return "re-encode it as UTF-8"
+    name = codecs.lookup(best.encoding).name  # cp1253, koi8-r, iso8859-2, ...
+    iconv = re.sub(r"^cp(\d+)$", r"WINDOWS-\1", name).replace("iso8859", "ISO-8859").upper()
+    return (
+        f"it looks like {best.language} text in {iconv}: re-encode it as UTF-8 "
+        f"(`iconv -f {iconv} -t UTF-8`), or set `encoding: {name}` in node.yaml"
+    )
 
 
 def normalize(text: str) -> str:
@@ -196,8 +240,10 @@ def _language_of_file(path: Path, root: Path) -> str | None:
     return next((c for c in candidates if _LANG_RE.match(c)), None)
 
 
-def _read_jsonl(path: Path, file_lang: str | None) -> Iterable[tuple[str, str]]:
-    text = read_text_file(path)
+def _read_jsonl(
+    path: Path, file_lang: str | None, encoding: str | None = None
+) -> Iterable[tuple[str, str]]:
+    text = read_text_file(path, encoding)
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -222,7 +268,9 @@ def _read_jsonl(path: Path, file_lang: str | None) -> Iterable[tuple[str, str]]:
 
 
 def read_text_dir(
-    root: Path, selection: LanguageSelection = LanguageSelection(None, False)
+    root: Path,
+    selection: LanguageSelection = LanguageSelection(None, False),
+    encoding: str | None = None,
 ) -> dict[str, str]:
     """An institution's own folder: .txt files (one language per file) and .jsonl records.
 
@@ -243,9 +291,9 @@ def read_text_dir(
                     f"cannot tell the language of {path}: name it <lang>.txt, "
                     "<name>.<lang>.txt, or put it in a <lang>/ folder"
                 )
-            chunks.setdefault(file_lang, []).append(read_text_file(path))
+            chunks.setdefault(file_lang, []).append(read_text_file(path, encoding))
         else:
-            for lang, text in _read_jsonl(path, file_lang):
+            for lang, text in _read_jsonl(path, file_lang, encoding):
                 chunks.setdefault(lang, []).append(text)
     texts = {lang: normalize("\n".join(parts)) for lang, parts in sorted(chunks.items())}
     texts = {lang: t for lang, t in texts.items() if t}

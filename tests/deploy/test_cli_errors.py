@@ -425,3 +425,25 @@ def test_created_files_are_private(tmp_path: Path, tiny_corpus: Path) -> None:
     for root in (fed, uni):
         for p in [root, *root.rglob("*")]:
             assert p.stat().st_mode & 0o077 == 0, f"{p} is readable by others"
+
+
+def test_node_yaml_encoding_reads_legacy_text(tmp_path: Path, step35: Path) -> None:
+    """A node whose files are Greek in Windows-1253: `step-node check` names the encoding;
+    with `encoding: cp1253` in node.yaml it reads them."""
+    data = tmp_path / "data"
+    data.mkdir()
+    text = (step35 / "train" / "el.txt").read_text(encoding="utf-8")[:20_000]
+    (data / "el.txt").write_bytes(text.encode("cp1253", errors="replace"))
+    fed = tmp_path / "fed"
+    assert runner.invoke(coord, ["init", str(fed)]).exit_code == 0
+    r = runner.invoke(node, ["init", str(tmp_path / "uni"), "--coordinator", "h:1", "--ca",
+                             str(fed / "tls" / "ca.crt"), "--federation-key",
+                             str(fed / "tls" / "federation.pub"), "--data", str(data)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    check = runner.invoke(node, ["check", "--dir", str(tmp_path / "uni")])
+    assert check.exit_code == 2 and "Greek text in WINDOWS-1253" in check.stderr
+    yaml_path = tmp_path / "uni" / "node.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("encoding: null ", "encoding: cp1253 "))
+    check = runner.invoke(node, ["check", "--dir", str(tmp_path / "uni"), "--json"])
+    assert check.exit_code == 0, check.output
+    assert json.loads(check.stdout.strip().splitlines()[-1])["languages"]["el"]["train_bytes"] > 0

@@ -107,3 +107,46 @@ def test_resolve_prefers_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("STEP_CORPUS", str(tmp_path / "missing"))
     with pytest.raises(StepError, match="STEP_CORPUS"):
         resolve_corpus(None)
+
+
+@pytest.mark.parametrize(
+    ("lang", "encoding", "hint"),
+    [
+        ("el", "cp1253", "Greek text in WINDOWS-1253"),
+        ("el", "iso-8859-7", "Greek text in WINDOWS-1253"),  # the two differ in a few bytes
+        ("bg", "koi8-r", "Bulgarian text in KOI8-R"),
+        ("bg", "cp1251", "Bulgarian text in WINDOWS-1251"),
+        ("pl", "iso-8859-2", "Polish text in ISO-8859-2"),
+    ],
+)
+def test_legacy_encodings_get_a_hint_by_script(
+    tmp_path: Path, step35: Path, lang: str, encoding: str, hint: str
+) -> None:
+    text = (step35 / "train" / f"{lang}.txt").read_text(encoding="utf-8")[:20_000]
+    (tmp_path / f"{lang}.txt").write_bytes(text.encode(encoding, errors="replace"))
+    with pytest.raises(StepError, match="not UTF-8") as err:
+        read_text_dir(tmp_path)
+    assert hint in str(err.value) and "latin1" not in str(err.value)
+    assert "`encoding: " in str(err.value)
+    # ... and with the encoding named, the text reads as it was written
+    assert read_text_dir(tmp_path, encoding=encoding)[lang].startswith(text.split("\n")[0][:40])
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("Καλημέρα κόσμε\n".encode("utf-16"), "is UTF-16 .*byte-order mark"),
+        (("Guten Tag, Welt\n" * 20).encode("utf-16-le"), "UTF-16 without a byte-order mark"),
+    ],
+)
+def test_utf16_is_named_as_utf16(tmp_path: Path, raw: bytes, message: str) -> None:
+    (tmp_path / "de.txt").write_bytes(raw)
+    with pytest.raises(StepError, match=message):
+        read_text_dir(tmp_path)
+    assert read_text_dir(tmp_path, encoding="utf-16" if raw[:2] == b"\xff\xfe" else "utf-16-le")
+
+
+def test_a_wrong_encoding_setting_is_named(tmp_path: Path) -> None:
+    (tmp_path / "de.txt").write_bytes("Grüße\n".encode())
+    with pytest.raises(StepError, match=r"is not ascii .*`encoding:` setting"):
+        read_text_dir(tmp_path, encoding="ascii")
