@@ -57,7 +57,14 @@ from coordinator.superlink import (
     write_app,
 )
 from coordinator.tls import TlsFiles, create_tls, san_entry
-from step_model.cli_common import console_for, emit_json, table, user_errors
+from step_model.cli_common import (
+    HELP_OPTIONS,
+    add_version_option,
+    console_for,
+    emit_json,
+    table,
+    user_errors,
+)
 from step_model.errors import StepError
 from step_model.fileio import atomic_directory, atomic_write_text, file_lock, sha256_file
 from step_model.flwr_cli import log_tail
@@ -74,8 +81,13 @@ from step_model.tokenizer import load_tokenizer
 
 # pretty_exceptions_show_locals=False: a traceback must never print a local holding key bytes.
 app = typer.Typer(
-    help=__doc__, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False
+    help=__doc__,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings=HELP_OPTIONS,
 )
+add_version_option(app, "step-coord")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The federation folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Last line of output: one JSON object.")]

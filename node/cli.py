@@ -33,10 +33,17 @@ from node.keys import PUBLIC_KEY, create_key_pair
 from node.ledger import PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.supernode import FEDERATION_KEY, node_status, run_node
-from step_model.cli_common import console_for, emit_json, table, user_errors
+from step_model.cli_common import (
+    HELP_OPTIONS,
+    add_version_option,
+    console_for,
+    emit_json,
+    table,
+    user_errors,
+)
 from step_model.data import tokenize_texts
 from step_model.errors import StepError
-from step_model.fileio import atomic_write_text
+from step_model.fileio import atomic_write_text, check_writable
 from step_model.identity import fingerprint, read_public_key
 from step_model.signing import key_fingerprint, public_line, read_verify_key
 from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
@@ -44,8 +51,13 @@ from step_model.train import pick_device
 
 # pretty_exceptions_show_locals=False: a traceback must never print a local holding key bytes.
 app = typer.Typer(
-    help=__doc__, add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False
+    help=__doc__,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings=HELP_OPTIONS,
 )
+add_version_option(app, "step-node")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The node folder (holds node.yaml).")]
 
@@ -127,6 +139,7 @@ def check(
     nf = load_node_file(folder / NODE_FILE)
     if not nf.ca.is_file():
         raise StepError(f"{nf.ca} is missing: copy the federation's ca.crt there")
+    check_writable(nf.settings.state_dir, "state_dir")
     key = read_public_key(nf.folder / PUBLIC_KEY)
     tok: Tokenizer = load_tokenizer(tokenizer) if tokenizer else ByteTokenizer()
     train, valid = read_node_texts(nf.settings)
@@ -176,6 +189,7 @@ def start(folder: DirOpt = Path(".")) -> None:
     """Run the Flower SuperNode (TLS, node key) until Ctrl-C; reconnects with backoff."""
     nf = load_node_file(folder / NODE_FILE)
     read_node_texts(nf.settings)  # refuse to connect with data that training cannot read
+    check_writable(nf.settings.state_dir, "state_dir")
     out = console_for(False)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: clean up like Ctrl-C
     try:

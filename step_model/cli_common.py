@@ -6,6 +6,7 @@ JSON summary, so ``step-model ... --json | jq`` works and "the last line is JSON
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -21,6 +22,44 @@ from step_model.errors import StepError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+"""Every STEP command line answers -h as well as --help (Typer's context settings)."""
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("step-federated")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+def version_callback(prog: str) -> Callable[[bool], None]:
+    """The callback of an eager ``--version`` option."""
+
+    def show(value: bool) -> None:
+        if value:
+            sys.stdout.write(f"{prog} {package_version()}\n")
+            raise typer.Exit()
+
+    return show
+
+
+def add_version_option(app: typer.Typer, prog: str) -> None:
+    """``PROG --version`` on a command line of several commands."""
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            callback=version_callback(prog),
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ) -> None:
+        pass
 
 
 def console_for(json_mode: bool) -> Console:

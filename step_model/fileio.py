@@ -135,6 +135,19 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """StepError unless files can be created in ``folder`` (made if missing)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise StepError(
+            f"{what} {folder} is not writable ({e.strerror or e}): choose a folder this account "
+            "can write, with free space"
+        ) from None
+
+
 def remove_tree(path: Path) -> None:
     """Remove the folder ``path`` so that a kill at any moment leaves it whole or gone: it is
     first renamed to a temporary sibling (one atomic step), then deleted. A half-deleted

@@ -23,7 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from step_model import protocol as P
 from step_model.checkpoint import resolve_checkpoint, verify_checkpoint
-from step_model.cli_common import console_for, emit_json, table, user_errors
+from step_model.cli_common import (
+    HELP_OPTIONS,
+    console_for,
+    emit_json,
+    table,
+    user_errors,
+    version_callback,
+)
 from step_model.corpus import project_root
 from step_model.errors import StepError
 from step_model.evaluate import mean_bpb
@@ -32,7 +39,12 @@ from step_model.tokenizer import resolve_tokenizer
 from step_sim.config import SimConfig, load_sim_config
 from step_sim.plot import plot_bpb
 
-app = typer.Typer(help=__doc__, add_completion=False, pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help=__doc__,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings=HELP_OPTIONS,
+)
 
 
 def _resolve_tokenizer(sim: SimConfig, out: Path) -> SimConfig:
@@ -158,6 +170,15 @@ def main(
         typer.Option(help="Start from this checkpoint's weights (both modes; a warm start)."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Last line: a JSON summary.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=version_callback("step-sim"),
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Run the federation of a simulation config on this machine (or its centralized baseline)."""
     t0 = time.monotonic()

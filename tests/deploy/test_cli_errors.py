@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from coordinator.cli import app as coord
 from node.cli import app as node
 from step_model.cli import app as model
+from step_model.cli_common import package_version
 from step_sim.cli import app as sim
 from tests.local_federation import write_sim_config
 
@@ -66,6 +67,9 @@ def world(tmp_path: Path, tiny_corpus: Path) -> Path:
     yaml_path = tmp_path / "nokey" / "node.yaml"
     lines = yaml_path.read_text().splitlines(keepends=True)
     yaml_path.write_text("".join(x for x in lines if not x.startswith("federation_key:")))
+    shutil.copytree(tmp_path / "uni", tmp_path / "badstate")  # state_dir nobody can write
+    yaml_path = tmp_path / "badstate" / "node.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("state_dir: state ", "state_dir: /proc/s "))
     return tmp_path
 
 
@@ -244,6 +248,8 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "does not match its sha256",
     ),
     ("check without node.yaml", lambda w: (node, ["check", "--dir", str(w)]), "step-node init"),
+    ("check an unwritable state_dir", lambda w: (node, ["check", "--dir", str(w / "badstate")]),
+     "state_dir /proc/s is not writable"),
     ("privacy without node.yaml", lambda w: (node, ["privacy", "--dir", str(w)]), "step-node init"),
     (
         "sim shares over 1",
@@ -447,3 +453,17 @@ def test_node_yaml_encoding_reads_legacy_text(tmp_path: Path, step35: Path) -> N
     check = runner.invoke(node, ["check", "--dir", str(tmp_path / "uni"), "--json"])
     assert check.exit_code == 0, check.output
     assert json.loads(check.stdout.strip().splitlines()[-1])["languages"]["el"]["train_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("cli", "args"),
+    [(coord, ["init"]), (node, ["start"]), (model, ["verify"]), (sim, []),
+     (coord, []), (node, []), (model, ["tokenizer", "train"])],
+)  # fmt: skip
+def test_every_command_line_answers_version_and_h(cli: object, args: list[str]) -> None:
+    helped = runner.invoke(cli, [*args, "-h"])  # type: ignore[arg-type]
+    assert helped.exit_code == 0 and "Usage:" in helped.stdout, helped.output
+    if not args or cli is sim:
+        shown = runner.invoke(cli, ["--version"])  # type: ignore[arg-type]
+        assert shown.exit_code == 0, shown.output
+        assert shown.stdout.strip().split()[-1] == package_version()
