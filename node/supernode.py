@@ -47,9 +47,12 @@ APP_REFUSALS = ("FAB verification failed", "The FAB could not be verified")
 """What flwr 1.39's SuperNode logs when an app fails the signature check (no signature from a
 trusted key; no signature at all)."""
 _RUN_RE = re.compile(r"\[RUN (\d+)")
-KEY_GRACE_S = 15.0
-"""How long a refused key is retried before the refusal is final: a coordinator that has just
-started opens its node port a moment before it has registered the enrolled keys."""
+KEY_GRACE_S = 75.0
+"""How long a refused activation is retried before it counts as a refused key. The SuperLink
+answers "Failed to activate SuperNode" both to a key it does not know and to a node whose
+previous session it still holds: after a crash that session stays open until its heartbeats are
+missed (flwr 1.39: 2 x 30 s). A coordinator that has just started also opens its node port a
+moment before it has registered the enrolled keys."""
 
 
 class NodeRefused(StepError):
@@ -80,6 +83,13 @@ def refusals(nf: NodeFile) -> list[Refusal]:
             f"the coordinator at {nf.coordinator} presented a certificate that {nf.ca} does not "
             "vouch for: get the federation's ca.crt from the coordinator admin (or check that "
             "the address is the coordinator's and not another server)",
+        ),
+        Refusal(
+            "SSL/TLS handshake error",
+            f"the TLS handshake with the coordinator at {nf.coordinator} failed: it presented a "
+            f"certificate that {nf.ca} does not vouch for (a CA of another federation, even one "
+            "with the same name, or another server at that address): get the federation's "
+            "ca.crt from the coordinator admin",
         ),
         Refusal(
             "Invalid node ID",
@@ -168,8 +178,10 @@ class _Backoff:
             self.first_refused = self.first_refused or time.monotonic()
             if time.monotonic() - self.first_refused >= refusal.retry_s:
                 raise NodeRefused(refusal.message)
-            say("the coordinator refused this node's key; retrying for a few seconds in "
-                "case it is still registering the enrolled nodes")  # fmt: skip
+            say("the coordinator did not let this node in: it may still hold this node's "
+                "previous session (a crashed node's session ends within a minute) or be "
+                f"registering the enrolled keys; retrying for up to {refusal.retry_s:.0f} s "
+                "before concluding that the key is not enrolled")  # fmt: skip
         else:
             self.first_refused = None
         if ran_s > 60:

@@ -37,7 +37,7 @@ def _setup(tmp: Path, corpus: Path) -> tuple[Path, int, int]:
             f"127.0.0.1:{fleet}", "--control-port", str(control)))  # fmt: skip
     cfg = fed / "coordinator.yaml"
     cfg.write_text(cfg.read_text().replace("eval_every: 5 ", "eval_every: 2 "))
-    other = tmp / "other-fed"  # a second federation: its CA vouches for nothing here
+    other = tmp / "twin" / "fed"  # another federation of the same name: its CA vouches for nothing
     _ok(cli("step-coord", "init", other, "--fleet-address", "127.0.0.1:1", "--control-port", "2"))
     nodes = {**{n: fed for n in HONEST}, "intruder": fed, "revoked": fed, "wrongca": other,
              "mallory": fed}  # fmt: skip
@@ -73,13 +73,13 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
             procs.start(name, "step-node", "start", "--dir", tmp_path / name)
 
         for name in ("intruder", "revoked"):
-            assert procs.wait(name, timeout=90) == 3, procs.log(name)
+            assert procs.wait(name, timeout=180) == 3, procs.log(name)
             assert "refused this node's key" in procs.log(name)
             assert "not enrolled, or it was revoked" in procs.log(name)
         assert procs.wait("wrongca", timeout=90) == 3, procs.log("wrongca")
         assert "does not vouch for" in procs.log("wrongca")
         assert "Traceback" not in procs.log("wrongca") + procs.log("intruder")
-        assert procs.wait("mallory", timeout=120) == 3, procs.log("mallory")
+        assert procs.wait("mallory", timeout=180) == 3, procs.log("mallory")
 
         assert procs.wait("coord", timeout=240) == 0, procs.log("coord")
     _assert_outsider_undone(tmp_path, fed, procs.log("coord"))
