@@ -58,8 +58,7 @@ from coordinator.superlink import (
 )
 from coordinator.tls import TlsFiles, create_tls, san_entry
 from step_model.cli_common import (
-    HELP_OPTIONS,
-    add_version_option,
+    command_line,
     console_for,
     emit_json,
     table,
@@ -79,15 +78,7 @@ from step_model.signing import (
 )
 from step_model.tokenizer import load_tokenizer
 
-# pretty_exceptions_show_locals=False: a traceback must never print a local holding key bytes.
-app = typer.Typer(
-    help=__doc__,
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    context_settings=HELP_OPTIONS,
-)
-add_version_option(app, "step-coord")
+app = command_line(__doc__, "step-coord")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The federation folder.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Last line of output: one JSON object.")]

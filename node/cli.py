@@ -34,8 +34,7 @@ from node.ledger import PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.supernode import FEDERATION_KEY, node_status, run_node
 from step_model.cli_common import (
-    HELP_OPTIONS,
-    add_version_option,
+    command_line,
     console_for,
     emit_json,
     table,
@@ -49,15 +48,7 @@ from step_model.signing import key_fingerprint, public_line, read_verify_key
 from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from step_model.train import pick_device
 
-# pretty_exceptions_show_locals=False: a traceback must never print a local holding key bytes.
-app = typer.Typer(
-    help=__doc__,
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    context_settings=HELP_OPTIONS,
-)
-add_version_option(app, "step-node")
+app = command_line(__doc__, "step-node")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="The node folder (holds node.yaml).")]
 

@@ -17,8 +17,7 @@ from rich.progress import (
 )
 
 from step_model.cli_common import (
-    HELP_OPTIONS,
-    add_version_option,
+    command_line,
     console_for,
     emit_json,
     table,
@@ -29,15 +28,7 @@ from step_model.corpus import LanguageSelection, read_corpus, resolve_corpus
 from step_model.errors import StepError
 from step_model.tokenizer import BPE_SAMPLE_CHARS
 
-# pretty_exceptions_show_locals=False: a traceback must never print the values of locals.
-app = typer.Typer(
-    help=__doc__,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    context_settings=HELP_OPTIONS,
-)
-add_version_option(app, "step-model")
+app = command_line(__doc__, "step-model")
 tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_help=True)
 corpus_app = typer.Typer(
     help="Corpus statistics and rebuilding STEP-35 from its sources.", no_args_is_help=True

@@ -62,6 +62,22 @@ def add_version_option(app: typer.Typer, prog: str) -> None:
         pass
 
 
+def command_line(doc: str | None, prog: str, *, commands: bool = True) -> typer.Typer:
+    """A STEP command line: -h and --help, ``--version`` (``commands``: it has subcommands; a
+    single-command one adds the option to its command), and tracebacks that never print the
+    values of locals (one could hold private key bytes)."""
+    app = typer.Typer(
+        help=doc,
+        add_completion=False,
+        no_args_is_help=commands,
+        pretty_exceptions_show_locals=False,
+        context_settings=HELP_OPTIONS,
+    )
+    if commands:
+        add_version_option(app, prog)
+    return app
+
+
 def console_for(json_mode: bool) -> Console:
     """Human output: stdout normally, stderr when stdout is reserved for JSON."""
     # soft_wrap: long lines (paths) are not broken at 80 columns when output is not a terminal.

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from step_model import protocol as P
 from step_model.checkpoint import resolve_checkpoint, verify_checkpoint
 from step_model.cli_common import (
-    HELP_OPTIONS,
+    command_line,
     console_for,
     emit_json,
     table,
@@ -39,12 +39,7 @@ from step_model.tokenizer import resolve_tokenizer
 from step_sim.config import SimConfig, load_sim_config
 from step_sim.plot import plot_bpb
 
-app = typer.Typer(
-    help=__doc__,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
-    context_settings=HELP_OPTIONS,
-)
+app = command_line(__doc__, "step-sim", commands=False)
 
 
 def _resolve_tokenizer(sim: SimConfig, out: Path) -> SimConfig:
