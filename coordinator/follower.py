@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from coordinator.control_client import RunInfo
 from coordinator.guard import ControlGuard
 from coordinator.round_audit import RoundAuditor
 from step_model.cli_common import console_for
@@ -47,7 +48,7 @@ class Follower:
                 self._new_records()
                 return ours[0].status, ours[0].details
 
-    def _check(self, log_path: Path) -> list[Any]:
+    def _check(self, log_path: Path) -> list[RunInfo]:
         try:
             runs = self.guard.check()
         except Exception as e:  # any transport error of Flower's client: retry, then give up
