@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rich.console import Console
 from rich.markup import escape
 
 from coordinator.app_signing import SignedApp
@@ -98,6 +99,7 @@ def init(
     min_nodes: Annotated[int, typer.Option(help="Replies needed to commit a round.")] = 2,
     fleet_address: Annotated[str, typer.Option(help="Where nodes connect.")] = "0.0.0.0:9092",
     control_port: Annotated[int, typer.Option(help="Loopback Control API port.")] = 9093,
+    json_out: JsonOpt = False,
 ) -> None:
     """Create a federation folder: coordinator.yaml, CA and server certificate, signing key,
     empty registry, audit log. Everything is checked first; nothing is left half-made."""
@@ -138,7 +140,7 @@ def init(
             "space; nothing was written"
         ) from None
     key = read_verify_key(fed.verify_key)
-    out = console_for(False)
+    out = console_for(json_out)
     out.print(f"federation folder {folder}: coordinator.yaml, registry.json, tls/, audit.jsonl")
     out.print(f"give node operators the CA certificate {fed.tls / 'ca.crt'} and the "
               f"federation's public signing key {fed.verify_key}")  # fmt: skip
@@ -146,6 +148,11 @@ def init(
               "phone: nodes run only apps signed with this key)")  # fmt: skip
     out.print(f"nodes connect to {fleet_address} (a host named in --host, port as given)")
     out.print("next: `step-coord enroll NAME --public-key node.pub`, then `step-coord start`")
+    if json_out:
+        emit_json({"folder": str(folder), "ca_cert": str(fed.tls / "ca.crt"),
+                   "federation_key": str(fed.verify_key),
+                   "signing_key_fingerprint": key_fingerprint(key),
+                   "fleet_address": fleet_address})  # fmt: skip
 
 
 def _make_federation(
@@ -169,6 +176,7 @@ def enroll(
     name: Annotated[str, typer.Argument(help="The institution's name.")],
     public_key: Annotated[Path, typer.Option(help="The node.pub the operator sent.")],
     folder: DirOpt = Path("."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Allow an institution in (takes effect at once on a running coordinator)."""
     fed = FederationFolder(folder).require()
@@ -176,10 +184,12 @@ def enroll(
     key = load_signing_key(fed.signing_key)
     entry = registry.enroll(name, read_public_key(public_key))
     AuditLog(fed.root).append(key, "enroll", {"node": name, "fingerprint": entry.fingerprint})
-    out = console_for(False)
+    out = console_for(json_out)
     out.print(f"enrolled {name}: {entry.fingerprint}")
     out.print("compare this fingerprint with the one the operator sees in `step-node init`")
-    _apply_if_running(fed, registry)
+    applied = _apply_if_running(fed, out)
+    if json_out:
+        emit_json({"name": name, "fingerprint": entry.fingerprint, "applied": applied})
 
 
 @app.command()
@@ -194,19 +204,22 @@ def revoke(
     registry = Registry(folder)
     entry = registry.revoke(name)
     AuditLog(fed.root).append(key, "revoke", {"node": name, "fingerprint": entry.fingerprint})
-    console_for(False).print(f"revoked {name}")
-    _apply_if_running(fed, registry)
+    out = console_for(False)
+    out.print(f"revoked {name}")
+    _apply_if_running(fed, out)
 
 
-def _apply_if_running(fed: FederationFolder, registry: Registry) -> None:
+def _apply_if_running(fed: FederationFolder, out: Console) -> bool:
+    """Register/unregister at a running coordinator's SuperLink; False when none runs."""
     state = read_process_state(fed)
     if state is None or not state.alive:
-        console_for(False).print("takes effect when `step-coord start` runs")
-        return
+        out.print("takes effect when `step-coord start` runs")
+        return False
     admin = FlowerAdmin(fed, coordinator_settings(fed.config))
     with file_lock(fed.control_lock):
         for change in sync_registry(admin, Registry(fed.root)):
-            console_for(False).print(f"coordinator: {change}")
+            out.print(f"coordinator: {change}")
+    return True
 
 
 @app.command()
@@ -288,10 +301,12 @@ def start(
         Path | None, typer.Option(help="coordinator.yaml to use (default: the folder's).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Start the SuperLink (TLS, node authentication) and run the training to its end."""
-    launch = _preflight(FederationFolder(folder).require(), config, resume)
-    fed, settings, key, out = launch.fed, launch.settings, launch.key, console_for(False)
+    out = console_for(json_out)
+    launch = _preflight(FederationFolder(folder).require(), config, resume, out)
+    fed, settings, key = launch.fed, launch.settings, launch.key
     state = ProcessState(os.getpid(), "starting", time.time(), settings.fleet_address,
                          settings.control_port)  # fmt: skip
     state.save(fed)
@@ -320,8 +335,13 @@ def start(
             out.print(log_tail(log_path, lines=20), markup=False)
         out.print(f"[bold red]run {state.run_id} {state.status}:[/] {escape(state.details)}")
         out.print(f"full log: {escape(str(log_path))}")
+    else:
+        out.print(f"run {state.run_id} {state.status}; `step-coord status` shows its metrics")
+    if json_out:
+        emit_json({"run_id": state.run_id, "status": state.status, "details": state.details,
+                   "log": str(log_path)})  # fmt: skip
+    if state.status in ("failed", "interrupted"):
         raise typer.Exit(1)
-    out.print(f"run {state.run_id} {state.status}; `step-coord status` shows its metrics")
 
 
 @dataclass(frozen=True)
@@ -335,9 +355,11 @@ class _Launch:
     key: Ed25519PrivateKey
     resume: bool
     """Continue from a committed round (False when --resume found none)."""
+    out: Console
+    """Where the human output goes (stderr under --json)."""
 
 
-def _preflight(fed: FederationFolder, config: Path | None, resume: bool) -> _Launch:
+def _preflight(fed: FederationFolder, config: Path | None, resume: bool, out: Console) -> _Launch:
     """Every check that can fail before anything starts."""
     config_path = (config or fed.config).resolve()
     cfg = load_federation_config(config_path)
@@ -357,14 +379,14 @@ def _preflight(fed: FederationFolder, config: Path | None, resume: bool) -> _Lau
             "start over, move that folder away"
         )
     if resume and not committed:
-        console_for(False).print("no round was committed before: the run starts from round 1")
-    return _Launch(fed, config_path, cfg, settings, key, resume and committed)
+        out.print("no round was committed before: the run starts from round 1")
+    return _Launch(fed, config_path, cfg, settings, key, resume and committed, out)
 
 
 def _serve(launch: _Launch, state: ProcessState, log_path: Path) -> tuple[str, str]:
     """SuperLink up, registry in step, the signed app submitted, then follow it to its end;
     (state, details) of the finished run."""
-    fed, settings, key, out = launch.fed, launch.settings, launch.key, console_for(False)
+    fed, settings, key, out = launch.fed, launch.settings, launch.key, launch.out
     marker = new_marker()
     with watchdog(marker), ChildProcesses(marker) as procs:
         env = flower_env(fed, marker)
@@ -387,7 +409,7 @@ def _serve(launch: _Launch, state: ProcessState, log_path: Path) -> tuple[str, s
         with log_path.open("ab") as log:
             procs.spawn([executable("flwr"), "log", str(state.run_id), CONNECTION,
                          "--stream"], env, log, log)  # fmt: skip
-        follower = Follower(guard, RoundAuditor(fed, key), launch.resume)
+        follower = Follower(guard, RoundAuditor(fed, key), launch.resume, out)
         return guard.outcome(*follower.follow(superlink, state.run_id, log_path))
 
 

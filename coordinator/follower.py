@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from coordinator.control_client import RunInfo
 from coordinator.guard import ControlGuard
 from coordinator.round_audit import RoundAuditor
-from step_model.cli_common import console_for
 from step_model.errors import StepError
 
 POLL_S = 2.0
@@ -23,8 +24,10 @@ SuperLink may miss one answer, and the run should not end for that."""
 
 
 class Follower:
-    def __init__(self, guard: ControlGuard, auditor: RoundAuditor, resume: bool) -> None:
-        self.guard, self.auditor = guard, auditor
+    def __init__(
+        self, guard: ControlGuard, auditor: RoundAuditor, resume: bool, out: Console
+    ) -> None:
+        self.guard, self.auditor, self.out = guard, auditor, out
         self.metrics = guard.fed.run / "metrics.jsonl"
         # On --resume, rounds committed before are not news: print only what comes now (the
         # ServerApp first drops lines after its last checkpoint; those are never reprinted).
@@ -72,11 +75,10 @@ class Follower:
             chunk = f.read()
         end = chunk.rfind(b"\n") + 1
         self.offset += end
-        out = console_for(False)
         for line in chunk[:end].decode("utf-8").splitlines():
             rec = json.loads(line)
             if int(rec.get("round", 0)) > self.printed:
-                out.print(describe(rec), markup=False)
+                self.out.print(describe(rec), markup=False)
             self.auditor.record(rec)
 
 

@@ -43,3 +43,21 @@ def test_unenrolled_registrations_are_listed(
     status = runner.invoke(coord_cli.app, ["status", "--dir", str(fed)])
     assert "ALERT: node id 99 is registered but not enrolled" in status.stdout
     assert "1 connected ['athens']" in status.stdout
+
+
+def test_init_and_enroll_answer_in_json(tmp_path: Path) -> None:
+    runner = CliRunner()
+    fed = tmp_path / "fed"
+    made = runner.invoke(coord_cli.app, ["init", str(fed), "--json"])
+    assert made.exit_code == 0, made.output
+    report = json.loads(made.stdout.strip().splitlines()[-1])
+    assert report["signing_key_fingerprint"].startswith("SHA256:")
+    assert Path(report["federation_key"]).is_file() and Path(report["ca_cert"]).is_file()
+    pub = tmp_path / "athens" / "node.pub"
+    create_key_pair(pub.parent, "athens")
+    done = runner.invoke(
+        coord_cli.app, ["enroll", "athens", "--public-key", str(pub), "--dir", str(fed), "--json"]
+    )
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.strip().splitlines()[-1])["applied"] is False
+    assert len(done.stdout.strip().splitlines()) == 1  # human lines went to stderr

@@ -215,9 +215,10 @@ def test_a_failed_run_is_reported_as_failed(tmp_path: Path) -> None:
     text = cfg.read_text().replace("round_timeout_s: 600", "round_timeout_s: 3")
     cfg.write_text(text)  # no node comes: the ServerApp gives up after 3 s
     with Processes(tmp_path) as procs:
-        procs.start("coord", "step-coord", "start", "--dir", fed)
+        procs.start("coord", "step-coord", "start", "--dir", fed, "--json")
         assert procs.wait("coord", timeout=120) == 1, procs.log("coord")
     assert "failed" in procs.log("coord") and "only 0 nodes connected" in procs.log("coord")
+    assert last_json(procs.log("coord"))["status"] == "failed"
     assert "Traceback" not in procs.log("coord")
     report = last_json(cli("step-coord", "status", "--dir", fed, "--json").stdout)
     assert report["status"] == "failed"
