@@ -144,6 +144,20 @@ def check_train_reply(
     )
 
 
+def check_epsilon(reply: TrainReply, previous: float | None) -> Rejection | None:
+    """A local-DP node's epsilon is its total spend: every round it trains adds to it. One that
+    reports no more than it did before has reset or edited its privacy ledger (the spend it
+    reports would be false), so its update is not used."""
+    if reply.epsilon is None or previous is None or reply.epsilon > previous:
+        return None
+    return Rejection(
+        reply.node_id,
+        reply.node,
+        f"reported epsilon {reply.epsilon:.4f}, not more than the {previous:.4f} it reported "
+        "before: its privacy ledger was reset or edited; its operator must explain it",
+    )
+
+
 def seen_shapes(
     shapes: dict[str, torch.Size], seen: torch.Tensor, names: tuple[str, ...]
 ) -> dict[str, torch.Size]:

@@ -32,6 +32,7 @@ from coordinator.replies import (
     TrainReply,
     Weights,
     bits_per_byte,
+    check_epsilon,
     check_eval_reply,
     check_train_reply,
 )
@@ -309,6 +310,11 @@ class RoundRunner:
                 seen_rows=config.seen_rows,
             )
             for r in raws
+        ]
+        spent = latest_epsilons([h for h in self.history if h.get("kind") == "round"])
+        checked = [
+            (check_epsilon(c, spent.get(c.node)) or c) if isinstance(c, TrainReply) else c
+            for c in checked
         ]
         ok = [c for c in checked if isinstance(c, TrainReply)]
         rejected = [c for c in checked if isinstance(c, Rejection)]

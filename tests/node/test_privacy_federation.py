@@ -99,3 +99,20 @@ def test_a_budget_one_round_cannot_meet_trains_nothing(tiny_corpus: Path, tmp_pa
     assert raws[0].error is not None and "cannot be met by even one round" in raws[0].error
     assert not (run / "nodes" / "a" / "rounds").exists()
     assert not (run / "nodes" / "a" / "privacy").exists()
+
+
+def test_a_deleted_ledger_is_caught_by_the_coordinator(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The node's ledger is deleted after round 2: at round 3 it reports the spend of one round,
+    less than it reported before; the coordinator refuses that update."""
+    budget = {**PRIVACY, "epsilon": 8.0, "rounds": 4}
+    cfg_file = sim(tmp_path, tiny_corpus, budget, rounds=3)
+    run = tmp_path / "r"
+    runner = RoundRunner(load_federation_config(cfg_file), run, LocalTransport(cfg_file, run, 2))
+    for r in (1, 2):
+        runner.history.append(runner.train_round(r))
+        runner.round = r
+    ledger = PrivacyLedger.load(run / "nodes" / "a", "a").path
+    ledger.unlink()  # the operator "resets" the budget
+    third = runner.train_round(3)
+    assert "a" in third["rejected"] and "reset or edited" in third["rejected"]["a"]
+    assert third["nodes"] == 1  # b (no local DP) still counts
