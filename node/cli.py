@@ -30,7 +30,7 @@ import typer
 
 from node.data import read_node_texts
 from node.keys import PUBLIC_KEY, create_key_pair
-from node.ledger import PrivacyLedger
+from node.ledger import RESET_MEANING, PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.supernode import FEDERATION_KEY, node_status, run_node
 from step_model.cli_common import (
@@ -212,13 +212,22 @@ def status(
         emit_json(report)
 
 
-@app.command()
+privacy_app = typer.Typer(
+    help="The privacy ledger; `privacy reset` starts a new one.", invoke_without_command=True
+)
+app.add_typer(privacy_app, name="privacy")
+
+
+@privacy_app.callback()
 @user_errors
 def privacy(
+    ctx: typer.Context,
     folder: DirOpt = Path("."),
     json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
 ) -> None:
     """The privacy ledger: each DP round's noise, sample rate, steps, epsilon; budget left."""
+    if ctx.invoked_subcommand is not None:
+        return
     nf = load_node_file(folder / NODE_FILE)
     cfg = nf.settings.privacy
     ledger = PrivacyLedger.load(nf.settings.state_dir, nf.name)
@@ -234,6 +243,7 @@ def privacy(
         "epsilon_remaining": max(0.0, cfg.epsilon - spent) if cfg else None,
         "rounds": [asdict(e) for e in ledger.entries],
         "refusals": ledger.refusals,
+        "resets": ledger.resets,
         "ledger": str(ledger.path),
     }
     out = console_for(json_out)
@@ -244,6 +254,8 @@ def privacy(
                      for e in ledger.entries]))  # fmt: skip
     for r in ledger.refusals:
         out.print(f"refused round {r['round']} at {r['time']}: {r['reason']}", markup=False)
+    for r in ledger.resets:
+        out.print(f"RESET at {r['time']}: {r['meaning']}", markup=False)
     if cfg is None:
         out.print("local DP is off for this node: node.yaml has no privacy section")
     else:
@@ -252,6 +264,26 @@ def privacy(
                   f"left; privacy unit: {report['unit']}")  # fmt: skip
     if json_out:
         emit_json(report)
+
+
+@privacy_app.command("reset")
+@user_errors
+def privacy_reset(
+    folder: DirOpt = Path("."),
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm that you understand the reset.")] = (
+        False
+    ),
+) -> None:
+    """Start a new privacy ledger in place of a missing or damaged one (recorded in it)."""
+    nf = load_node_file(folder / NODE_FILE)
+    if not yes:
+        raise StepError(
+            f"a reset means: {RESET_MEANING}. Restore the ledger from a backup if you can; "
+            f"otherwise run `step-node privacy reset --dir {folder} --yes`"
+        )
+    ledger = PrivacyLedger.reset(nf.settings.state_dir, nf.name)
+    out = console_for(False)
+    out.print(f"new privacy ledger {ledger.path}: {RESET_MEANING}", markup=False)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -11,6 +11,12 @@ hand-edited ledger is refused (training stops, the file is left untouched), sinc
 editing it is the one way to lose track of the privacy already spent.
 
 A round is entered *before* it trains: a node that crashes mid-round has still spent it.
+
+Deleting the ledger does not reset the budget quietly: the first save also leaves a marker in
+the state folder (``.privacy-ledger``), and a node whose marker is there but whose ledger is
+not refuses to train until its operator runs ``step-node privacy reset``, which starts a new
+ledger that records the reset. (Deleting the whole state folder is caught by the coordinator:
+the node then reports less epsilon than before, and its update is refused.)
 """
 
 from __future__ import annotations
@@ -149,6 +155,8 @@ class PrivacyLedger:
     unit: str = ""
     entries: list[LedgerEntry] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
+    resets: list[dict[str, Any]] = field(default_factory=list)
+    """Each ``step-node privacy reset``: when, and what the operator was told it means."""
 
     # --- persistence ---------------------------------------------------------------------------
 
@@ -156,6 +164,13 @@ class PrivacyLedger:
     def load(cls, state_dir: Path, node: str) -> PrivacyLedger:
         path = Path(state_dir) / "privacy" / "ledger.json"
         if not path.exists():
+            if _marker(path).exists():
+                raise StepError(
+                    f"privacy ledger {path} is missing, but this node kept one before "
+                    f"({_marker(path)}): without it the privacy already spent is unknown. "
+                    "Restore it from your backup, or run `step-node privacy reset` (the budget "
+                    "then starts from zero and the reset is recorded)"
+                )
             return cls(path, node)
         fix = (
             "restore the ledger from your backup; never edit or delete it (that would lose "
@@ -168,6 +183,7 @@ class PrivacyLedger:
                 raise ValueError(f"format {doc.get('format')!r} is not {FORMAT}")
             entries = [LedgerEntry(**e) for e in doc["entries"]]
             refusals = list(doc["refusals"])
+            resets = list(doc.get("resets", []))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StepError(f"privacy ledger {path} is unreadable ({e}): {fix}") from None
         if _digest(doc) != stored:
@@ -179,7 +195,19 @@ class PrivacyLedger:
                 f"privacy ledger {path} belongs to node {doc.get('node')!r}, not {node!r}: "
                 "each node needs its own state_dir"
             )
-        return cls(path, node, str(doc.get("unit", "")), entries, refusals)
+        return cls(path, node, str(doc.get("unit", "")), entries, refusals, resets)
+
+    @classmethod
+    def reset(cls, state_dir: Path, node: str) -> PrivacyLedger:
+        """A new, empty ledger in place of a missing or damaged one; the reset is recorded in
+        it (the old file, if any, is kept beside it)."""
+        path = Path(state_dir) / "privacy" / "ledger.json"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        if path.exists():
+            path.replace(path.with_name(f"ledger.replaced-{int(time.time())}.json"))
+        ledger = cls(path, node, resets=[{"time": stamp, "meaning": RESET_MEANING}])
+        ledger.save()
+        return ledger
 
     def save(self) -> None:
         doc: dict[str, Any] = {
@@ -189,10 +217,14 @@ class PrivacyLedger:
             "entries": [asdict(e) for e in self.entries],
             "refusals": self.refusals,
         }
+        if self.resets:
+            doc["resets"] = self.resets
         doc["sha256"] = _digest(doc)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
+            if not _marker(self.path).exists():
+                atomic_write_text(_marker(self.path), f"{self.node}: a privacy ledger is kept\n")
         except OSError as e:
             raise StepError(
                 f"cannot write the privacy ledger {self.path} ({e}): check the state "
@@ -269,6 +301,18 @@ class PrivacyLedger:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.refusals.append({"round": round_, "reason": reason, "time": stamp})
         self.save()
+
+
+RESET_MEANING = (
+    "the budget starts again from zero; the privacy already spent on this data is not undone, "
+    "and the coordinator refuses updates reporting less epsilon than before"
+)
+
+
+def _marker(ledger: Path) -> Path:
+    """``<state_dir>/.privacy-ledger``: outside the privacy folder, so deleting that folder
+    leaves it behind."""
+    return ledger.parent.parent / ".privacy-ledger"
 
 
 def _digest(doc: dict[str, Any]) -> str:

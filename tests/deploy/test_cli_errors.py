@@ -251,6 +251,8 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
     ("check an unwritable state_dir", lambda w: (node, ["check", "--dir", str(w / "badstate")]),
      "state_dir /proc/s is not writable"),
     ("privacy without node.yaml", lambda w: (node, ["privacy", "--dir", str(w)]), "step-node init"),
+    ("privacy reset unconfirmed", lambda w: (node, ["privacy", "reset", "--dir", str(w / "uni")]),
+     "a reset means"),
     (
         "sim shares over 1",
         lambda w: (sim, ["--config", str(w / "sim-over.yaml"), "--out", str(w / "o1")]),
@@ -467,3 +469,17 @@ def test_every_command_line_answers_version_and_h(cli: object, args: list[str]) 
         shown = runner.invoke(cli, ["--version"])  # type: ignore[arg-type]
         assert shown.exit_code == 0, shown.output
         assert shown.stdout.strip().split()[-1] == package_version()
+
+
+def test_privacy_reset_after_a_deleted_ledger(world: Path) -> None:
+    state = world / "uni" / "state"
+    (state / "privacy").mkdir(parents=True)
+    (state / ".privacy-ledger").write_text("uni: a privacy ledger is kept\n")  # it kept one
+    shown = runner.invoke(node, ["privacy", "--dir", str(world / "uni")])
+    assert shown.exit_code == 2 and "is missing" in shown.stderr and "privacy reset" in shown.stderr
+    done = runner.invoke(node, ["privacy", "reset", "--dir", str(world / "uni"), "--yes"])
+    assert done.exit_code == 0, done.output
+    report = runner.invoke(node, ["privacy", "--dir", str(world / "uni"), "--json"])
+    assert report.exit_code == 0, report.output
+    resets = json.loads(report.stdout.strip().splitlines()[-1])["resets"]
+    assert len(resets) == 1 and "not undone" in resets[0]["meaning"]

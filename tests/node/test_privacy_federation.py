@@ -5,6 +5,7 @@ depend on which sequences it drew, and a damaged ledger stops the node without t
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -101,18 +102,35 @@ def test_a_budget_one_round_cannot_meet_trains_nothing(tiny_corpus: Path, tmp_pa
     assert not (run / "nodes" / "a" / "privacy").exists()
 
 
-def test_a_deleted_ledger_is_caught_by_the_coordinator(tiny_corpus: Path, tmp_path: Path) -> None:
-    """The node's ledger is deleted after round 2: at round 3 it reports the spend of one round,
-    less than it reported before; the coordinator refuses that update."""
+def _two_rounds(tmp_path: Path, corpus: Path) -> tuple[RoundRunner, Path]:
     budget = {**PRIVACY, "epsilon": 8.0, "rounds": 4}
-    cfg_file = sim(tmp_path, tiny_corpus, budget, rounds=3)
+    cfg_file = sim(tmp_path, corpus, budget, rounds=3)
     run = tmp_path / "r"
     runner = RoundRunner(load_federation_config(cfg_file), run, LocalTransport(cfg_file, run, 2))
     for r in (1, 2):
         runner.history.append(runner.train_round(r))
         runner.round = r
-    ledger = PrivacyLedger.load(run / "nodes" / "a", "a").path
-    ledger.unlink()  # the operator "resets" the budget
+    return runner, run / "nodes" / "a"
+
+
+def test_a_deleted_ledger_stops_the_node(tiny_corpus: Path, tmp_path: Path) -> None:
+    """The operator deletes the ledger after round 2: the node refuses to train until its
+    operator runs `step-node privacy reset`, which is recorded in the new ledger."""
+    runner, state = _two_rounds(tmp_path, tiny_corpus)
+    shutil.rmtree(state / "privacy")  # the marker beside it stays
+    third = runner.train_round(3)
+    assert "privacy ledger" in third["rejected"]["a"] and "is missing" in third["rejected"]["a"]
+    ledger = PrivacyLedger.reset(state, "a")
+    assert ledger.resets and "starts again from zero" in ledger.resets[0]["meaning"]
+    assert PrivacyLedger.load(state, "a").resets == ledger.resets  # sealed with the ledger
+
+
+def test_a_reset_budget_is_caught_by_the_coordinator(tiny_corpus: Path, tmp_path: Path) -> None:
+    """Ledger and marker both gone after round 2: at round 3 the node reports the spend of one
+    round, less than before; the coordinator refuses that update."""
+    runner, state = _two_rounds(tmp_path, tiny_corpus)
+    shutil.rmtree(state / "privacy")
+    (state / ".privacy-ledger").unlink()
     third = runner.train_round(3)
     assert "a" in third["rejected"] and "reset or edited" in third["rejected"]["a"]
     assert third["nodes"] == 1  # b (no local DP) still counts
