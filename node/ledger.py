@@ -236,8 +236,13 @@ class PrivacyLedger:
     def mechanisms(self) -> list[Mechanism]:
         return [e.mechanism for e in self.entries]
 
+    def pinned_delta(self, cfg: PrivacyConfig) -> float:
+        """Delta is fixed for the life of a ledger: that of its first round. A larger delta
+        would make the rounds already trained count for less epsilon."""
+        return self.entries[0].delta if self.entries else cfg.delta
+
     def spent(self, cfg: PrivacyConfig) -> float:
-        return epsilon_of(self.mechanisms(), cfg.delta, cfg.accountant)
+        return epsilon_of(self.mechanisms(), self.pinned_delta(cfg), cfg.accountant)
 
     def plan(
         self, cfg: PrivacyConfig, round_: int, expected_batch: int, steps: int, records: int
@@ -256,6 +261,13 @@ class PrivacyLedger:
                 f"node {self.node}: privacy.delta = {cfg.delta:g} must be below 1 / N = "
                 f"{1 / records:.3g} (N = {records} training sequences), or one sequence may "
                 f"leak outright: lower delta, e.g. to {suggest:g}"
+            )
+        if cfg.delta != self.pinned_delta(cfg):
+            raise StepError(
+                f"node {self.node}: privacy.delta = {cfg.delta:g}, but this ledger was started "
+                f"at delta {self.pinned_delta(cfg):g} and delta is fixed for its life (a larger "
+                "delta would make the rounds already trained count for less epsilon): set "
+                f"privacy.delta back to {self.pinned_delta(cfg):g}"
             )
         q = expected_batch / records
         history = self.mechanisms()

@@ -239,3 +239,15 @@ def test_ledger_file_is_json_with_every_mechanism(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     assert doc["entries"][0]["steps"] == 10 and doc["entries"][0]["sample_rate"] == 8 / 5000
     assert len(doc["sha256"]) == 64
+
+
+def test_delta_is_pinned_for_the_life_of_a_ledger(tmp_path: Path) -> None:
+    """Raising delta after rounds were trained would lower the epsilon they count for."""
+    c = cfg(epsilon=8.0, rounds=4)
+    ledger = PrivacyLedger.load(tmp_path, "n")
+    ledger.record(ledger.plan(c, 1, expected_batch=8, steps=20, records=4000), "seq")
+    spent = ledger.spent(c)
+    looser = cfg(epsilon=8.0, rounds=4, delta=1e-4)
+    assert ledger.spent(looser) == spent  # reported at the ledger's own delta
+    with pytest.raises(StepError, match="set privacy.delta back to 1e-06"):
+        ledger.plan(looser, 2, expected_batch=8, steps=20, records=4000)
