@@ -249,5 +249,5 @@ def test_delta_is_pinned_for_the_life_of_a_ledger(tmp_path: Path) -> None:
     spent = ledger.spent(c)
     looser = cfg(epsilon=8.0, rounds=4, delta=1e-4)
     assert ledger.spent(looser) == spent  # reported at the ledger's own delta
-    with pytest.raises(StepError, match="set privacy.delta back to 1e-06"):
+    with pytest.raises(StepError, match=r"set privacy\.delta back to 1e-06"):
         ledger.plan(looser, 2, expected_batch=8, steps=20, records=4000)
