@@ -281,7 +281,8 @@ def privacy_reset(
             f"a reset means: {RESET_MEANING}. Restore the ledger from a backup if you can; "
             f"otherwise run `step-node privacy reset --dir {folder} --yes`"
         )
-    ledger = PrivacyLedger.reset(nf.settings.state_dir, nf.name)
+    with PrivacyLedger.locked(nf.settings.state_dir):
+        ledger = PrivacyLedger.reset(nf.settings.state_dir, nf.name)
     out = console_for(False)
     out.print(f"new privacy ledger {ledger.path}: {RESET_MEANING}", markup=False)
 

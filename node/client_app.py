@@ -208,15 +208,16 @@ def _private_round(
             f"node {settings.name} trains with local DP, which does not support "
             "federation.drift_correction: ask the coordinator admin to turn it off"
         )
-    ledger = PrivacyLedger.load(settings.state_dir, settings.name)
     records = make_records(data.train, cfg.seq_len)
-    try:
-        entry = ledger.plan(privacy, cfg.round, cfg.batch_size, cfg.inner_steps, len(records))
-    except PrivacyBudgetExhausted as exc:
-        log.warning("%s", exc)
-        ledger.refuse(cfg.round, str(exc))
-        raise
-    ledger.record(entry, privacy.unit(cfg.seq_len))
+    with PrivacyLedger.locked(settings.state_dir):
+        ledger = PrivacyLedger.load(settings.state_dir, settings.name)
+        try:
+            entry = ledger.plan(privacy, cfg.round, cfg.batch_size, cfg.inner_steps, len(records))
+        except PrivacyBudgetExhausted as exc:
+            log.warning("%s", exc)
+            ledger.refuse(cfg.round, str(exc))
+            raise
+        ledger.record(entry, privacy.unit(cfg.seq_len))
     dp = DPSettings(entry.noise_multiplier, privacy.max_grad_norm, cfg.batch_size, privacy.mode)
     return PrivateRound(records, dp, secret_generator()), entry
 

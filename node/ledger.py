@@ -27,6 +27,8 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 
 from node.privacy_config import PrivacyConfig
 from step_model.errors import StepError
-from step_model.fileio import atomic_write_text
+from step_model.fileio import atomic_write_text, file_lock
 
 FORMAT = "step-privacy-ledger/1"
 Mechanism = tuple[float, float, int]
@@ -196,6 +198,14 @@ class PrivacyLedger:
                 "each node needs its own state_dir"
             )
         return cls(path, node, str(doc.get("unit", "")), entries, refusals, resets)
+
+    @staticmethod
+    @contextmanager
+    def locked(state_dir: Path) -> Iterator[None]:
+        """Hold the ledger's lock: load, plan and record inside it, so two processes on one
+        state folder (a node started twice) cannot both write and lose an entry."""
+        with file_lock(Path(state_dir) / "privacy" / ".lock"):
+            yield
 
     @classmethod
     def reset(cls, state_dir: Path, node: str) -> PrivacyLedger:

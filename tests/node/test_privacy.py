@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,24 @@ def test_delta_is_pinned_for_the_life_of_a_ledger(tmp_path: Path) -> None:
     assert ledger.spent(looser) == spent  # reported at the ledger's own delta
     with pytest.raises(StepError, match=r"set privacy\.delta back to 1e-06"):
         ledger.plan(looser, 2, expected_batch=8, steps=20, records=4000)
+
+
+def test_two_writers_on_one_ledger_lose_no_entry(tmp_path: Path) -> None:
+    """A node started twice on one state folder: the second waits for the first's round to be
+    recorded, then plans on top of it."""
+    c = cfg(epsilon=8.0, rounds=4)
+
+    def one_round(round_: int) -> None:
+        with PrivacyLedger.locked(tmp_path):
+            ledger = PrivacyLedger.load(tmp_path, "n")
+            ledger.record(ledger.plan(c, round_, expected_batch=8, steps=5, records=4000), "seq")
+
+    with PrivacyLedger.locked(tmp_path):
+        other = threading.Thread(target=one_round, args=(2,))
+        other.start()
+        other.join(timeout=0.5)
+        assert other.is_alive()  # it waits for the lock
+        ledger = PrivacyLedger.load(tmp_path, "n")
+        ledger.record(ledger.plan(c, 1, expected_batch=8, steps=5, records=4000), "seq")
+    other.join(timeout=60)
+    assert [e.round for e in PrivacyLedger.load(tmp_path, "n").entries] == [1, 2]
