@@ -79,13 +79,15 @@ def check_train_reply(
     max_norm: float,
     max_tokens: int = 0,
     seen_rows: int = 0,
+    exact_norms: bool = True,
 ) -> TrainReply | Rejection:
     """``max_tokens``: the most a node can have trained on this round (steps x batch x
     sequence length; 0: no check). A token count is the aggregation weight, so a node
     claiming more than it could have seen is trying to weigh more than it may.
     ``seen_rows``: the round config's; a node that sends token counts sends only the rows of the
     tokens it saw of the tensors ``P.SEEN_ROWS[seen_rows]``; they are put back in place, the
-    other rows are 0."""
+    other rows are 0. ``exact_norms``: False under central DP, whose guarantee does not cover a
+    node's unclipped update norm, so a rejection does not quote it."""
 
     def reject(reason: str) -> Rejection:
         return Rejection(raw.node_id, raw.node or f"node {raw.node_id}", reason)
@@ -124,7 +126,8 @@ def check_train_reply(
         return reject(f"update has non-finite values in {bad[:3]}")
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
     if max_norm and norm > max_norm:
-        return reject(f"update norm {norm:.3g} exceeds federation.max_update_norm {max_norm:.3g}")
+        shown = f" {norm:.3g}" if exact_norms else ""
+        return reject(f"update norm{shown} exceeds federation.max_update_norm {max_norm:.3g}")
     tokens = {k: int(v) for k, v in P.per_language(P.M_TOKENS_PREFIX, raw.metrics).items()}
     epsilon = raw.metrics.get(P.M_EPSILON)
     if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon >= 0):

@@ -308,6 +308,7 @@ class RoundRunner:
                 self.cfg.max_update_norm,
                 max_tokens=config.inner_steps * config.batch_size * config.seq_len,
                 seen_rows=config.seen_rows,
+                exact_norms=not isinstance(self.strategy, CentralDP),
             )
             for r in raws
         ]
@@ -340,8 +341,10 @@ class RoundRunner:
         self.totals.tokens += tokens
         for lang, n in per_lang.items():
             self.totals.tokens_per_language[lang] = self.totals.tokens_per_language.get(lang, 0) + n
-        # Nodes with local DP report no loss (it would not be covered by DP).
-        with_loss = [r for r in ok if math.isfinite(r.loss)]
+        # Nodes with local DP report no loss (it would not be covered by DP); under central DP
+        # no loss is kept at all: the mechanism covers the noised sum of updates, nothing else.
+        central = isinstance(self.strategy, CentralDP)
+        with_loss = [] if central else [r for r in ok if math.isfinite(r.loss)]
         loss_tokens = sum(r.num_tokens for r in with_loss)
         loss = sum(r.loss * r.num_tokens for r in with_loss) / loss_tokens if with_loss else None
         record: dict[str, Any] = {
@@ -355,7 +358,6 @@ class RoundRunner:
             "tokens": tokens,
             "bytes_down": bytes_down,
             "bytes_up": bytes_up,
-            "update_norm": max(r.norm for r in ok),
             "wall_s": time.monotonic() - t0,
             "node_wall_s": {r.node: round(r.wall_s, 3) for r in ok},
         }
@@ -364,9 +366,10 @@ class RoundRunner:
             record["epsilon"] = epsilons
         if self.broadcast is not None:
             record["resynced"] = self.resynced
-        if isinstance(self.strategy, CentralDP):
-            record["epsilon_central"] = self.strategy.epsilon()
-            record["central_dp_clipped"] = self.strategy.clipped
+        if isinstance(self.strategy, CentralDP):  # what the mechanism releases, nothing more:
+            record["epsilon_central"] = self.strategy.epsilon()  # no norms, no clip flags
+        else:
+            record["update_norm"] = max(r.norm for r in ok)
         return record, raws
 
     def evaluate(self, round_: int, final: bool) -> dict[str, Any]:

@@ -177,14 +177,16 @@ def train(msg: Message, context: Context) -> Message:
     metrics: dict[str, Any] = {
         P.M_ROUND: cfg.round,
         P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
-        P.M_WALL_S: result.wall_s,
         P.M_BYTES_RECEIVED: _received_bytes(msg),
         P.M_BYTES_SENT: arrays.count_bytes(),
     }
     if spent is None:
         metrics[P.M_TRAIN_LOSS] = result.mean_loss
-    else:  # the loss on private data is not covered by DP: it stays in the node's log
-        log.info("round %d: DP-SGD mean loss %.4f", cfg.round, result.mean_loss)
+        metrics[P.M_WALL_S] = result.wall_s
+    else:  # neither the loss on private data nor the time (it grows with the Poisson-drawn
+        # batches) is covered by DP: both stay in the node's log
+        log.info("round %d: DP-SGD mean loss %.4f, %.1f s", cfg.round, result.mean_loss,
+                 result.wall_s)  # fmt: skip
         metrics[P.M_EPSILON] = spent.epsilon
         metrics[P.M_DELTA] = spent.delta
     for lang, n in result.tokens_per_language.items():

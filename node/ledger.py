@@ -204,7 +204,7 @@ class PrivacyLedger:
     def locked(state_dir: Path) -> Iterator[None]:
         """Hold the ledger's lock: load, plan and record inside it, so two processes on one
         state folder (a node started twice) cannot both write and lose an entry."""
-        with file_lock(Path(state_dir) / "privacy" / ".lock"):
+        with file_lock(Path(state_dir) / ".privacy.lock"):
             yield
 
     @classmethod

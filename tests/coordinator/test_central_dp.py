@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
 
-from coordinator.config import federation_from_dict
+from coordinator.config import federation_from_dict, load_federation_config
 from coordinator.replies import TrainReply
+from coordinator.rounds import RoundRunner
 from coordinator.strategy import CentralDP, DiLoCo, FedAvg, make_strategy
 from step_model.errors import StepError
+from tests.local_federation import LocalTransport, write_sim_config
 
 
 def reply(i: int, delta: torch.Tensor, tokens: int = 100) -> TrainReply:
@@ -58,3 +61,25 @@ def test_config_turns_it_on_around_the_chosen_strategy() -> None:
         federation_from_dict({"central_dp_noise": 1.0}, "f.yaml")
     with pytest.raises(StepError, match="central_dp_delta"):
         federation_from_dict({"central_dp_delta": 0.0}, "f.yaml")
+
+
+def test_round_records_keep_only_what_central_dp_releases(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """No unclipped norm, no clip flags, no exact norm in a rejection, no training loss."""
+    insts = [{"name": "a", "languages": {"el": 1.0}}, {"name": "b", "languages": {"et": 1.0}}]
+    cfg_file = write_sim_config(tmp_path / "f.yaml", tiny_corpus, insts, rounds=1,
+                                central_dp_noise=0.5, central_dp_clip=1.0,
+                                max_update_norm=1e-9, min_nodes=1)  # fmt: skip
+    run = tmp_path / "r"
+    runner = RoundRunner(load_federation_config(cfg_file), run, LocalTransport(cfg_file, run, 2))
+    # every update is over the tiny bound: nothing to commit, and no reason quotes a norm
+    with pytest.raises(StepError, match=r"update norm exceeds federation\.max_update_norm"):
+        runner.train_round(1)
+    cfg_file = write_sim_config(tmp_path / "g.yaml", tiny_corpus, insts, rounds=1,
+                                central_dp_noise=0.5, central_dp_clip=1.0)  # fmt: skip
+    runner = RoundRunner(load_federation_config(cfg_file), tmp_path / "s",
+                         LocalTransport(cfg_file, tmp_path / "s", 2))  # fmt: skip
+    record = runner.train_round(1)
+    assert "update_norm" not in record and "central_dp_clipped" not in record
+    assert record["loss"] is None and record["epsilon_central"] > 0

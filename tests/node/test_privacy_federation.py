@@ -67,6 +67,7 @@ def test_a_dp_reply_reveals_nothing_about_the_drawn_batches(
     assert dp.error is None and plain.error is None
     assert P.TOKEN_COUNTS not in dp.arrays and P.TOKEN_COUNTS in plain.arrays
     assert P.M_TRAIN_LOSS not in dp.metrics and P.M_TRAIN_LOSS in plain.metrics
+    assert P.M_WALL_S not in dp.metrics and P.M_WALL_S in plain.metrics  # time grows with draws
     assert 0 < dp.metrics[P.M_EPSILON] <= 3.0 and dp.metrics[P.M_DELTA] == 1e-6
     assert P.M_EPSILON not in plain.metrics
     # tokens are the expected count (steps x q x sequences x T), the same on a second draw
