@@ -240,9 +240,8 @@ def nodes(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
         emit_json({"nodes": rows, "unenrolled": foreign})
         return
     out = console_for(False)
-    out.width = max(
-        out.width, 132
-    )  # whole fingerprints: the admin compares them character by character
+    # Whole fingerprints, never cut at the terminal's width: the admin compares every character.
+    out.width = max(out.width, 132)
     out.print(
         table(
             "institutions",
