@@ -16,13 +16,13 @@ Layout (all paths relative to the folder)::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from step_model.errors import StepError
 from step_model.fileio import atomic_write_json, read_yaml
+from step_model.processes import pid_alive
 from step_model.signing import PRIVATE_KEY, PUBLIC_KEY
 
 CONFIG = "coordinator.yaml"
@@ -146,15 +146,7 @@ class ProcessState:
 
     @property
     def alive(self) -> bool:
-        if self.ended_at is not None:
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return self.ended_at is None and pid_alive(self.pid)
 
 
 def read_process_state(folder: FederationFolder) -> ProcessState | None:

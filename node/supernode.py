@@ -34,7 +34,7 @@ from step_model.errors import StepError
 from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from step_model.flwr_cli import flower_env, strip_ansi
 from step_model.identity import fingerprint, read_public_key
-from step_model.processes import ChildProcesses, free_port, new_marker, watchdog
+from step_model.processes import ChildProcesses, free_port, new_marker, pid_alive, watchdog
 from step_model.signing import key_fingerprint, read_verify_key, trusted_entities_yaml
 
 FIRST_BACKOFF_S = 1.0
@@ -261,7 +261,7 @@ def node_status(nf: NodeFile) -> dict[str, Any]:
         status = json.loads((logs / STATUS).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         status = {"state": "never started"}
-    if status.get("state") not in ("stopped", "never started") and not _alive(status.get("pid")):
+    if status.get("state") not in ("stopped", "never started") and not pid_alive(status.get("pid")):
         status["state"] = "not running (it was killed)"
     refused = []
     try:
@@ -279,16 +279,6 @@ def node_status(nf: NodeFile) -> dict[str, Any]:
         "refused_apps": refused,
         "log": str(logs / "supernode.log"),
     }
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _pump(stream: IO[bytes], lines: queue.Queue[bytes]) -> None:

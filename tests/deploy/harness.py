@@ -162,23 +162,24 @@ class Outsider:
 
     def flwr(self, *args: str | Path) -> dict[str, Any]:
         """``flwr ARGS coord --format json``; its JSON answer (asserting success)."""
-        done = subprocess.run(
-            [str(BIN / "flwr"), *map(str, args), "coord", "--format", "json"],
-            env={**env(), "FLWR_HOME": str(self.home)}, capture_output=True, text=True,
-            timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        reply: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
+        reply = self._run(*args)
         assert reply.get("success"), reply
         return reply
 
     def submit(self, marker: Path, delay: float = 0.0) -> int:
         config = f"marker={json.dumps(str(marker))} delay={delay}"
+        return int(self._run("run", self.app, "--run-config", config)["run-id"])
+
+    def _run(self, *args: str | Path) -> dict[str, Any]:
+        """``flwr ARGS`` against the coordinator's Control API, its JSON answer."""
+        command, rest = str(args[0]), [str(a) for a in args[1:]]
+        positional = [a for a in rest if not a.startswith("--")][:1] if command == "run" else rest
+        options = rest[len(positional) :]
         done = subprocess.run(
-            [str(BIN / "flwr"), "run", str(self.app), "coord", "--format", "json",
-             "--run-config", config],
+            [str(BIN / "flwr"), command, *positional, "coord", "--format", "json", *options],
             env={**env(), "FLWR_HOME": str(self.home)}, capture_output=True, text=True,
             timeout=120, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-        return int(json.loads(done.stdout[done.stdout.index("{") :])["run-id"])
+        reply: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
+        return reply
