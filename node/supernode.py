@@ -47,6 +47,7 @@ APP_REFUSALS = ("FAB verification failed", "The FAB could not be verified")
 """What flwr 1.39's SuperNode logs when an app fails the signature check (no signature from a
 trusted key; no signature at all)."""
 _RUN_RE = re.compile(r"\[RUN (\d+)")
+REFUSAL_RETRY_S = 5.0
 KEY_GRACE_S = 75.0
 """How long a refused activation is retried before it counts as a refused key. The SuperLink
 answers "Failed to activate SuperNode" both to a key it does not know and to a node whose
@@ -186,8 +187,10 @@ class _Backoff:
             self.first_refused = None
         if ran_s > 60:
             self.wait_s = FIRST_BACKOFF_S  # it ran a while: a new outage, not the same one
-        say(f"the SuperNode stopped (exit code {code}); retrying in {self.wait_s:.0f} s")
-        time.sleep(self.wait_s)
+        # While a refusal's grace runs, retry every few seconds: the answer is due at its end.
+        wait = min(self.wait_s, REFUSAL_RETRY_S) if self.first_refused else self.wait_s
+        say(f"the SuperNode stopped (exit code {code}); retrying in {wait:.0f} s")
+        time.sleep(wait)
         self.wait_s = min(self.wait_s * 2, self.nf.max_backoff_s)
 
 
