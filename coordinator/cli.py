@@ -4,7 +4,7 @@
     step-coord enroll NAME --public-key FILE  allow an institution in
     step-coord nodes [--json]                 enrolled, revoked and connected institutions
     step-coord revoke NAME                    shut an institution out (next connection attempt)
-    step-coord start [--config FILE] [--resume]  SuperLink + the training run, in the foreground
+    step-coord start [--config FILE] [--resume] [--from CKPT]  SuperLink + the run, foreground
     step-coord status [--json]                run state, round, nodes, last metrics, bytes
     step-coord stop                           stop a running `step-coord start`
     step-coord audit [--verify] [--json]      the signed audit log; --verify checks it
@@ -32,7 +32,7 @@ from rich.markup import escape
 
 from coordinator.app_signing import SignedApp
 from coordinator.audit import AuditBroken, AuditLog
-from coordinator.config import FederationConfig, load_federation_config
+from coordinator.config import FederationConfig, check_same_settings, load_federation_config
 from coordinator.control_client import ControlClient
 from coordinator.deployment import (
     CONFIG_TEMPLATE,
@@ -46,6 +46,7 @@ from coordinator.follower import Follower
 from coordinator.guard import ControlGuard
 from coordinator.records import latest_epsilons, read_records
 from coordinator.registry import Registry
+from coordinator.resume_point import resume_point
 from coordinator.round_audit import RoundAuditor
 from coordinator.superlink import (
     CONNECTION,
@@ -300,11 +301,20 @@ def start(
         Path | None, typer.Option(help="coordinator.yaml to use (default: the folder's).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
+    from_: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Resume from this checkpoint (one of run/checkpoints/, or a signed copy from "
+            "a backup); implies --resume.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Start the SuperLink (TLS, node authentication) and run the training to its end."""
     out = console_for(json_out)
-    launch = _preflight(FederationFolder(folder).require(), config, resume, out)
+    resume = resume or from_ is not None
+    launch = _preflight(FederationFolder(folder).require(), config, resume, out, from_)
     fed, settings, key = launch.fed, launch.settings, launch.key
     state = ProcessState(os.getpid(), "starting", time.time(), settings.fleet_address,
                          settings.control_port)  # fmt: skip
@@ -358,7 +368,13 @@ class _Launch:
     """Where the human output goes (stderr under --json)."""
 
 
-def _preflight(fed: FederationFolder, config: Path | None, resume: bool, out: Console) -> _Launch:
+def _preflight(
+    fed: FederationFolder,
+    config: Path | None,
+    resume: bool,
+    out: Console,
+    from_: Path | None = None,
+) -> _Launch:
     """Every check that can fail before anything starts."""
     config_path = (config or fed.config).resolve()
     cfg = load_federation_config(config_path)
@@ -377,9 +393,36 @@ def _preflight(fed: FederationFolder, config: Path | None, resume: bool, out: Co
             f"{fed.run} holds an earlier run: `step-coord start --resume` continues it; to "
             "start over, move that folder away"
         )
-    if resume and not committed:
+    if resume and not committed and from_ is None:
         out.print("no round was committed before: the run starts from round 1")
+    if resume and (committed or from_ is not None):
+        _check_resume_point(fed, cfg, key, from_, out)
+        committed = True
     return _Launch(fed, config_path, cfg, settings, key, resume and committed, out)
+
+
+def _check_resume_point(
+    fed: FederationFolder,
+    cfg: FederationConfig,
+    key: Ed25519PrivateKey,
+    from_: Path | None,
+    out: Console,
+) -> None:
+    """The checkpoint the resume starts from verifies and belongs to this configuration;
+    a damaged newest one is skipped for the newest that verifies, loudly and in the audit."""
+    point = resume_point(fed.run, key.public_key(), from_)
+    state = json.loads((point.checkpoint / "state.json").read_text(encoding="utf-8"))
+    check_same_settings(cfg, state)
+    for name, why in point.skipped.items():
+        out.print(f"[bold red]WARNING: checkpoint {escape(name)} cannot be used:[/] "
+                  f"{escape(why)}")  # fmt: skip
+    if point.skipped or point.chosen:
+        how = "as chosen with --from" if point.chosen else "the newest that verifies"
+        out.print(f"[bold]resuming from {escape(point.checkpoint.name)} (round {point.round}), "
+                  f"{how}[/]: later rounds are trained again")  # fmt: skip
+        AuditLog(fed.root).append(key, "rewind", {"checkpoint": point.checkpoint.name,
+                                                  "round": point.round,
+                                                  "skipped": point.skipped})  # fmt: skip
 
 
 def _serve(launch: _Launch, state: ProcessState, log_path: Path) -> tuple[str, str]:

@@ -59,7 +59,9 @@ class FederationConfig:
     eval_max_tokens: int = 0
     """Held-out tokens per language and node in evaluations (0: all)."""
     min_nodes: int = 1
-    """Replies needed to commit a round; keep it below the node count so one loss does not stall."""
+    """Replies needed to commit a round. A node that restarts mid-round is sent the round again
+    and waited for (delivery.py); below the node count, rounds also go on without a node that
+    stays away."""
     round_timeout_s: float = 600.0
     """How long a round waits for replies."""
     update_encoding: str = "fp32"
@@ -237,3 +239,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise StepError(f"{path}: expected a mapping with a 'federation' section")
     return data
+
+
+RESUMABLE = ("rounds", "eval_every", "round_timeout_s", "keep_checkpoints")
+"""Settings a resumed run may change; any other change would make it another run."""
+
+
+def check_same_settings(cfg: FederationConfig, state: dict[str, Any]) -> None:
+    """StepError unless ``cfg`` is the configuration the checkpoint's run was started with."""
+    saved = state.get("federation", {})
+    defaults = FederationConfig().to_dict()  # keys a checkpoint of an older version lacks
+    changed = [
+        k for k, v in cfg.to_dict().items() if k not in RESUMABLE and saved.get(k, defaults[k]) != v
+    ]
+    if changed:
+        raise StepError(
+            f"resume with different federation settings {changed}: use the original config "
+            "or start a new run"
+        )

@@ -38,6 +38,8 @@ class NodeInfo:
     node_id: int
     status: str
     """registered, online, offline, unregistered."""
+    activated: str = ""
+    """When the node was last let in (a new value after each restart)."""
 
 
 class ControlClient:
@@ -64,7 +66,10 @@ class ControlClient:
 
     def nodes(self) -> list[NodeInfo]:
         res = self.http.ListNodes(ListNodesRequest())
-        return [NodeInfo(int(n.node_id), str(n.status)) for n in res.nodes_info]
+        return [
+            NodeInfo(int(n.node_id), str(n.status), str(n.last_activated_at))
+            for n in res.nodes_info
+        ]
 
     def stop(self, run_id: int) -> None:
         self.http.StopRun(StopRunRequest(run_id=run_id))

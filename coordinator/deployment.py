@@ -177,7 +177,7 @@ federation:
   update_encoding: int8     # updates up: fp32, bf16, int8 (1 byte per parameter), int4, int2
   broadcast_encoding: int8-delta  # weights down: fp32, bf16, or intN-delta (the change only)
   eval_every: 5             # federated evaluation every K rounds (and after the last)
-  min_nodes: {min_nodes}              # replies needed to commit a round (keep below the node count)
+  min_nodes: {min_nodes}              # updates needed per round (a restarted node is waited for)
   round_timeout_s: 600      # a round waits this long for replies, then goes on without stragglers
 
 coordinator:

@@ -10,6 +10,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from coordinator.delivery import Delivery, Sessions
 from coordinator.replies import RawReply, Weights
 from coordinator.rounds import Kind
 from step_model import protocol as P
@@ -22,12 +23,12 @@ NameOf = Callable[[int], str | None]
 """The enrolled name of a node id (deployment), None when unknown (simulation)."""
 
 
-def raw_from_message(msg: Message, enrolled: NameOf | None = None) -> RawReply:
-    """A node's reply as plain Python: metrics, node name, arrays, or the error it reported.
+def raw_from_message(msg: Message, node_id: int, enrolled: NameOf | None = None) -> RawReply:
+    """Node ``node_id``'s reply as plain Python: metrics, node name, arrays, or the error it
+    reported (or the SuperLink reported for it: such a reply comes from the SuperLink's id).
 
     In a deployment the name is the one the admin enrolled the node's key under (the node's
     own claim could collide with or impersonate another institution's)."""
-    node_id = msg.metadata.src_node_id
     known = enrolled(node_id) if enrolled is not None else None
     if msg.has_error():
         return RawReply(
@@ -54,8 +55,17 @@ def _scalars(metrics: MetricRecord) -> dict[str, float]:
 
 
 class GridTransport:
-    def __init__(self, grid: Grid, timeout_s: float, enrolled: NameOf | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        timeout_s: float,
+        enrolled: NameOf | None = None,
+        sessions: Sessions | None = None,
+    ) -> None:
+        """``sessions``: when each node was last let in (deployment: the Control API), to
+        notice a node that restarted mid-round (delivery.py)."""
         self.grid, self.timeout_s, self.enrolled = grid, timeout_s, enrolled
+        self.sessions = sessions
         self.settled = False
 
     def connected(self) -> list[int]:
@@ -101,13 +111,21 @@ class GridTransport:
     ) -> list[RawReply]:
         content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.CONFIG: ConfigRecord(config)})
         message_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
-        messages = [Message(content, dst_node_id=n, message_type=message_type) for n in node_ids]
-        replies = self.grid.send_and_receive(messages, timeout=self.timeout_s)
-        return [raw_from_message(m, self.enrolled) for m in replies if self._usable(m)]
+        delivery = Delivery(
+            self.grid,
+            lambda n: Message(content, dst_node_id=n, message_type=message_type),
+            self.timeout_s,
+            self.connected,
+            self.sessions,
+            lambda n: self.name_of(n) or f"node {n}",
+        )
+        replies = delivery.run(node_ids)
+        return [
+            raw_from_message(m, n, self.enrolled) for n, m in replies.items() if self._usable(n)
+        ]
 
-    def _usable(self, reply: Message) -> bool:
+    def _usable(self, node_id: int) -> bool:
         """Only replies from nodes still enrolled (one revoked mid-round is not used)."""
-        node_id = reply.metadata.src_node_id
         if self.enrolled is not None and self.enrolled(node_id) is None:
             log.warning("dropping the reply of node id %d: not enrolled (or revoked)", node_id)
             return False

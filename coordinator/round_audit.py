@@ -24,9 +24,14 @@ class RoundAuditor:
     def __init__(self, fed: FederationFolder, key: ed25519.Ed25519PrivateKey) -> None:
         self.fed, self.key = fed, key
         self.audit = AuditLog(fed.root)
-        rounds = [e["details"].get("round", 0) for e in self.audit.entries()
-                  if e.get("action") == "round"]  # fmt: skip
-        self.done = max(rounds, default=0)
+        self.done = 0
+        """The last round audited; a resume from an older checkpoint (``rewind``) goes back to
+        its round, so the rounds trained again are audited again."""
+        for e in self.audit.entries():
+            if e.get("action") == "round":
+                self.done = max(self.done, int(e["details"].get("round", 0)))
+            elif e.get("action") == "rewind":
+                self.done = int(e["details"].get("round", 0))
 
     def record(self, rec: dict[str, Any]) -> None:
         """Audit a committed round record once (records of a resumed run are seen again)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from coordinator.broadcast import DeltaBroadcast
-from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig
+from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_settings
 from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
     EvalReply,
@@ -142,19 +142,7 @@ class RoundRunner:
         if not (self.run_dir / LATEST).exists():
             raise StepError(f"nothing to resume in {self.run_dir}: start without --resume")
         ckpt = load_checkpoint(self.run_dir)
-        saved = ckpt.state.get("federation", {})
-        defaults = FederationConfig().to_dict()  # keys a checkpoint of an older version lacks
-        changed = [
-            k
-            for k, v in self.cfg.to_dict().items()
-            if k not in ("rounds", "eval_every", "round_timeout_s", "keep_checkpoints")
-            and saved.get(k, defaults[k]) != v
-        ]
-        if changed:
-            raise StepError(
-                f"resume with different federation settings {changed}: use the "
-                "original config or start a new run"
-            )
+        check_same_settings(self.cfg, ckpt.state)
         self.weights = {k: v.clone() for k, v in ckpt.weights.items()}
         optimizer = dict(ckpt.optimizer or {})
         view = optimizer.pop(VIEW_KEY, None)  # the intN-delta view, kept with the checkpoint

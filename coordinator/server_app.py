@@ -15,9 +15,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.authorized_run import authorize
 from coordinator.config import load_corpus_setting, load_federation_config
+from coordinator.control_client import ControlClient
+from coordinator.delivery import Sessions
+from coordinator.deployment import FederationFolder, read_process_state
 from coordinator.flower_transport import GridTransport
 from coordinator.registry import Registry
 from coordinator.rounds import RoundRunner
+from coordinator.tls import TlsFiles
 from step_model import protocol as P
 from step_model.errors import StepError
 
@@ -41,7 +45,8 @@ def main(grid: Grid, context: Context) -> None:
     cfg = load_federation_config(config_path)
     resume = bool(context.run_config.get(P.RUN_RESUME, False))
     enrolled = enrolled_names(Path(registry)) if registry else None
-    transport = GridTransport(grid, cfg.round_timeout_s, enrolled)
+    sessions = node_sessions(Path(registry)) if registry else None
+    transport = GridTransport(grid, cfg.round_timeout_s, enrolled, sessions)
     corpus = load_corpus_setting(config_path)
     RoundRunner(cfg, run_path, transport, resume=resume, corpus=corpus).run()
 
@@ -53,6 +58,27 @@ def enrolled_names(folder: Path) -> Callable[[int], str | None]:
         return Registry(folder).name_of(node_id)
 
     return name_of
+
+
+def node_sessions(folder: Path) -> Sessions:
+    """Node id -> when it was last let in, from the SuperLink's Control API (loopback, the
+    federation CA): a new value means the node restarted (delivery.py)."""
+    fed = FederationFolder(folder)
+    client: list[ControlClient] = []
+
+    def sessions() -> dict[int, str] | None:
+        try:
+            if not client:
+                state = read_process_state(fed)
+                if state is None:
+                    return None
+                client.append(ControlClient(state.control_port, TlsFiles(fed.tls).ca_cert))
+            return {n.node_id: n.activated for n in client[0].nodes()}
+        except Exception as e:  # a failed look only delays noticing a restart
+            logging.getLogger("step.coordinator").info("node sessions not read: %s", e)
+            return None
+
+    return sessions
 
 
 def app_path(value: str) -> Path:

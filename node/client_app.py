@@ -21,7 +21,7 @@ from flwr.clientapp import ClientApp
 from node.data import NodeData, load_node_data
 from node.dp_trainer import DPSettings, make_records
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
-from node.node_config import NODE_CONFIG_KEY, load_node_file
+from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
 from node.state import NodeStateStore
 from node.trainer import (
@@ -136,6 +136,11 @@ def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[st
             )
     elif cfg.broadcast_encoding.endswith(P.DELTA_SUFFIX):
         held = store.load()
+        if held is not None and held[0] == cfg.view and _same_tokenizer(cfg, held[2]):
+            # A message sent again after this node restarted mid-round: it applied the change
+            # (and kept the result) before it went down.
+            return replace(cfg, tokenizer=cfg.tokenizer or held[2], broadcast_encoding="fp32",
+                           view_base="", view=""), held[1]  # fmt: skip
         if held is None or held[0] != cfg.view_base or not _same_tokenizer(cfg, held[2]):
             raise StaleView(
                 f"node {settings.name} holds global weights {held[0] if held else '(none)'}; "
@@ -195,7 +200,21 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)}
     )
+    privacy = "" if spent is None else f", epsilon {spent.epsilon:.3f} (delta {spent.delta:g})"
+    _say(context, f"round {cfg.round}/{cfg.total_rounds}: trained {cfg.inner_steps} steps in "
+         f"{result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "
+         f"{_mb(metrics[P.M_BYTES_SENT])}{privacy}")  # fmt: skip
     return Message(content, reply_to=msg)
+
+
+def _say(context: Context, line: str) -> None:
+    """One line on the operator's console (a deployed node: step-node start shows it)."""
+    if context.node_config.get(NODE_CONFIG_KEY):
+        print(CONSOLE_PREFIX + line, flush=True)
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.2f} MB"
 
 
 def _private_round(
@@ -237,6 +256,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg)}
     _add_eval_metrics(metrics, per_lang)
     content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
+    _say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on "
+         f"{len(per_lang)} languages, received {_mb(metrics[P.M_BYTES_RECEIVED])}")  # fmt: skip
     return Message(content, reply_to=msg)
 
 

@@ -22,6 +22,8 @@ from step_model.fileio import atomic_write_text, read_yaml
 NODE_FILE = "node.yaml"
 NODE_CONFIG_KEY = "node-file"
 """The SuperNode's node-config key that carries the absolute path of node.yaml."""
+CONSOLE_PREFIX = "step-node: "
+"""A ClientApp's line for the operator's console (step-node start shows it, without this)."""
 
 
 @dataclass(frozen=True)

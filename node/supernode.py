@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from node.keys import PUBLIC_KEY
-from node.node_config import NODE_CONFIG_KEY, NodeFile
+from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, NodeFile
 from step_model.errors import StepError
 from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from step_model.flwr_cli import flower_env, strip_ansi
@@ -47,6 +47,8 @@ APP_REFUSALS = ("FAB verification failed", "The FAB could not be verified")
 """What flwr 1.39's SuperNode logs when an app fails the signature check (no signature from a
 trusted key; no signature at all)."""
 _RUN_RE = re.compile(r"\[RUN (\d+)")
+_DIGITS = re.compile(r"\d+(\.\d+)?")
+QUIET_S = 60.0
 REFUSAL_RETRY_S = 5.0
 KEY_GRACE_S = 75.0
 """How long a refused activation is retried before it counts as a refused key. The SuperLink
@@ -146,7 +148,7 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
     _set_status(nf, "connecting")
     try:
         with watchdog(marker), ChildProcesses(marker) as procs:
-            backoff = _Backoff(nf)
+            backoff, quiet = _Backoff(nf), Quiet()
             while True:
                 say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")
                 began = time.monotonic()
@@ -156,10 +158,11 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
                     subprocess.PIPE,
                     subprocess.STDOUT,
                 )
-                refusal = _watch(proc, nf, log_path, say)
+                refusal = _watch(proc, nf, log_path, say, quiet)
                 procs.terminate_all()  # the SuperNode's SuperExec may outlive it
                 _set_status(nf, "reconnecting")
-                backoff.after(refusal, time.monotonic() - began, proc.returncode, say)
+                backoff.after(refusal, time.monotonic() - began, proc.returncode,
+                              lambda line: quiet.say(line, say))  # fmt: skip
     finally:
         _set_status(nf, "stopped")
 
@@ -195,7 +198,11 @@ class _Backoff:
 
 
 def _watch(
-    proc: subprocess.Popen[bytes], nf: NodeFile, log_path: Path, say: Callable[[str], None]
+    proc: subprocess.Popen[bytes],
+    nf: NodeFile,
+    log_path: Path,
+    say: Callable[[str], None],
+    quiet: Quiet,
 ) -> Refusal | None:
     """Copy the SuperNode's output to the log until it exits; the refusal, if any.
 
@@ -224,11 +231,34 @@ def _watch(
                     found = r
             if run := _RUN_RE.search(line):
                 run_id = run.group(1)
-            _describe(nf, line, run_id, say)
+            _describe(nf, line, run_id, say, quiet)
     return found
 
 
-def _describe(nf: NodeFile, line: str, run_id: str, say: Callable[[str], None]) -> None:
+class Quiet:
+    """Repeated warnings (a SuperNode retrying an unreachable coordinator says the same thing
+    every few seconds) reach the console at most once per ``every_s``, with a count of those
+    held back; the log keeps them all."""
+
+    def __init__(self, every_s: float = QUIET_S) -> None:
+        self.every_s = every_s
+        self.last: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+
+    def say(self, line: str, say: Callable[[str], None]) -> None:
+        key = _DIGITS.sub("#", line)  # "retrying in 3.2 s" and "in 7.9 s" are one warning
+        now = time.monotonic()
+        if now - self.last.get(key, -self.every_s) < self.every_s:
+            self.held[key] = self.held.get(key, 0) + 1
+            return
+        held = self.held.pop(key, 0)
+        self.last[key] = now
+        say(line if not held else f"{line} (and {held} more like it in logs/supernode.log)")
+
+
+def _describe(
+    nf: NodeFile, line: str, run_id: str, say: Callable[[str], None], quiet: Quiet
+) -> None:
     """Say what the operator should see of one SuperNode log line."""
     if "SuperNode ID:" in line:
         node_id = line.split("SuperNode ID:")[1].strip()
@@ -241,8 +271,10 @@ def _describe(nf: NodeFile, line: str, run_id: str, say: Callable[[str], None]) 
                       "reason": reason})  # fmt: skip
         say(f"REFUSED the app of run {run_id or '?'}: it is not signed with the federation key "
             f"{_federation_hint(nf)}; none of its code ran")  # fmt: skip
+    elif line.startswith(CONSOLE_PREFIX):  # the ClientApp's line per round
+        say(line.removeprefix(CONSOLE_PREFIX))
     elif line.startswith(("ERROR", "WARNING")) and "Exit Code" not in line:
-        say(line)
+        quiet.say(line, say)
 
 
 def _federation_hint(nf: NodeFile) -> str:

@@ -59,5 +59,5 @@ class LocalTransport:
             mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
             msg = Message(content, dst_node_id=n, message_type=mtype)
             handler = client_app.train if kind == "train" else client_app.evaluate
-            replies.append(raw_from_message(handler(msg, self.contexts[n])))
+            replies.append(raw_from_message(handler(msg, self.contexts[n]), n))
         return replies

@@ -63,6 +63,9 @@ def world(tmp_path: Path, tiny_corpus: Path) -> Path:
         (tmp_path / "sim.yaml").read_text() + "privacy: {epsilon: 8, rounds: 2}\n"
     )
     _tampered_checkpoint(tmp_path / "ckpt")
+    damaged = tmp_path / "fed" / "run"  # a run whose only checkpoint was truncated
+    shutil.copytree(tmp_path / "ckpt", damaged / "checkpoints" / "round-000001")
+    (damaged / "LATEST").write_text("checkpoints/round-000001\n")
     shutil.copytree(tmp_path / "uni", tmp_path / "nokey")  # a node.yaml of before signed apps
     yaml_path = tmp_path / "nokey" / "node.yaml"
     lines = yaml_path.read_text().splitlines(keepends=True)
@@ -236,6 +239,14 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         lambda w: (node, ["start", "--dir", str(w / "nokey")]),
         "names no federation_key",
     ),
+    ("start --from a tampered checkpoint",
+     lambda w: (coord, ["start", "--dir", _fed(w), "--from", str(w / "ckpt")]),
+     "cannot be used: checkpoint file"),
+    ("start --from nothing",
+     lambda w: (coord, ["start", "--dir", _fed(w), "--from", str(w / "no")]), "does not exist"),
+    ("resume with no checkpoint that verifies",
+     lambda w: (coord, ["start", "--dir", _fed(w), "--resume"]),
+     "restore one from a backup and pass it with `step-coord start --resume --from"),
     (
         "verify with a node key",
         lambda w: (model, ["verify", str(w / "ckpt"), "--federation-key",

@@ -6,6 +6,7 @@ are undone or recorded."""
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import time
@@ -73,6 +74,12 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
         # and a refusal retried for 75 s costs this 2-core machine a SuperNode start per backoff.
         for name in (*HONEST, "intruder", "wrongca", "mallory"):
             procs.start(name, "step-node", "start", "--dir", tmp_path / name)
+        # beta is killed (kill -9) once it has taken round 1's message, and started again:
+        # min_nodes is every node, so the round waits for it and sends it the message again.
+        # (Its old session holds its key for up to a minute: the refusals' grace overlaps.)
+        _wait_for_file_line(tmp_path / "beta" / "logs" / "supernode.log", "Received successfully")
+        procs.procs["beta"].send_signal(signal.SIGKILL)
+        procs.start("beta-again", "step-node", "start", "--dir", tmp_path / "beta")
 
         assert procs.wait("intruder", timeout=180) == 3, procs.log("intruder")
         assert "refused this node's key" in procs.log("intruder")
@@ -84,6 +91,8 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
 
         assert procs.wait("coord", timeout=240) == 0, procs.log("coord")
     _assert_outsider_undone(tmp_path, fed, procs.log("coord"))
+    assert "beta is connected again: sent it the same message again" in procs.log("coord")
+    assert "round 1/2: trained 3 steps" in procs.log("beta-again"), procs.log("beta-again")
 
     status = cli("step-coord", "status", "--dir", fed, "--json")
     _ok(status)
@@ -132,6 +141,15 @@ def _wait_for_line(procs: Processes, name: str, text: str, timeout: float) -> No
         assert procs.procs[name].poll() is None, procs.log(name)
         time.sleep(0.5)
     raise AssertionError(f"{name} did not print {text!r}:\n" + procs.log(name))
+
+
+def _wait_for_file_line(path: Path, text: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never showed {text!r}")
 
 
 def _assert_grpc_over_tls(fed: Path, port: int) -> None:
