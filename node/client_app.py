@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from node.data import NodeData, load_node_data
 from node.dp_trainer import DPSettings, make_records
+from node.eval_ledger import EvalLedger
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
@@ -173,7 +174,10 @@ def train(msg: Message, context: Context) -> Message:
         store = NodeStateStore(settings.state_dir)
         device = pick_device(settings.device)  # before the ledger: a failure here spends nothing
         private, spent = _private_round(settings, cfg, data) if settings.privacy else (None, None)
-        evaluated = evaluate_round(data, tokenizer, cfg, weights, device) if cfg.eval_first else {}
+        evaluated = {}
+        if cfg.eval_first:  # the weights of the round before, which this round trains from
+            evaluated = _evaluate_once(context, cfg.round - 1, settings, data, tokenizer, cfg,
+                                       weights, device)  # fmt: skip
         result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
@@ -250,7 +254,8 @@ def evaluate(msg: Message, context: Context) -> Message:
         cfg, weights = _parse(msg, settings)
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
-        per_lang = evaluate_round(data, tokenizer, cfg, weights, pick_device(settings.device))
+        per_lang = _evaluate_once(context, cfg.round, settings, data, tokenizer, cfg, weights,
+                                  pick_device(settings.device))  # fmt: skip
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg)}
@@ -259,6 +264,27 @@ def evaluate(msg: Message, context: Context) -> Message:
     _say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on "
          f"{len(per_lang)} languages, received {_mb(metrics[P.M_BYTES_RECEIVED])}")  # fmt: skip
     return Message(content, reply_to=msg)
+
+
+def _evaluate_once(
+    context: Context,
+    of_round: int,
+    settings: NodeSettings,
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: P.RoundConfig,
+    weights: dict[str, torch.Tensor],
+    device: torch.device,
+) -> dict[str, tuple[float, int]]:
+    """Evaluate round ``of_round``'s weights unless this run's round was evaluated before
+    (eval_ledger.py: the kept result for the same weights, a refusal for others)."""
+    return EvalLedger(settings.state_dir).evaluate(
+        settings.name,
+        context.run_id,
+        of_round,
+        view_id(weights),
+        lambda: evaluate_round(data, tokenizer, cfg, weights, device),
+    )
 
 
 def _add_eval_metrics(metrics: dict[str, Any], per_lang: dict[str, tuple[float, int]]) -> None:

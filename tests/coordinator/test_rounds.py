@@ -189,3 +189,18 @@ def test_early_rounds_are_shorter_and_the_schedule_adds_up(
     assert summary["tokens"] == 2 * 8 * 2 * 32  # nodes x steps x batch x seq
     with pytest.raises(StepError, match="early_inner_steps"):
         run(tmp_path, tiny_corpus, "bad", early_rounds=1)
+
+
+def test_a_node_evaluates_one_set_of_weights_per_round(tiny_corpus: Path, tmp_path: Path) -> None:
+    """A coordinator that asks again for the same round gets the kept result; with other
+    weights (probing the held-out text) it is refused."""
+    runner = run(tmp_path, tiny_corpus, "probe", rounds=1)
+    summary = runner.run()
+    again = runner.evaluate(1, final=True)  # the same weights: the kept answer, nothing new
+    assert again["nodes"] == 2 and again["bpb"] == summary["bpb"]
+    runner.weights = {k: torch.randn_like(v) for k, v in runner.weights.items()}
+    probe = runner.evaluate(1, final=True)
+    assert probe["nodes"] == 0 and probe["bpb"] == {}
+    kept = json.loads((tmp_path / "probe" / "nodes" / "hellas" / "evaluations.json").read_text())
+    (rounds,) = kept["runs"].values()
+    assert list(rounds) == ["1"] and len(rounds["1"]["weights"]) == 16
