@@ -5,6 +5,7 @@
     step-coord nodes [--json]                 enrolled, revoked and connected institutions
     step-coord revoke NAME                    shut an institution out (next connection attempt)
     step-coord start [--config FILE] [--resume] [--from CKPT]  SuperLink + the run, foreground
+    step-coord accept-reset NAME              let in a node whose privacy ledger was reset
     step-coord status [--json]                run state, round, nodes, last metrics, bytes
     step-coord stop                           stop a running `step-coord start`
     step-coord audit [--verify] [--json]      the signed audit log; --verify checks it
@@ -208,6 +209,26 @@ def revoke(
     out = console_for(False)
     out.print(f"revoked {name}")
     _apply_if_running(fed, out)
+
+
+@app.command("accept-reset")
+@user_errors
+def accept_reset(
+    name: Annotated[str, typer.Argument(help="The institution whose ledger was reset.")],
+    folder: DirOpt = Path("."),
+) -> None:
+    """Accept that a node's privacy ledger was reset: its next (lower) epsilon is let through."""
+    fed = FederationFolder(folder).require()
+    key = load_signing_key(fed.signing_key)
+    entry = Registry(folder).accept_reset(name)
+    details = {"node": name, "at": entry.privacy_reset_accepted}
+    AuditLog(fed.root).append(key, "accept-reset", details)
+    console_for(False).print(
+        f"accepted the privacy-ledger reset of {name}: its next update may report less epsilon "
+        "than before (once); the privacy it spent before the reset is not undone, so the "
+        "federation's statement of what it spent should add both",
+        markup=False,
+    )
 
 
 def _apply_if_running(fed: FederationFolder, out: Console) -> bool:

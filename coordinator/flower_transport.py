@@ -38,8 +38,10 @@ def raw_from_message(msg: Message, node_id: int, enrolled: NameOf | None = None)
             error_code=int(msg.error.code),
         )
     content = msg.content
-    info = content.get(P.NODE_INFO)
-    name = known or (str(info.get(P.NODE_NAME, "")) if isinstance(info, ConfigRecord) else "")
+    record = content.get(P.NODE_INFO)
+    texts = record.items() if isinstance(record, ConfigRecord) else []
+    info = {k: v for k, v in texts if isinstance(v, str)}
+    name = known or info.get(P.NODE_NAME, "")
     metrics = content.get(P.METRICS)
     arrays = content.get(P.ARRAYS)
     return RawReply(
@@ -47,6 +49,7 @@ def raw_from_message(msg: Message, node_id: int, enrolled: NameOf | None = None)
         name,
         _scalars(metrics) if isinstance(metrics, MetricRecord) else {},
         dict(arrays.to_torch_state_dict()) if isinstance(arrays, ArrayRecord) else {},
+        info=info,
     )
 
 

@@ -33,6 +33,8 @@ class NodeEntry:
     revoked_at: float | None = None
     node_id: int | None = None
     """The SuperLink's id for this key while it is registered there (None: not registered)."""
+    privacy_reset_accepted: str | None = None
+    """When the admin last accepted a reset of this node's privacy ledger (privacy_reports.py)."""
 
     @property
     def active(self) -> bool:
@@ -89,6 +91,13 @@ class Registry:
         if entry.active:
             entry.revoked_at = time.time()
             self.save()
+        return entry
+
+    def accept_reset(self, name: str) -> NodeEntry:
+        """Let the node's next epsilon report be lower than its last (its ledger was reset)."""
+        entry = self.get(name)
+        entry.privacy_reset_accepted = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.save()
         return entry
 
     def get(self, name: str) -> NodeEntry:

@@ -30,6 +30,8 @@ class RawReply:
     error: str | None = None
     error_code: int | None = None
     """The protocol's ERR_* code of an error reply."""
+    info: dict[str, str] = field(default_factory=dict)
+    """The reply's node-info texts (the node's name claim, a signed epsilon report)."""
 
 
 @dataclass
@@ -54,6 +56,9 @@ class TrainReply:
     """(vocab,) how often each token id was a training target at this node this round."""
     epsilon: float | None = None
     """Local DP: the epsilon this node has spent in total (None: the node trains without DP)."""
+    epsilon_report: str = ""
+    """The report of that epsilon as the node signed it (P.EPSILON_REPORT), and its signature."""
+    epsilon_signature: str = ""
 
 
 @dataclass
@@ -144,6 +149,8 @@ def check_train_reply(
         norm,
         counts,
         None if epsilon is None else float(epsilon),
+        raw.info.get(P.EPSILON_REPORT, ""),
+        raw.info.get(P.EPSILON_SIGNATURE, ""),
     )
 
 
@@ -157,7 +164,8 @@ def check_epsilon(reply: TrainReply, previous: float | None) -> Rejection | None
         reply.node_id,
         reply.node,
         f"reported epsilon {reply.epsilon:.4f}, not more than the {previous:.4f} it reported "
-        "before: its privacy ledger was reset or edited; its operator must explain it",
+        "before: its privacy ledger was reset or edited; its operator must explain it (the "
+        "admin accepts a reset with `step-coord accept-reset NODE`)",
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from coordinator.broadcast import DeltaBroadcast
 from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_settings
+from coordinator.privacy_reports import ReportPolicy
 from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
     EvalReply,
@@ -96,10 +97,13 @@ class RoundRunner:
         resume: bool = False,
         corpus: Path | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
+        reports: ReportPolicy | None = None,
     ) -> None:
-        """``corpus`` is only needed to train a ``bpe:N`` tokenizer (simulations)."""
+        """``corpus`` is only needed to train a ``bpe:N`` tokenizer (simulations); ``reports``:
+        what a deployment requires of DP nodes' epsilon reports (privacy_reports.py)."""
         self.cfg, self.run_dir, self.transport = cfg, Path(run_dir), transport
         self.on_round = on_round
+        self.reports = reports
         self.tokenizer: Tokenizer = resolve_tokenizer(cfg.tokenizer, corpus, self.run_dir)
         self.tokenizer_json = self.tokenizer.to_json()
         self.model_config: ModelConfig = preset(cfg.preset).with_vocab(self.tokenizer.vocab_size)
@@ -300,11 +304,8 @@ class RoundRunner:
             )
             for r in raws
         ]
-        spent = latest_epsilons([h for h in self.history if h.get("kind") == "round"])
-        checked = [
-            (check_epsilon(c, spent.get(c.node)) or c) if isinstance(c, TrainReply) else c
-            for c in checked
-        ]
+        accepted: dict[str, str] = {}
+        checked = [self._check_privacy(c, round_, accepted) for c in checked]
         ok = [c for c in checked if isinstance(c, TrainReply)]
         rejected = [c for c in checked if isinstance(c, Rejection)]
         for rej in rejected:
@@ -352,6 +353,12 @@ class RoundRunner:
         epsilons = {r.node: r.epsilon for r in ok if r.epsilon is not None}
         if epsilons:
             record["epsilon"] = epsilons
+        signed = {r.node: {"report": r.epsilon_report, "signature": r.epsilon_signature}
+                  for r in ok if r.epsilon_signature}  # fmt: skip
+        if signed:
+            record["epsilon_reports"] = signed
+        if accepted:
+            record["privacy_reset_accepted"] = accepted
         if self.broadcast is not None:
             record["resynced"] = self.resynced
         if isinstance(self.strategy, CentralDP):  # what the mechanism releases, nothing more:
@@ -359,6 +366,30 @@ class RoundRunner:
         else:
             record["update_norm"] = max(r.norm for r in ok)
         return record, raws
+
+    def _check_privacy(
+        self, reply: TrainReply | Rejection, round_: int, accepted: dict[str, str]
+    ) -> TrainReply | Rejection:
+        """A DP node's epsilon report: signed where the deployment requires it, and more than
+        the node reported before, unless the admin accepted a reset of its ledger not used yet
+        (then noted in ``accepted``)."""
+        if not isinstance(reply, TrainReply):
+            return reply
+        why = self.reports.check(reply, round_) if self.reports is not None else None
+        if why is not None:
+            return Rejection(reply.node_id, reply.node, why)
+        rounds = [h for h in self.history if h.get("kind") == "round"]
+        lower = check_epsilon(reply, latest_epsilons(rounds).get(reply.node))
+        if lower is None:
+            return reply
+        reset = self.reports.reset_accepted(reply.node) if self.reports is not None else ""
+        used = {h.get("privacy_reset_accepted", {}).get(reply.node) for h in rounds}
+        if reset and reset not in used:
+            log.warning("round %d: %s reports a lower epsilon after a ledger reset that the "
+                        "admin accepted at %s", round_, reply.node, reset)  # fmt: skip
+            accepted[reply.node] = reset
+            return reply
+        return lower
 
     def evaluate(self, round_: int, final: bool) -> dict[str, Any]:
         config = self.round_config(round_, final_eval=final)

@@ -19,6 +19,7 @@ from coordinator.control_client import ControlClient
 from coordinator.delivery import Sessions
 from coordinator.deployment import FederationFolder, read_process_state
 from coordinator.flower_transport import GridTransport
+from coordinator.privacy_reports import SignedReports
 from coordinator.registry import Registry
 from coordinator.rounds import RoundRunner
 from coordinator.tls import TlsFiles
@@ -48,7 +49,8 @@ def main(grid: Grid, context: Context) -> None:
     sessions = node_sessions(Path(registry)) if registry else None
     transport = GridTransport(grid, cfg.round_timeout_s, enrolled, sessions)
     corpus = load_corpus_setting(config_path)
-    RoundRunner(cfg, run_path, transport, resume=resume, corpus=corpus).run()
+    reports = SignedReports(Path(registry)) if registry else None
+    RoundRunner(cfg, run_path, transport, resume=resume, corpus=corpus, reports=reports).run()
 
 
 def enrolled_names(folder: Path) -> Callable[[int], str | None]:

@@ -29,7 +29,7 @@ import torch
 import typer
 
 from node.data import read_node_texts
-from node.keys import PUBLIC_KEY, create_key_pair
+from node.keys import PUBLIC_KEY, create_key_pair, node_signer
 from node.ledger import RESET_MEANING, PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.supernode import FEDERATION_KEY, node_status, run_node
@@ -230,7 +230,7 @@ def privacy(
         return
     nf = load_node_file(folder / NODE_FILE)
     cfg = nf.settings.privacy
-    ledger = PrivacyLedger.load(nf.settings.state_dir, nf.name)
+    ledger = PrivacyLedger.load(nf.settings.state_dir, nf.name, node_signer(nf.settings.key))
     spent = ledger.spent(cfg) if cfg else (ledger.entries[-1].epsilon if ledger.entries else 0.0)
     report = {
         "node": nf.name,
@@ -282,7 +282,8 @@ def privacy_reset(
             f"otherwise run `step-node privacy reset --dir {folder} --yes`"
         )
     with PrivacyLedger.locked(nf.settings.state_dir):
-        ledger = PrivacyLedger.reset(nf.settings.state_dir, nf.name)
+        ledger = PrivacyLedger.reset(nf.settings.state_dir, nf.name,
+                                     node_signer(nf.settings.key))  # fmt: skip
     out = console_for(False)
     out.print(f"new privacy ledger {ledger.path}: {RESET_MEANING}", markup=False)
 

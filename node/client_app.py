@@ -8,6 +8,7 @@ cause, so the coordinator can report it and carry on with the other nodes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from flwr.clientapp import ClientApp
 
 from node.data import NodeData, load_node_data
 from node.dp_trainer import DPSettings, make_records
-from node.eval_ledger import EvalLedger
+from node.eval_ledger import EvalLedger, EvaluationRefused
+from node.keys import node_signer
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings, sim_node_settings
@@ -37,6 +39,7 @@ from node.view_store import StaleView, ViewStore
 from step_model import protocol as P
 from step_model.checkpoint import seeded_weights
 from step_model.errors import StepError
+from step_model.identity import NodeSigner
 from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.train import pick_device
@@ -173,11 +176,17 @@ def train(msg: Message, context: Context) -> Message:
         data = _data(settings, cfg, tokenizer)
         store = NodeStateStore(settings.state_dir)
         device = pick_device(settings.device)  # before the ledger: a failure here spends nothing
-        private, spent = _private_round(settings, cfg, data) if settings.privacy else (None, None)
+        signer = node_signer(settings.key)
+        private, spent = (
+            _private_round(settings, cfg, data, signer) if settings.privacy else (None, None)
+        )
         evaluated = {}
         if cfg.eval_first:  # the weights of the round before, which this round trains from
-            evaluated = _evaluate_once(context, cfg.round - 1, settings, data, tokenizer, cfg,
-                                       weights, device)  # fmt: skip
+            try:
+                evaluated = _evaluate_once(context, cfg.round - 1, settings, data, tokenizer,
+                                           cfg, weights, device)  # fmt: skip
+            except EvaluationRefused as exc:  # the training itself asks nothing of held-out text
+                log.warning("%s", exc)
         result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
@@ -201,9 +210,12 @@ def train(msg: Message, context: Context) -> Message:
     for lang, n in result.tokens_per_language.items():
         metrics[P.M_TOKENS_PREFIX + lang] = n
     _add_eval_metrics(metrics, evaluated)
-    content = RecordDict(
-        {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)}
-    )
+    info = _node_info(settings)
+    if spent is not None and signer is not None:
+        report = _epsilon_report(settings, context, spent)
+        info[P.EPSILON_REPORT] = report
+        info[P.EPSILON_SIGNATURE] = signer.sign(report.encode("utf-8"))
+    content = RecordDict({P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: info})
     privacy = "" if spent is None else f", epsilon {spent.epsilon:.3f} (delta {spent.delta:g})"
     _say(context, f"round {cfg.round}/{cfg.total_rounds}: trained {cfg.inner_steps} steps in "
          f"{result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "
@@ -221,8 +233,15 @@ def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.2f} MB"
 
 
+def _epsilon_report(settings: NodeSettings, context: Context, spent: LedgerEntry) -> str:
+    """What the node's key signs of its spend (the coordinator keeps it with the signature)."""
+    report = {"node": settings.name, "run_id": context.run_id, "round": spent.round,
+              "epsilon": spent.epsilon, "delta": spent.delta}  # fmt: skip
+    return json.dumps(report, sort_keys=True, separators=(",", ":"))
+
+
 def _private_round(
-    settings: NodeSettings, cfg: P.RoundConfig, data: NodeData
+    settings: NodeSettings, cfg: P.RoundConfig, data: NodeData, signer: NodeSigner | None
 ) -> tuple[PrivateRound, LedgerEntry]:
     """Check the round against the node's privacy budget and enter it in the ledger before
     any training; a round over budget is refused (and the refusal recorded)."""
@@ -235,7 +254,7 @@ def _private_round(
         )
     records = make_records(data.train, cfg.seq_len)
     with PrivacyLedger.locked(settings.state_dir):
-        ledger = PrivacyLedger.load(settings.state_dir, settings.name)
+        ledger = PrivacyLedger.load(settings.state_dir, settings.name, signer)
         try:
             entry = ledger.plan(privacy, cfg.round, cfg.batch_size, cfg.inner_steps, len(records))
         except PrivacyBudgetExhausted as exc:

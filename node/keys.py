@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from step_model.fileio import atomic_write_bytes
+from step_model.identity import NodeSigner
 
 PRIVATE_KEY = "node.key"
 PUBLIC_KEY = "node.pub"
@@ -30,3 +31,8 @@ def create_key_pair(folder: Path, comment: str) -> str:
     line = public.decode("ascii") + f" {comment}"
     atomic_write_bytes(folder / PUBLIC_KEY, (line + "\n").encode("ascii"))
     return line
+
+
+def node_signer(key: Path | None) -> NodeSigner | None:
+    """The node's signer where it has a key (a deployed node); None in a simulation."""
+    return NodeSigner(key) if key is not None else None

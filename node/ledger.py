@@ -6,9 +6,12 @@ recomputed from the whole history of mechanisms with an Opacus accountant (RDP o
 configured delta, so one accountant composes every round a node has trained, across restarts
 (one accountant per round would reset epsilon to zero and under-report).
 
-The ledger is written atomically and carries the SHA-256 of its content: a corrupted or
-hand-edited ledger is refused (training stops, the file is left untouched), since deleting or
-editing it is the one way to lose track of the privacy already spent.
+The ledger is written atomically and carries the SHA-256 of its content and, on a deployed
+node, the signature of its content by the node's own key (``node.key``, ECDSA P-384, readable
+by the node's account alone): a corrupted or hand-edited ledger is refused (training stops, the
+file is left untouched), since deleting or editing it is the one way to lose track of the
+privacy already spent. A SHA-256 anyone can recompute; the signature only the node's key can
+make, and a deployed node accepts no ledger without it.
 
 A round is entered *before* it trains: a node that crashes mid-round has still spent it.
 
@@ -40,6 +43,7 @@ from opacus.accountants.analysis import rdp as rdp_analysis
 from node.privacy_config import PrivacyConfig
 from step_model.errors import StepError
 from step_model.fileio import atomic_write_text, file_lock
+from step_model.identity import NodeSigner
 
 FORMAT = "step-privacy-ledger/1"
 Mechanism = tuple[float, float, int]
@@ -159,11 +163,13 @@ class PrivacyLedger:
     refusals: list[dict[str, Any]] = field(default_factory=list)
     resets: list[dict[str, Any]] = field(default_factory=list)
     """Each ``step-node privacy reset``: when, and what the operator was told it means."""
+    signer: NodeSigner | None = None
+    """The node's key (a deployed node): the ledger must carry its signature."""
 
     # --- persistence ---------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, state_dir: Path, node: str) -> PrivacyLedger:
+    def load(cls, state_dir: Path, node: str, signer: NodeSigner | None = None) -> PrivacyLedger:
         path = Path(state_dir) / "privacy" / "ledger.json"
         if not path.exists():
             if _marker(path).exists():
@@ -173,7 +179,7 @@ class PrivacyLedger:
                     "Restore it from your backup, or run `step-node privacy reset` (the budget "
                     "then starts from zero and the reset is recorded)"
                 )
-            return cls(path, node)
+            return cls(path, node, signer=signer)
         fix = (
             "restore the ledger from your backup; never edit or delete it (that would lose "
             "track of the privacy already spent)"
@@ -181,6 +187,8 @@ class PrivacyLedger:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
             stored = doc.pop("sha256")
+            signature = doc.pop("signature", None)
+            doc.pop("signed_by", None)
             if doc.get("format") != FORMAT:
                 raise ValueError(f"format {doc.get('format')!r} is not {FORMAT}")
             entries = [LedgerEntry(**e) for e in doc["entries"]]
@@ -192,12 +200,19 @@ class PrivacyLedger:
             raise StepError(
                 f"privacy ledger {path} was changed outside step-node (SHA-256 mismatch): {fix}"
             )
+        if signer is not None and (
+            not isinstance(signature, str) or not signer.verify(_canonical(doc), signature)
+        ):
+            raise StepError(
+                f"privacy ledger {path} is not signed by this node's key {signer.fingerprint} "
+                f"(changed outside step-node, or unsigned): {fix}"
+            )
         if doc.get("node") != node:
             raise StepError(
                 f"privacy ledger {path} belongs to node {doc.get('node')!r}, not {node!r}: "
                 "each node needs its own state_dir"
             )
-        return cls(path, node, str(doc.get("unit", "")), entries, refusals, resets)
+        return cls(path, node, str(doc.get("unit", "")), entries, refusals, resets, signer)
 
     @staticmethod
     @contextmanager
@@ -208,14 +223,15 @@ class PrivacyLedger:
             yield
 
     @classmethod
-    def reset(cls, state_dir: Path, node: str) -> PrivacyLedger:
+    def reset(cls, state_dir: Path, node: str, signer: NodeSigner | None = None) -> PrivacyLedger:
         """A new, empty ledger in place of a missing or damaged one; the reset is recorded in
         it (the old file, if any, is kept beside it)."""
         path = Path(state_dir) / "privacy" / "ledger.json"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if path.exists():
             path.replace(path.with_name(f"ledger.replaced-{int(time.time())}.json"))
-        ledger = cls(path, node, resets=[{"time": stamp, "meaning": RESET_MEANING}])
+        ledger = cls(path, node, resets=[{"time": stamp, "meaning": RESET_MEANING}],
+                     signer=signer)  # fmt: skip
         ledger.save()
         return ledger
 
@@ -229,7 +245,11 @@ class PrivacyLedger:
         }
         if self.resets:
             doc["resets"] = self.resets
-        doc["sha256"] = _digest(doc)
+        body = dict(doc)
+        doc["sha256"] = _digest(body)
+        if self.signer is not None:
+            doc["signed_by"] = self.signer.fingerprint
+            doc["signature"] = self.signer.sign(_canonical(body))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps(doc, indent=1) + "\n")
@@ -327,7 +347,8 @@ class PrivacyLedger:
 
 RESET_MEANING = (
     "the budget starts again from zero; the privacy already spent on this data is not undone, "
-    "and the coordinator refuses updates reporting less epsilon than before"
+    "and the coordinator refuses updates reporting less epsilon than before until its admin "
+    "accepts the reset (`step-coord accept-reset`)"
 )
 
 
@@ -337,6 +358,9 @@ def _marker(ledger: Path) -> Path:
     return ledger.parent.parent / ".privacy-ledger"
 
 
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
 def _digest(doc: dict[str, Any]) -> str:
-    body = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_canonical(doc)).hexdigest()

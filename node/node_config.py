@@ -47,7 +47,8 @@ class NodeFile:
 
     @property
     def private_key(self) -> Path:
-        return self.folder / "node.key"
+        assert self.settings.key is not None
+        return self.settings.key
 
 
 TEMPLATE = """\
@@ -129,6 +130,7 @@ def load_node_file(path: Path) -> NodeFile:
         privacy_from_dict(data.get("privacy"), str(path)),
         device,
         _encoding(data.get("encoding"), path),
+        folder / "node.key",
     )
     return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff), federation_key)
 

@@ -53,6 +53,9 @@ class NodeSettings:
     """Where the node trains and evaluates: 'cpu', 'cuda', or 'auto' (cuda when visible)."""
     encoding: str | None = None
     """Text encoding of the node's own .txt/.jsonl files when they are not UTF-8."""
+    key: Path | None = None
+    """The node's private key (a deployed node): it signs the privacy ledger and the epsilon
+    the node reports. None in a simulation (no keys)."""
 
 
 def parse_shares(entry: dict[str, Any], where: str) -> dict[str, float]:

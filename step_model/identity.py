@@ -12,8 +12,8 @@ import base64
 import hashlib
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from step_model.errors import StepError
@@ -49,3 +49,41 @@ def read_public_key(path: Path) -> str:
     except (OSError, UnicodeError) as e:
         raise StepError(f"{path} cannot be read as a public key ({e}): check the file") from None
     return parse_public_key(text, str(path))
+
+
+class NodeSigner:
+    """Signs with a node's private key (ECDSA P-384 over SHA-384): its privacy ledger and the
+    epsilon it reports, so that both can be checked against the key the admin enrolled."""
+
+    def __init__(self, private_key: Path) -> None:
+        try:
+            key = serialization.load_ssh_private_key(Path(private_key).read_bytes(), None)
+        except (OSError, ValueError, UnsupportedAlgorithm) as e:
+            raise StepError(
+                f"{private_key} cannot be read as the node's key ({e}): restore node.key"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise StepError(f"{private_key} is not an ECDSA key: restore the node.key of init")
+        self.key = key
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        self.public_line = public.decode("ascii")
+        self.fingerprint = fingerprint(self.public_line)
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self.key.sign(data, ec.ECDSA(hashes.SHA384()))).decode("ascii")
+
+    def verify(self, data: bytes, signature: str) -> bool:
+        return verify_node_signature(self.public_line, data, signature)
+
+
+def verify_node_signature(public_line: str, data: bytes, signature: str) -> bool:
+    """Whether ``signature`` (base64) is the node key's signature of ``data``."""
+    try:
+        key = serialization.load_ssh_public_key(public_line.encode("ascii"))
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key.verify(base64.b64decode(signature, validate=True), data, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError, AssertionError, UnicodeError):
+        return False
+    return True

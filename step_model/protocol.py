@@ -228,3 +228,7 @@ RUN_REGISTRY: Final = "registry-file"  # deployment: enrolled names of the node 
 # --- node identity in replies (a ConfigRecord, so it can carry text) ---
 NODE_INFO: Final = "node"
 NODE_NAME: Final = "name"
+EPSILON_REPORT: Final = "epsilon_report"
+"""A DP node's report of its spend: canonical JSON {node, run_id, round, epsilon, delta}."""
+EPSILON_SIGNATURE: Final = "epsilon_signature"
+"""The node key's signature (base64 ECDSA P-384) of the report's bytes."""

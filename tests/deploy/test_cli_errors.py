@@ -169,6 +169,8 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
         "not allowed",
     ),
     ("revoke unknown", lambda w: (coord, ["revoke", "nobody", "--dir", _fed(w)]), "no node named"),
+    ("accept-reset unknown", lambda w: (coord, ["accept-reset", "nobody", "--dir", _fed(w)]),
+     "no node named"),
     (
         "status not a federation",
         lambda w: (coord, ["status", "--dir", str(w)]),
@@ -381,12 +383,14 @@ def test_cuda_without_a_gpu_is_refused_at_check(world: Path) -> None:
 def test_privacy_shows_the_ledger_and_refuses_a_tampered_one(world: Path) -> None:
     from node.ledger import PrivacyLedger
     from node.privacy_config import privacy_from_dict
+    from step_model.identity import NodeSigner
 
     _edit(world / "uni" / "node.yaml", "privacy: null", "privacy: {epsilon: 4, delta: 1.0e-6, "
           "noise_multiplier: 1.0}")  # fmt: skip
     cfg = privacy_from_dict({"epsilon": 4, "delta": 1e-6, "noise_multiplier": 1.0}, "t")
     assert cfg is not None
-    ledger = PrivacyLedger.load(world / "uni" / "state", "uni")
+    signer = NodeSigner(world / "uni" / "node.key")  # a deployed node's ledger is signed
+    ledger = PrivacyLedger.load(world / "uni" / "state", "uni", signer)
     for r in (1, 2):
         ledger.record(ledger.plan(cfg, r, 8, 50, 10_000), "one training sequence of 128 tokens")
     result = runner.invoke(node, ["privacy", "--dir", str(world / "uni"), "--json"])

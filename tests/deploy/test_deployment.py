@@ -52,8 +52,10 @@ def _setup(tmp: Path, corpus: Path) -> tuple[Path, int, int]:
         yaml_path.write_text(
             yaml_path.read_text().replace("languages: null ", f"languages: [{lang}] ")
         )
-        if name == "gamma":  # claims another institution's name: the enrolled one counts
-            yaml_path.write_text(yaml_path.read_text().replace("name: gamma", "name: alpha"))
+        if name == "gamma":  # claims another institution's name: the enrolled one counts;
+            text = yaml_path.read_text().replace("name: gamma", "name: alpha")  # and has DP
+            yaml_path.write_text(text.replace("privacy: null ", "privacy: {epsilon: 8, delta: "
+                                              "1.0e-6, rounds: 4} "))  # fmt: skip
         if name not in ("intruder", "mallory"):
             _ok(cli("step-coord", "enroll", name, "--public-key", node / "node.pub", "--dir", fed))
     _ok(cli("step-coord", "revoke", "revoked", "--dir", fed))
@@ -108,6 +110,8 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
     records = [json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()]
     assert set(records[0]["node_wall_s"]) == set(HONEST)
     assert all(set(r.get("node_wall_s", {})) <= set(HONEST) for r in records)  # no mallory
+    signed = [r["epsilon_reports"]["gamma"] for r in records if r["kind"] == "round"]
+    assert [json.loads(x["report"])["round"] for x in signed] == [1, 2]  # signed by gamma's key
     assert len(report["alerts"]) == 2, report["alerts"]
 
 

@@ -3,20 +3,25 @@ across restarts), per-sample clipping against a hand-written loop, and bad input
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from node.dp_trainer import DPSettings, Records, dp_steps
+from node.keys import create_key_pair
 from node.ledger import PrivacyBudgetExhausted, PrivacyLedger, epsilon_of
 from node.privacy_config import PrivacyConfig, privacy_from_dict
 from step_model.config import preset
 from step_model.errors import StepError
+from step_model.identity import NodeSigner
 from step_model.model import Transformer
 from step_model.secret_rng import secret_generator
 
@@ -148,6 +153,33 @@ def test_a_damaged_ledger_is_refused_and_left_alone(tmp_path: Path, damage, need
     with pytest.raises(StepError, match=needle):
         PrivacyLedger.load(tmp_path, "n")
     assert path.read_bytes() == before
+
+
+def _reseal(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Edit the ledger as someone without the node's key would: recompute its SHA-256."""
+    doc = json.loads(path.read_text())
+    for k in ("sha256", "signature", "signed_by"):
+        doc.pop(k, None)
+    edit(doc)
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    path.write_text(json.dumps({**doc, "sha256": hashlib.sha256(body).hexdigest()}))
+
+
+def test_a_resealed_ledger_fails_the_node_keys_signature(tmp_path: Path) -> None:
+    """steps 10 -> 1 with the SHA-256 recomputed would lower the epsilon spent: a deployed node
+    (its key signs the ledger) refuses it; so it does a ledger stripped of its signature."""
+    create_key_pair(tmp_path, "n")
+    signer = NodeSigner(tmp_path / "node.key")
+    ledger = PrivacyLedger.load(tmp_path, "n", signer)
+    ledger.record(ledger.plan(cfg(), 1, 8, 10, 5000), "seq")
+    assert PrivacyLedger.load(tmp_path, "n", signer).entries == ledger.entries
+    _reseal(ledger.path, lambda d: d["entries"][0].update(steps=1))
+    with pytest.raises(StepError, match="not signed by this node's key"):
+        PrivacyLedger.load(tmp_path, "n", signer)
+    ledger.save()
+    _reseal(ledger.path, lambda d: None)  # the same content, the signature dropped
+    with pytest.raises(StepError, match="not signed by this node's key"):
+        PrivacyLedger.load(tmp_path, "n", signer)
 
 
 # --- per-sample clipping ----------------------------------------------------------------------

@@ -135,3 +135,27 @@ def test_a_reset_budget_is_caught_by_the_coordinator(tiny_corpus: Path, tmp_path
     third = runner.train_round(3)
     assert "a" in third["rejected"] and "reset or edited" in third["rejected"]["a"]
     assert third["nodes"] == 1  # b (no local DP) still counts
+
+
+class _AcceptedReset:
+    """A deployment's report policy after `step-coord accept-reset a`."""
+
+    def check(self, reply: object, round_: int) -> str | None:
+        return None
+
+    def reset_accepted(self, node: str) -> str:
+        return "2026-12-02T10:00:00Z" if node == "a" else ""
+
+
+def test_an_accepted_reset_lets_one_lower_report_through(tiny_corpus: Path, tmp_path: Path) -> None:
+    runner, state = _two_rounds(tmp_path, tiny_corpus)
+    shutil.rmtree(state / "privacy")
+    (state / ".privacy-ledger").unlink()
+    runner.reports = _AcceptedReset()
+    third = runner.train_round(3)
+    assert third["nodes"] == 2 and third["privacy_reset_accepted"] == {"a": "2026-12-02T10:00:00Z"}
+    runner.history.append(third)
+    shutil.rmtree(state / "privacy")  # reset again: that acceptance was used up
+    (state / ".privacy-ledger").unlink()
+    again = runner.train_round(3)
+    assert "reset or edited" in again["rejected"]["a"] and "accept-reset" in again["rejected"]["a"]
