@@ -69,6 +69,7 @@ class AttackedTransport:
         self.inner, self.attack = inner, attack
         self.attacker_ids = {100 + i for i in ATTACKERS}  # LocalTransport's node ids
         self.generator = torch.Generator().manual_seed(0)
+        self.resent: list[str] = []
 
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
         return self.inner.node_ids(minimum, timeout_s)

@@ -70,6 +70,7 @@ class GridTransport:
         self.grid, self.timeout_s, self.enrolled = grid, timeout_s, enrolled
         self.sessions = sessions
         self.settled = False
+        self.resent: list[str] = []
 
     def connected(self) -> list[int]:
         """The connected node ids this round may address: in a deployment only those of
@@ -123,6 +124,7 @@ class GridTransport:
             lambda n: self.name_of(n) or f"node {n}",
         )
         replies = delivery.run(node_ids)
+        self.resent += [self.name_of(n) or f"node {n}" for n in delivery.resends]
         return [
             raw_from_message(m, n, self.enrolled) for n, m in replies.items() if self._usable(n)
         ]

@@ -88,6 +88,8 @@ def describe(rec: dict[str, Any]) -> str:
         extra = f", rejected {sorted(rejected)}" if rejected else ""
         if rec.get("missing"):
             extra += f", no reply in time from {rec['missing']}"
+        if rec.get("resent"):
+            extra += f", sent again to {rec['resent']} (restarted mid-round)"
         if "epsilon_central" in rec:
             extra += f", central epsilon {rec['epsilon_central']:.3f}"
         loss = "-" if rec["loss"] is None else f"{rec['loss']:.3f}"  # None: only DP nodes

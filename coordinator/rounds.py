@@ -65,6 +65,9 @@ VIEW_KEY = "broadcast_view"
 
 
 class Transport(Protocol):
+    resent: list[str]
+    """Nodes sent a message again since this was last cleared (they restarted mid-round)."""
+
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
         """Connected nodes, waiting up to ``timeout_s`` for at least ``minimum``."""
         ...
@@ -290,6 +293,7 @@ class RoundRunner:
     def _train_round(self, round_: int) -> tuple[dict[str, Any], list[RawReply]]:
         t0 = time.monotonic()
         config = self.round_config(round_)
+        self.transport.resent.clear()
         raws, bytes_down = self._send("train", config)
         checked = [
             check_train_reply(
@@ -361,6 +365,8 @@ class RoundRunner:
             record["privacy_reset_accepted"] = accepted
         if self.broadcast is not None:
             record["resynced"] = self.resynced
+        if self.transport.resent:
+            record["resent"] = sorted(set(self.transport.resent))
         if isinstance(self.strategy, CentralDP):  # what the mechanism releases, nothing more:
             record["epsilon_central"] = self.strategy.epsilon()  # no norms, no clip flags
         else:

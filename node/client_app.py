@@ -280,8 +280,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg)}
     _add_eval_metrics(metrics, per_lang)
     content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
-    _say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on "
-         f"{len(per_lang)} languages, received {_mb(metrics[P.M_BYTES_RECEIVED])}")  # fmt: skip
+    _say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on held-out "
+         f"text of {', '.join(sorted(per_lang))}, received "
+         f"{_mb(metrics[P.M_BYTES_RECEIVED])}")  # fmt: skip
     return Message(content, reply_to=msg)
 
 

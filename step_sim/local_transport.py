@@ -39,6 +39,7 @@ class LocalTransport:
             for i in range(n_nodes)
         }
         self.drop: set[int] = set()  # node ids that do not answer
+        self.resent: list[str] = []  # nodes here never restart mid-round
         doc = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
         self.names = {100 + i: str(inst["name"]) for i, inst in enumerate(doc["institutions"])}
 

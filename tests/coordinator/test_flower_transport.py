@@ -136,6 +136,7 @@ def test_a_node_that_lost_its_message_is_sent_it_again(quick: None, fate: str) -
                               sessions=lambda: dict(grid.sessions))  # fmt: skip
     replies = transport.send("train", [11, 22], {"w": torch.zeros(1)}, {})
     assert grid.addressed == [11, 22, 22]
+    assert transport.resent == ["tallinn"]  # the round record names it (`resent`)
     assert [(r.node, r.error) for r in replies] == [("athens", None), ("tallinn", None)]
 
 

@@ -93,7 +93,10 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
 
         assert procs.wait("coord", timeout=240) == 0, procs.log("coord")
     _assert_outsider_undone(tmp_path, fed, procs.log("coord"))
-    assert "beta is connected again: sent it the same message again" in procs.log("coord")
+    assert "round 1: 3 nodes" in procs.log("coord")  # beta's update counted in round 1
+    assert "sent again to ['beta'] (restarted mid-round)" in procs.log("coord")
+    served = (fed / "logs" / "superlink.log").read_text()
+    assert "beta is connected again: sent it the same message again" in served
     assert "round 1/2: trained 3 steps" in procs.log("beta-again"), procs.log("beta-again")
 
     status = cli("step-coord", "status", "--dir", fed, "--json")
