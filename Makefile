@@ -28,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The corpus: $STEP_CORPUS, else the shared STEP-35 next to the checkout, else one rebuilt from
 # its Debian sources into data/step35 (network access to a Debian mirror needed, ~430 MB).

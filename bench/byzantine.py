@@ -36,9 +36,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from coordinator.replies import RawReply, Weights  # noqa: E402
-from coordinator.rounds import Kind, RoundRunner  # noqa: E402
-from step_model import protocol as P  # noqa: E402
+from coordinator.rounds import RoundRunner  # noqa: E402
+from step_fed import protocol as P  # noqa: E402
+from step_fed.transport import Kind, RawReply, Weights  # noqa: E402
 from step_sim.config import SimConfig, load_sim_config  # noqa: E402
 from step_sim.local_transport import LocalTransport  # noqa: E402
 

@@ -80,9 +80,9 @@ def fp32_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch
 
 def measure(mode: str, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     from node.dp_trainer import DPSGD, DPSettings, Records
+    from step_fed.secret_rng import secret_generator
     from step_model.config import preset
     from step_model.model import Transformer
-    from step_model.secret_rng import secret_generator
     from step_model.train import make_optimizer, train_step
 
     device = torch.device(args.device)

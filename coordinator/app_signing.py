@@ -25,8 +25,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from flwr.cli.build import build_fab_from_disk
 
-from step_model.errors import StepError
-from step_model.signing import fab_verifications
+from step_common.errors import StepError
+from step_fed.app_signatures import fab_verifications
 
 
 class SignedApp:

@@ -24,9 +24,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_json, file_lock
-from step_model.signing import sign, verify
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_json, file_lock
+from step_common.signatures import sign, verify
 
 AUDIT = "audit.jsonl"
 HEAD = "audit.head"

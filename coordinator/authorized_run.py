@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from coordinator.deployment import FederationFolder, read_process_state
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 WAIT_S = 60.0
 """step-coord records the run id as soon as `flwr run` returns; the ServerApp starts after."""

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-from step_model.protocol import DELTA_SUFFIX, SEED_BROADCAST
-from step_model.update_codec import apply_delta, encode, view_id
+from step_fed.protocol import DELTA_SUFFIX, SEED_BROADCAST
+from step_fed.update_codec import apply_delta, encode, view_id
 
 Weights = dict[str, torch.Tensor]
 

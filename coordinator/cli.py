@@ -60,25 +60,25 @@ from coordinator.superlink import (
     write_app,
 )
 from coordinator.tls import TlsFiles, create_tls, san_entry
-from step_model.cli_common import (
+from step_common.cli_common import (
     command_line,
     console_for,
     emit_json,
     table,
     user_errors,
 )
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text, file_lock, sha256_file
-from step_model.flwr_cli import log_tail
-from step_model.identity import read_public_key
-from step_model.processes import ChildProcesses, new_marker, watchdog
-from step_model.signing import (
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_text, file_lock, sha256_file
+from step_common.signatures import (
     create_signing_key,
     key_fingerprint,
     load_signing_key,
     public_line,
     read_verify_key,
 )
+from step_fed.identity import read_public_key
+from step_launch.flwr_cli import log_tail
+from step_launch.processes import ChildProcesses, new_marker, watchdog
 from step_model.tokenizer import load_tokenizer
 
 app = command_line(__doc__, "step-coord")

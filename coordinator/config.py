@@ -10,18 +10,18 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from step_common.errors import StepError
+from step_common.fileio import read_yaml
+from step_fed.protocol import BROADCAST_ENCODINGS, ENCODINGS
 from step_model.config import PRESETS
 from step_model.corpus import resolve_corpus
-from step_model.errors import StepError
-from step_model.fileio import read_yaml
-from step_model.protocol import BROADCAST_ENCODINGS, ENCODINGS
 
 RULES = ("mean", "trimmed_mean", "median", "norm_clip", "filtered_mean")
 
 STRATEGIES = ("diloco", "fedavg")
 
 SEEN_ROWS_LEVELS = {"none": 0, "embedding": 1, "embedding+head": 2}
-"""federation.seen_rows -> the round config's ``seen_rows`` (step_model.protocol.SEEN_ROWS)."""
+"""federation.seen_rows -> the round config's ``seen_rows`` (step_fed.protocol.SEEN_ROWS)."""
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_json, read_yaml
-from step_model.processes import pid_alive
-from step_model.signing import PRIVATE_KEY, PUBLIC_KEY
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_json, read_yaml
+from step_common.signatures import PRIVATE_KEY, PUBLIC_KEY
+from step_launch.processes import pid_alive
 
 CONFIG = "coordinator.yaml"
 

@@ -11,10 +11,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from coordinator.delivery import Delivery, Sessions
-from coordinator.replies import RawReply, Weights
-from coordinator.rounds import Kind
-from step_model import protocol as P
-from step_model.errors import StepError
+from step_common.errors import StepError
+from step_fed import protocol as P
+from step_fed.transport import Kind, RawReply, Weights
 
 log = logging.getLogger("step.coordinator")
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from coordinator.control_client import RunInfo
 from coordinator.guard import ControlGuard
 from coordinator.round_audit import RoundAuditor
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 POLL_S = 2.0
 GUARD_PATIENCE = 15

@@ -28,7 +28,7 @@ from coordinator.audit import AuditLog
 from coordinator.control_client import ControlClient, RunInfo
 from coordinator.deployment import FederationFolder
 from coordinator.registry import Registry
-from step_model.fileio import file_lock
+from step_common.fileio import file_lock
 
 Say = Callable[[str], None]
 

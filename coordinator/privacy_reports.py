@@ -20,7 +20,7 @@ from typing import Protocol
 
 from coordinator.registry import Registry
 from coordinator.replies import TrainReply
-from step_model.identity import verify_node_signature
+from step_fed.identity import verify_node_signature
 
 
 class ReportPolicy(Protocol):

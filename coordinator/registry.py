@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_json
-from step_model.identity import fingerprint
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_json
+from step_common.signatures import fingerprint
 
 REGISTRY = "registry.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -9,29 +9,15 @@ differ from the model's, non-finite values, or an update norm over the configure
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from step_model import protocol as P
-from step_model.protocol import EMBEDDING_WEIGHT as EMBEDDING
-from step_model.protocol import OUTPUT_WEIGHT as OUTPUT
-from step_model.update_codec import decode, encoded_bytes
-
-Weights = dict[str, torch.Tensor]
-
-
-@dataclass
-class RawReply:
-    node_id: int
-    node: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    arrays: Weights = field(default_factory=dict)
-    error: str | None = None
-    error_code: int | None = None
-    """The protocol's ERR_* code of an error reply."""
-    info: dict[str, str] = field(default_factory=dict)
-    """The reply's node-info texts (the node's name claim, a signed epsilon report)."""
+from step_fed import protocol as P
+from step_fed.protocol import EMBEDDING_WEIGHT as EMBEDDING
+from step_fed.protocol import OUTPUT_WEIGHT as OUTPUT
+from step_fed.transport import RawReply, Weights
+from step_fed.update_codec import decode, encoded_bytes
 
 
 @dataclass

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_text
+from step_common.signatures import SIGNATURE_SUFFIX, verify_file
 from step_model.checkpoint import FORMAT, LATEST, SUMS, verify_checkpoint
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text
-from step_model.signing import SIGNATURE_SUFFIX, verify_file
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from coordinator.audit import AuditLog
 from coordinator.deployment import FederationFolder
+from step_common.fileio import sha256_file
+from step_common.signatures import sign_file
 from step_model.checkpoint import SUMS
-from step_model.fileio import sha256_file
-from step_model.signing import sign_file
 
 
 class RoundAuditor:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from coordinator.broadcast import DeltaBroadcast
 from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_settings
@@ -28,17 +28,24 @@ from coordinator.privacy_reports import ReportPolicy
 from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
     EvalReply,
-    RawReply,
     Rejection,
     TrainReply,
-    Weights,
     bits_per_byte,
     check_epsilon,
     check_eval_reply,
     check_train_reply,
 )
 from coordinator.strategy import CentralDP, make_strategy
-from step_model import protocol as P
+from step_common.errors import StepError
+from step_common.fileio import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    remove_stale_temps,
+)
+from step_fed import protocol as P
+from step_fed.transport import Kind, RawReply, Transport, Weights
+from step_fed.update_codec import encode, encoded_bytes
 from step_model.checkpoint import (
     LATEST,
     Checkpoint,
@@ -47,40 +54,12 @@ from step_model.checkpoint import (
     save_in_run,
 )
 from step_model.config import ModelConfig, preset
-from step_model.errors import StepError
 from step_model.evaluate import mean_bpb
-from step_model.fileio import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    remove_stale_temps,
-)
 from step_model.tokenizer import Tokenizer, resolve_tokenizer
-from step_model.update_codec import encode, encoded_bytes
 
 log = logging.getLogger("step.coordinator")
-Kind = Literal["train", "evaluate"]
 VIEW_KEY = "broadcast_view"
 """Where a checkpoint's optimizer tree keeps the intN-delta view (beside the strategy state)."""
-
-
-class Transport(Protocol):
-    resent: list[str]
-    """Nodes sent a message again since this was last cleared (they restarted mid-round)."""
-
-    def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
-        """Connected nodes, waiting up to ``timeout_s`` for at least ``minimum``."""
-        ...
-
-    def send(
-        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
-    ) -> list[RawReply]:
-        """Send one message per node and collect the replies (missing ones are simply absent)."""
-        ...
-
-    def name_of(self, node_id: int) -> str | None:
-        """The node's name where the transport knows it (enrolled name, institution)."""
-        ...
 
 
 @dataclass

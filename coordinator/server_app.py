@@ -23,8 +23,8 @@ from coordinator.privacy_reports import SignedReports
 from coordinator.registry import Registry
 from coordinator.rounds import RoundRunner
 from coordinator.tls import TlsFiles
-from step_model import protocol as P
-from step_model.errors import StepError
+from step_common.errors import StepError
+from step_fed import protocol as P
 
 app = ServerApp()
 

@@ -21,12 +21,12 @@ from typing import Any
 from coordinator.deployment import CoordinatorSettings, FederationFolder
 from coordinator.registry import NodeEntry, Registry
 from coordinator.tls import TlsFiles
-from step_model import flwr_cli
-from step_model import protocol as P
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_text
-from step_model.flwr_cli import log_tail, parse_json_stdout, strip_ansi
-from step_model.processes import ChildProcesses, port_open
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text
+from step_fed import protocol as P
+from step_launch import flwr_cli
+from step_launch.flwr_cli import log_tail, parse_json_stdout, strip_ansi
+from step_launch.processes import ChildProcesses, port_open
 
 CONNECTION = "federation"
 CLI_TIMEOUT_S = 120.0

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_bytes
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_bytes
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"

@@ -33,18 +33,18 @@ from node.keys import PUBLIC_KEY, create_key_pair, node_signer
 from node.ledger import RESET_MEANING, PrivacyLedger
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.supernode import FEDERATION_KEY, node_status, run_node
-from step_model.cli_common import (
+from step_common.cli_common import (
     command_line,
     console_for,
     emit_json,
     table,
     user_errors,
 )
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text, check_writable
+from step_common.signatures import fingerprint, key_fingerprint, public_line, read_verify_key
+from step_fed.identity import read_public_key
 from step_model.data import tokenize_texts
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_text, check_writable
-from step_model.identity import fingerprint, read_public_key
-from step_model.signing import key_fingerprint, public_line, read_verify_key
 from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from step_model.train import pick_device
 

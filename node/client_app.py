@@ -36,14 +36,14 @@ from node.trainer import (
     train_round,
 )
 from node.view_store import StaleView, ViewStore
-from step_model import protocol as P
+from step_common.errors import StepError
+from step_fed import protocol as P
+from step_fed.identity import NodeSigner
+from step_fed.secret_rng import secret_generator
+from step_fed.update_codec import apply_delta, decode, view_id
 from step_model.checkpoint import seeded_weights
-from step_model.errors import StepError
-from step_model.identity import NodeSigner
-from step_model.secret_rng import secret_generator
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.train import pick_device
-from step_model.update_codec import apply_delta, decode, view_id
 
 app = ClientApp()
 log = logging.getLogger("step.node")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from node.settings import NodeSettings
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_json
 from step_model.corpus import LanguageSelection, is_step_corpus, read_corpus, read_text_dir
 from step_model.data import TokenStream, tokenize_texts
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_json
 from step_model.tokenizer import Tokenizer
 
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_text, file_lock
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text, file_lock
 
 Result = dict[str, tuple[float, int]]
 """{language: (summed NLL in nats, bytes predicted)}"""

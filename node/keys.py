@@ -9,8 +9,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from step_model.fileio import atomic_write_bytes
-from step_model.identity import NodeSigner
+from step_common.fileio import atomic_write_bytes
+from step_fed.identity import NodeSigner
 
 PRIVATE_KEY = "node.key"
 PUBLIC_KEY = "node.pub"

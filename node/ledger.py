@@ -41,9 +41,9 @@ from opacus.accountants import PRVAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from node.privacy_config import PrivacyConfig
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_text, file_lock
-from step_model.identity import NodeSigner
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text, file_lock
+from step_fed.identity import NodeSigner
 
 FORMAT = "step-privacy-ledger/1"
 Mechanism = tuple[float, float, int]

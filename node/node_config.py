@@ -16,8 +16,8 @@ import torch
 
 from node.privacy_config import privacy_from_dict
 from node.settings import _LANG_RE, _NAME_RE, WHOLE, NodeSettings
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_text, read_yaml
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text, read_yaml
 
 NODE_FILE = "node.yaml"
 NODE_CONFIG_KEY = "node-file"

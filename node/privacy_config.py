@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 ACCOUNTANTS = ("rdp", "prv")
 MODES = ("ghost", "hooks")

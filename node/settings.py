@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from node.privacy_config import PrivacyConfig, privacy_from_dict
+from step_common.errors import StepError
 from step_model.corpus import resolve_corpus
-from step_model.errors import StepError
 
 _LANG_RE = re.compile(r"^[a-z]{2,3}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_text, remove_stale_temps, remove_tree
 from step_model.checkpoint import read_tree, verify_checkpoint, write_sums, write_tree
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text, remove_stale_temps, remove_tree
 
 KEEP = 3
 

@@ -30,12 +30,13 @@ from typing import IO, Any
 
 from node.keys import PUBLIC_KEY
 from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, NodeFile
-from step_model.errors import StepError
-from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
-from step_model.flwr_cli import flower_env, strip_ansi
-from step_model.identity import fingerprint, read_public_key
-from step_model.processes import ChildProcesses, free_port, new_marker, pid_alive, watchdog
-from step_model.signing import key_fingerprint, read_verify_key, trusted_entities_yaml
+from step_common.errors import StepError
+from step_common.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from step_common.signatures import fingerprint, key_fingerprint, read_verify_key
+from step_fed.app_signatures import trusted_entities_yaml
+from step_fed.identity import read_public_key
+from step_launch.flwr_cli import flower_env, strip_ansi
+from step_launch.processes import ChildProcesses, free_port, new_marker, pid_alive, watchdog
 
 FIRST_BACKOFF_S = 1.0
 DRAIN_S = 1.0  # output still read after the SuperNode exits

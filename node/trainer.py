@@ -33,15 +33,15 @@ import torch
 from node.data import NodeData
 from node.dp_trainer import DPSettings, Records, dp_steps
 from node.state import InnerState, NodeStateStore
+from step_common.errors import StepError
+from step_fed.protocol import SEEN_ROWS, RoundConfig
+from step_fed.update_codec import QUANTISED, decode, encode
 from step_model.config import ModelConfig
 from step_model.data import LanguageMixture
-from step_model.errors import StepError
 from step_model.evaluate import language_nll
 from step_model.model import Transformer
-from step_model.protocol import SEEN_ROWS, RoundConfig
 from step_model.tokenizer import Tokenizer
 from step_model.train import lr_at, make_optimizer, train_step
-from step_model.update_codec import QUANTISED, decode, encode
 
 Weights = dict[str, torch.Tensor]
 CPU = torch.device("cpu")

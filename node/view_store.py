@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_text, remove_stale_temps
 from step_model.checkpoint import read_tree, verify_checkpoint, write_sums, write_tree
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text, remove_stale_temps
 
 Weights = dict[str, torch.Tensor]
 

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_text, remove_tree, sha256_file
 from step_model.config import ModelConfig
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_text, remove_tree, sha256_file
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 

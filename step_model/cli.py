@@ -16,16 +16,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from step_model.cli_common import (
+from step_common.cli_common import (
     command_line,
     console_for,
     emit_json,
     table,
     user_errors,
 )
+from step_common.errors import StepError
 from step_model.config import PRESETS, preset
 from step_model.corpus import LanguageSelection, read_corpus, resolve_corpus
-from step_model.errors import StepError
 from step_model.tokenizer import BPE_SAMPLE_CHARS
 
 app = command_line(__doc__, "step-model")
@@ -156,7 +156,7 @@ def corpus_build(
 
     Pure Python: needs network access to a Debian mirror and the npm registry, not a Debian system.
     """
-    from step_model.corpus_build import build_corpus
+    from step_corpus import build_corpus
 
     console = console_for(json_out)
     selection = LanguageSelection.parse(languages)
@@ -359,8 +359,13 @@ def verify(
     """Check that a checkpoint (or an exported model folder with SHA256SUMS) is exactly what the
     federation signed: every file matches SHA256SUMS, no file is outside it, and SHA256SUMS
     carries the federation key's signature (SHA256SUMS.sig)."""
+    from step_common.signatures import (
+        SIGNATURE_SUFFIX,
+        key_fingerprint,
+        read_verify_key,
+        verify_file,
+    )
     from step_model.checkpoint import SUMS, resolve_checkpoint, verify_checkpoint
-    from step_model.signing import SIGNATURE_SUFFIX, key_fingerprint, read_verify_key, verify_file
 
     key = read_verify_key(federation_key)
     folder = resolve_checkpoint(path)

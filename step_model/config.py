@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import charset_normalizer
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 SPLITS = ("train", "valid", "udhr")
 EU_LANGUAGES = (

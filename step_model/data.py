@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 from step_model.tokenizer import Tokenizer
 
 

@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_text
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD)

@@ -25,6 +25,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from step_common.errors import StepError
+from step_common.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from step_model.checkpoint import LATEST, Checkpoint, load_checkpoint, save_in_run
 from step_model.config import ModelConfig, preset
 from step_model.corpus import (
@@ -35,9 +37,7 @@ from step_model.corpus import (
     resolve_corpus,
 )
 from step_model.data import LanguageMixture, TokenStream, tokenize_texts
-from step_model.errors import StepError
 from step_model.evaluate import bits_per_byte, mean_bpb
-from step_model.fileio import append_jsonl, atomic_write_json, atomic_write_text
 from step_model.model import Transformer, autocast, next_token_loss
 from step_model.tokenizer import Tokenizer, load_tokenizer
 

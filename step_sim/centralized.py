@@ -22,12 +22,12 @@ import torch
 from coordinator.config import FederationConfig
 from node.data import NodeData, load_node_data
 from node.trainer import node_seed
+from step_common.errors import StepError
+from step_common.fileio import append_jsonl, atomic_write_json
 from step_model.checkpoint import initial_weights
 from step_model.config import preset
 from step_model.data import LanguageMixture
-from step_model.errors import StepError
 from step_model.evaluate import language_nll, mean_bpb
-from step_model.fileio import append_jsonl, atomic_write_json
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, load_tokenizer
 from step_model.train import lr_at, make_optimizer, train_step

@@ -21,9 +21,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from step_model import protocol as P
-from step_model.checkpoint import resolve_checkpoint, verify_checkpoint
-from step_model.cli_common import (
+from step_common.cli_common import (
     command_line,
     console_for,
     emit_json,
@@ -31,10 +29,12 @@ from step_model.cli_common import (
     user_errors,
     version_callback,
 )
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_text
+from step_fed import protocol as P
+from step_model.checkpoint import resolve_checkpoint, verify_checkpoint
 from step_model.corpus import project_root
-from step_model.errors import StepError
 from step_model.evaluate import mean_bpb
-from step_model.fileio import atomic_write_text
 from step_model.tokenizer import resolve_tokenizer
 from step_sim.config import SimConfig, load_sim_config
 from step_sim.plot import plot_bpb

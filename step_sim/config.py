@@ -22,8 +22,8 @@ import yaml
 
 from coordinator.config import FederationConfig, federation_from_dict
 from node.settings import NodeSettings, institution_slices, sim_node_settings
+from step_common.errors import StepError
 from step_model.corpus import resolve_corpus
-from step_model.errors import StepError
 
 TOP_KEYS = (
     "corpus", "federation", "institutions", "description", "centralized_lr", "privacy"

@@ -23,7 +23,7 @@ The path (flwr 1.39, no deprecated API):
    ``flwr run`` exits 0 even when the run later fails, the status is what counts.
 
 Cleanup: every child process, and whatever it starts in new sessions (SuperExec, the
-simulation process, Ray), is gone on every exit path: see step_model/processes.py.
+simulation process, Ray), is gone on every exit path: see step_launch/processes.py.
 
 Everything the run writes stays in ``run_dir``: ``flwr_home/`` (``FLWR_HOME``: CLI config,
 installed FABs), ``ray/`` (``RAY_TMPDIR``: Ray sessions and logs), ``superlink.db``,
@@ -49,10 +49,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from step_model.errors import StepError
-from step_model.fileio import FSYNC_ENV
-from step_model.flwr_cli import log_tail, parse_json_stdout, strip_ansi
-from step_model.processes import (
+from step_common.errors import StepError
+from step_common.fileio import FSYNC_ENV
+from step_launch.flwr_cli import log_tail, parse_json_stdout, strip_ansi
+from step_launch.processes import (
     MARKER_ENV,
     ChildProcesses,
     free_port,

@@ -16,10 +16,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator.flower_transport import raw_from_message
-from coordinator.replies import RawReply, Weights
-from coordinator.rounds import Kind
 from node import client_app
-from step_model import protocol as P
+from step_fed import protocol as P
+from step_fed.transport import Kind, RawReply, Weights
 
 
 class LocalTransport:

@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from coordinator.replies import TrainReply
-from coordinator.replies import Weights as Weights
 from coordinator.strategy.robust import Aggregation
+from step_fed.transport import Weights as Weights
 
 
 class Strategy(ABC):

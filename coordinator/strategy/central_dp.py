@@ -27,7 +27,7 @@ from opacus.accountants import RDPAccountant
 from coordinator.replies import TrainReply
 from coordinator.strategy.base import Strategy, Weights
 from coordinator.strategy.robust import clip_scale
-from step_model.secret_rng import secret_generator
+from step_fed.secret_rng import secret_generator
 
 
 class CentralDP(Strategy):

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from coordinator.replies import TrainReply, Weights, weighted_mean_delta
+from coordinator.replies import TrainReply, weighted_mean_delta
+from step_fed.transport import Weights
 
 
 @dataclass(frozen=True)

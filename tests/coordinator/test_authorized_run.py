@@ -9,7 +9,7 @@ import pytest
 
 from coordinator.authorized_run import authorize
 from coordinator.deployment import FederationFolder, ProcessState
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 
 def _federation(tmp_path: Path, run_id: int) -> tuple[Path, Path]:

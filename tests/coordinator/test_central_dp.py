@@ -13,7 +13,7 @@ from coordinator.config import federation_from_dict, load_federation_config
 from coordinator.replies import TrainReply
 from coordinator.rounds import RoundRunner
 from coordinator.strategy import CentralDP, DiLoCo, FedAvg, make_strategy
-from step_model.errors import StepError
+from step_common.errors import StepError
 from tests.local_federation import LocalTransport, write_sim_config
 
 

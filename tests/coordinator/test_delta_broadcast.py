@@ -13,8 +13,8 @@ import torch
 import node.client_app as node_app
 from coordinator.broadcast import DeltaBroadcast
 from coordinator.rounds import RoundRunner
+from step_fed.update_codec import QUANTISED, apply_delta, decode, encode, encoded_bytes, view_id
 from step_model.config import ModelConfig
-from step_model.update_codec import QUANTISED, apply_delta, decode, encode, encoded_bytes, view_id
 from tests.coordinator.test_rounds import run
 
 

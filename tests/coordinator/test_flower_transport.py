@@ -12,7 +12,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from coordinator import delivery
 from coordinator.flower_transport import GridTransport
-from step_model import protocol as P
+from step_fed import protocol as P
 
 ENROLLED = {11: "athens", 22: "tallinn"}
 MALLORY = 99  # registered at the SuperLink behind the admin's back

@@ -11,7 +11,7 @@ from coordinator.privacy_reports import SignedReports
 from coordinator.registry import Registry
 from coordinator.replies import TrainReply
 from node.keys import PRIVATE_KEY, create_key_pair
-from step_model.identity import NodeSigner
+from step_fed.identity import NodeSigner
 
 
 def _reply(

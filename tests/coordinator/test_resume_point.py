@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from coordinator.config import FederationConfig
 from coordinator.resume_point import resume_point
+from step_common.errors import StepError
+from step_common.signatures import sign_file
 from step_model.checkpoint import LATEST, SUMS, Checkpoint, save_in_run
 from step_model.config import preset
-from step_model.errors import StepError
-from step_model.signing import sign_file
 from step_model.tokenizer import ByteTokenizer
 
 KEY = ed25519.Ed25519PrivateKey.generate()
@@ -107,7 +107,7 @@ def test_step_coord_says_the_fallback_loudly_and_audits_it(tmp_path: Path) -> No
     from coordinator.cli import app as coord
     from coordinator.config import load_federation_config
     from coordinator.deployment import FederationFolder
-    from step_model.signing import load_signing_key
+    from step_common.signatures import load_signing_key
 
     assert CliRunner().invoke(coord, ["init", str(tmp_path / "fed")]).exit_code == 0
     fed = FederationFolder(tmp_path / "fed")

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from coordinator.config import federation_from_dict
-from coordinator.replies import RawReply, TrainReply, check_train_reply
+from coordinator.replies import TrainReply, check_train_reply
 from coordinator.strategy import Aggregation, make_strategy
-from step_model.errors import StepError
+from step_common.errors import StepError
+from step_fed.transport import RawReply
 
 
 def reply(i: int, values: list[float], tokens: int = 100) -> TrainReply:

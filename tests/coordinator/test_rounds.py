@@ -6,7 +6,7 @@ import torch
 
 from coordinator.config import load_federation_config
 from coordinator.rounds import RoundRunner
-from step_model.errors import StepError
+from step_common.errors import StepError
 from tests.local_federation import LocalTransport, write_sim_config
 
 INSTITUTIONS = [

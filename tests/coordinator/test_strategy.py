@@ -2,15 +2,15 @@ import pytest
 import torch
 
 from coordinator.replies import (
-    RawReply,
     Rejection,
     TrainReply,
     check_train_reply,
     weighted_mean_delta,
 )
 from coordinator.strategy import DiLoCo, FedAvg
-from step_model import protocol as P
-from step_model.protocol import EMBEDDING_WEIGHT, OUTPUT_WEIGHT
+from step_fed import protocol as P
+from step_fed.protocol import EMBEDDING_WEIGHT, OUTPUT_WEIGHT
+from step_fed.transport import RawReply
 
 
 def test_diloco_matches_torch_sgd_with_nesterov() -> None:

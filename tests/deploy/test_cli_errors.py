@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from coordinator.cli import app as coord
 from node.cli import app as node
+from step_common.cli_common import package_version
 from step_model.cli import app as model
-from step_model.cli_common import package_version
 from step_sim.cli import app as sim
 from tests.local_federation import write_sim_config
 
@@ -383,7 +383,7 @@ def test_cuda_without_a_gpu_is_refused_at_check(world: Path) -> None:
 def test_privacy_shows_the_ledger_and_refuses_a_tampered_one(world: Path) -> None:
     from node.ledger import PrivacyLedger
     from node.privacy_config import privacy_from_dict
-    from step_model.identity import NodeSigner
+    from step_fed.identity import NodeSigner
 
     _edit(world / "uni" / "node.yaml", "privacy: null", "privacy: {epsilon: 4, delta: 1.0e-6, "
           "noise_multiplier: 1.0}")  # fmt: skip

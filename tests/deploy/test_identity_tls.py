@@ -12,8 +12,9 @@ from cryptography import x509
 from coordinator.registry import Registry
 from coordinator.tls import certificate_hosts, create_tls
 from node.keys import create_key_pair
-from step_model.errors import StepError
-from step_model.identity import fingerprint, parse_public_key
+from step_common.errors import StepError
+from step_common.signatures import fingerprint
+from step_fed.identity import parse_public_key
 
 # A P-384 key and the fingerprint `ssh-keygen -lf` printed for it.
 KEY = (

@@ -19,8 +19,8 @@ from coordinator.app_signing import SignedApp
 from coordinator.deployment import FederationFolder, coordinator_settings
 from coordinator.registry import Registry
 from coordinator.superlink import FlowerAdmin, flower_env, start_superlink, sync_registry
-from step_model.processes import ChildProcesses, new_marker
-from step_model.signing import create_signing_key, load_signing_key
+from step_common.signatures import create_signing_key, load_signing_key
+from step_launch.processes import ChildProcesses, new_marker
 from tests.deploy.harness import Outsider, Processes, cli, free_ports, last_json
 
 pytestmark = pytest.mark.slow

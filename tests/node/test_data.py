@@ -4,7 +4,7 @@ import pytest
 
 from node.data import read_node_texts
 from node.settings import LanguageSlice, NodeSettings
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 
 def test_slices_of_a_step_corpus(tiny_corpus: Path, tmp_path: Path) -> None:

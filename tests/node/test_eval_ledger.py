@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from node.eval_ledger import EvalLedger, EvaluationRefused
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 
 def test_one_evaluation_per_round_and_the_kept_answer_for_the_same_weights(

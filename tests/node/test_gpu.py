@@ -59,9 +59,9 @@ def test_a_federation_on_the_gpu_matches_the_cpu(
 
 def test_dp_sgd_noise_on_the_gpu_comes_from_the_secret_generator() -> None:
     from node.dp_trainer import DPSettings, Records, dp_steps
+    from step_fed.secret_rng import secret_generator
     from step_model.config import preset
     from step_model.model import Transformer
-    from step_model.secret_rng import secret_generator
 
     def run(seed: int) -> torch.Tensor:
         torch.manual_seed(0)

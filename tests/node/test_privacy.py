@@ -19,11 +19,11 @@ from node.dp_trainer import DPSettings, Records, dp_steps
 from node.keys import create_key_pair
 from node.ledger import PrivacyBudgetExhausted, PrivacyLedger, epsilon_of
 from node.privacy_config import PrivacyConfig, privacy_from_dict
+from step_common.errors import StepError
+from step_fed.identity import NodeSigner
+from step_fed.secret_rng import secret_generator
 from step_model.config import preset
-from step_model.errors import StepError
-from step_model.identity import NodeSigner
 from step_model.model import Transformer
-from step_model.secret_rng import secret_generator
 
 
 def test_rdp_reproduces_opacus_reference_value() -> None:

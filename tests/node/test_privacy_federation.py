@@ -14,7 +14,7 @@ import yaml
 from coordinator.config import load_federation_config
 from coordinator.rounds import RoundRunner
 from node.ledger import PrivacyLedger
-from step_model import protocol as P
+from step_fed import protocol as P
 from tests.local_federation import LocalTransport, write_sim_config
 
 PRIVACY = {"epsilon": 3.0, "delta": 1e-6, "rounds": 2, "mode": "hooks"}

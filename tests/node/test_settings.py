@@ -1,7 +1,7 @@
 import pytest
 
 from node.settings import LanguageSlice, institution_slices
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 
 def test_shared_languages_get_disjoint_consecutive_slices() -> None:

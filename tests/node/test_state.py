@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from node.state import InnerState, NodeStateStore
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 
 def adam_state() -> dict[str, object]:

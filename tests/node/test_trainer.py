@@ -6,9 +6,9 @@ import torch
 from coordinator.config import federation_from_dict
 from node.state import InnerState, NodeStateStore
 from node.trainer import drift_correction, with_error_feedback
-from step_model.errors import StepError
-from step_model.protocol import EMBEDDING_WEIGHT, RoundConfig
-from step_model.update_codec import decode, encode
+from step_common.errors import StepError
+from step_fed.protocol import EMBEDDING_WEIGHT, RoundConfig
+from step_fed.update_codec import decode, encode
 
 
 def round_config(round_: int, drift: int) -> RoundConfig:

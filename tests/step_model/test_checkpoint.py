@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from step_common.errors import StepError
 from step_model import checkpoint as ck
 from step_model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, save_in_run
 from step_model.config import preset
-from step_model.errors import StepError
 from step_model.model import Transformer
 from step_model.tokenizer import ByteTokenizer
 

@@ -1,7 +1,7 @@
 import pytest
 
+from step_common.errors import StepError
 from step_model.config import NOMINAL_PARAMS, PRESETS, ModelConfig, preset
-from step_model.errors import StepError
 from step_model.model import Transformer
 
 

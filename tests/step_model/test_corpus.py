@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from step_common.errors import StepError
 from step_model.corpus import (
     EU_LANGUAGES,
     LanguageSelection,
@@ -11,7 +12,6 @@ from step_model.corpus import (
     read_text_dir,
     resolve_corpus,
 )
-from step_model.errors import StepError
 
 
 def test_reads_the_selected_languages(tiny_corpus: Path) -> None:

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from step_common.errors import StepError
 from step_model.data import LanguageMixture, TokenStream, mixture_weights, tokenize_texts
-from step_model.errors import StepError
 from step_model.tokenizer import ByteTokenizer
 
 

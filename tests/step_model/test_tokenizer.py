@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from step_common.errors import StepError
 from step_model.corpus import read_step_corpus
-from step_model.errors import StepError
 from step_model.tokenizer import (
     BPETokenizer,
     ByteTokenizer,

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from step_common.errors import StepError
 from step_model.checkpoint import load_checkpoint
-from step_model.errors import StepError
 from step_model.train import TrainConfig, Trainer, lr_at
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 from step_sim.config import load_sim_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 from step_sim import flower_runner
 from step_sim.flower_runner import SimulationSpec, run_simulation_app
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from step_model.processes import MARKER_ENV
+from step_launch.processes import MARKER_ENV
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TAIL_LINES = 40

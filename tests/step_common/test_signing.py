@@ -12,17 +12,11 @@ from flwr.supercore.fab import Fab
 from flwr.supernode.start_client_internal import _verify_fab
 from typer.testing import CliRunner
 
+from step_common.signatures import create_signing_key, load_signing_key, read_verify_key, sign_file
+from step_fed.app_signatures import fab_verifications, trusted_entities_yaml
 from step_model.checkpoint import SUMS, Checkpoint, save_checkpoint
 from step_model.cli import app as model_cli
 from step_model.config import preset
-from step_model.signing import (
-    create_signing_key,
-    fab_verifications,
-    load_signing_key,
-    read_verify_key,
-    sign_file,
-    trusted_entities_yaml,
-)
 from step_model.tokenizer import ByteTokenizer
 
 FAB = b"PK\x03\x04 a Flower App archive"

@@ -31,8 +31,8 @@ import hashlib
 
 import torch
 
-from step_model.errors import StepError
-from step_model.protocol import ENCODINGS
+from step_common.errors import StepError
+from step_fed.protocol import ENCODINGS
 
 SCALE_SUFFIX = "#scale"
 

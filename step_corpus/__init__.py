@@ -21,6 +21,6 @@ catalogs, paragraph rules), ``sources`` (languages, sources, locale names), ``ud
 declaration texts), ``build`` (split, caps, files, manifest).
 """
 
-from step_model.corpus_build.build import build_corpus
+from step_corpus.build import build_corpus
 
 __all__ = ["build_corpus"]

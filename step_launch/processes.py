@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 MARKER_ENV = "STEP_LAUNCH_MARKER"
 TERM_GRACE_S = 5.0
@@ -62,77 +62,8 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-_WATCHDOG = r"""
-import os, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-needle = sys.argv[1].encode()
-spared = {os.getpgid(0), os.getpgid(os.getppid())}  # our own group and the launcher's
-sys.stdin.buffer.read()  # returns at EOF: the launcher is done with its cleanup, or died
-groups = set()  # process groups of marked processes, remembered once seen
-
-def table():
-    # pid -> (ppid, pgid, marked) for every live process but this one.
-    rows = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                fields = open("/proc/%s/stat" % name).read().rsplit(")", 1)[1].split()
-                if fields[0] in ("Z", "X"):
-                    continue
-                env = open("/proc/%s/environ" % name, "rb").read().split(b"\0")
-                rows[int(name)] = (int(fields[1]), int(fields[3]), needle in env)
-            except (OSError, IndexError, ValueError):
-                pass
-    return rows
-
-def targets():
-    # Marked processes, everything in their process groups, and their descendants. Ray's agents
-    # overwrite their environment with their process title (setproctitle), so the marker may be
-    # gone from them; their group and parent still tie them to this launch, even once orphaned.
-    rows = table()
-    groups.update(g for _, g, m in rows.values() if m and g not in spared)
-    found = {pid for pid, (_, g, m) in rows.items() if m or g in groups}
-    todo = list(found)
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, _, _) in rows.items():
-            if ppid == parent and pid not in found:
-                found.add(pid)
-                todo.append(pid)
-    return found
-
-def sweep():
-    # SIGTERM first, SIGKILL from 5 s on. Done only when nothing is seen for 3 s: a process
-    # being forked while we look (Ray starting its agents as the raylet dies) shows up seconds
-    # later.
-    start = time.monotonic()
-    quiet_since = None
-    while time.monotonic() - start < 30.0:
-        left = targets()
-        now = time.monotonic()
-        if left:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = now
-        elif now - quiet_since >= 3.0:
-            return
-        sig = signal.SIGTERM if now - start < 5.0 else signal.SIGKILL
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        time.sleep(0.2)
-
-sweep()
-if len(sys.argv) > 2:  # the short symlink for Ray's sockets, when the launcher could not remove it
-    try:
-        os.unlink(os.path.join(sys.argv[2], "r"))
-        os.rmdir(sys.argv[2])
-    except OSError:
-        pass
-"""
+WATCHDOG = Path(__file__).with_name("watchdog.py")
+"""Run by path with ``-I -S``: the standard library only, whatever the environment."""
 
 
 @contextlib.contextmanager
@@ -144,7 +75,7 @@ def watchdog(marker: str, symlink: Path | None = None) -> Iterator[None]:
         return
     env = {k: v for k, v in os.environ.items() if k != MARKER_ENV}
     guard = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _WATCHDOG, f"{MARKER_ENV}={marker}"]
+        [sys.executable, "-I", "-S", str(WATCHDOG), f"{MARKER_ENV}={marker}"]
         + ([str(symlink.parent)] if symlink is not None and symlink.is_symlink() else []),
         env=env,
         stdin=subprocess.PIPE,

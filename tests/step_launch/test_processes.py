@@ -17,7 +17,7 @@ import pytest
 # kills the child, the grandchild is an orphan that only its process group ties to the launch.
 LAUNCHER = """
 import os, subprocess, sys, time
-from step_model.processes import ChildProcesses, watchdog, new_marker, MARKER_ENV
+from step_launch.processes import ChildProcesses, watchdog, new_marker, MARKER_ENV
 pid_file = sys.argv[1]
 marker = new_marker()
 grandchild = (

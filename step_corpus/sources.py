@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 # The 24 official EU languages, then the 11 others, in the reference corpus's order.
 STEP35_LANGUAGES: tuple[str, ...] = (

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from step_model.corpus_build import build_corpus, debian, udhr
-from step_model.corpus_build.build import cap_lines, split_train_valid
-from step_model.corpus_build.extract import (
+from step_common.errors import StepError
+from step_corpus import build_corpus, debian, udhr
+from step_corpus.build import cap_lines, split_train_valid
+from step_corpus.extract import (
     clean_paragraphs,
     dedupe,
     keep_paragraph,
@@ -27,8 +28,7 @@ from step_model.corpus_build.extract import (
     po_entries,
     translations,
 )
-from step_model.corpus_build.sources import SOURCES, check_languages, locale_candidates
-from step_model.errors import StepError
+from step_corpus.sources import SOURCES, check_languages, locale_candidates
 
 # --- builders for test data -------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"  # Debian 12, the release the reference corpus was built from

@@ -1,12 +1,11 @@
-"""The federation's signing key: Ed25519, OpenSSH format, and what it signs.
+"""The federation's signing key: Ed25519, OpenSSH format, and what it signs; OpenSSH key
+fingerprints (the form every key of the project is shown in).
 
 ``step-coord init`` creates the key pair. The private key never leaves the coordinator's
 federation folder (0600); the public key (``federation.pub``) goes to every node operator with
 ``ca.crt``, and its fingerprint is read out by phone, like a node's. It signs:
 
-- the Flower App (FAB) that ``step-coord start`` submits: nodes run a SuperNode with this key as
-  its only trusted entity, so Flower refuses any app it did not sign before running its code
-  (Flower's own scheme: Ed25519 over 8-byte big-endian ``signed_at`` + sha256(FAB));
+- the Flower App (FAB) that ``step-coord start`` submits (step_fed/app_signatures.py);
 - every entry of the audit log (coordinator/audit.py);
 - each checkpoint's ``SHA256SUMS`` (``SHA256SUMS.sig``), which ``step-model verify`` checks.
 """
@@ -16,16 +15,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import time
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from step_model.errors import StepError
-from step_model.fileio import atomic_write_bytes, atomic_write_text
-from step_model.identity import fingerprint
+from step_common.errors import StepError
+from step_common.fileio import atomic_write_bytes, atomic_write_text
+
+
+def fingerprint(openssh_public: str) -> str:
+    """``SHA256:...`` of an OpenSSH public key line (as ``ssh-keygen -l`` prints it)."""
+    parts = openssh_public.split()
+    blob = base64.b64decode(parts[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
 
 PRIVATE_KEY = "federation.key"
 PUBLIC_KEY = "federation.pub"
@@ -106,26 +111,6 @@ def verify(key: ed25519.Ed25519PublicKey, data: bytes, signature: str) -> bool:
     except (InvalidSignature, ValueError):
         return False
     return True
-
-
-# --- Flower App (FAB) signatures ----------------------------------------------------------------
-
-
-def fab_verifications(key: ed25519.Ed25519PrivateKey, fab: bytes) -> dict[str, str]:
-    """The ``verifications`` map a SuperNode with trusted entities checks (flwr 1.39
-    ``supernode/start_client_internal.py`` ``_verify_fab``): per signer key id, a JSON string
-    with the signature over 8-byte big-endian ``signed_at`` + sha256(FAB); ``valid_license``
-    must be non-empty or the SuperNode refuses the app as unverifiable."""
-    signed_at = int(time.time())
-    message = signed_at.to_bytes(8, "big") + hashlib.sha256(fab).digest()
-    entry = {"signature": sign(key, message), "signed_at": signed_at}
-    return {key_fingerprint(key.public_key()): json.dumps(entry), "valid_license": "Valid"}
-
-
-def trusted_entities_yaml(key: ed25519.Ed25519PublicKey) -> str:
-    """``flower-supernode --trusted-entities`` file: this key, under the id the FAB's
-    verification carries (its fingerprint)."""
-    return f'"{key_fingerprint(key)}": "{public_line(key)}"\n'
 
 
 # --- signed files (checkpoints' SHA256SUMS) -----------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 FSYNC_ENV = "STEP_FSYNC"
 """``STEP_FSYNC=0`` skips fsync. Writes stay atomic (a killed process leaves the old or the new

