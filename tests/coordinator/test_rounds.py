@@ -1,10 +1,13 @@
 import json
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from coordinator.config import load_federation_config
+from coordinator.replies import TrainReply
 from coordinator.rounds import RoundRunner
 from step_common.errors import StepError
 from tests.local_federation import LocalTransport, write_sim_config
@@ -67,10 +70,26 @@ def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(
 def test_fedavg_is_the_token_weighted_mean_of_local_models(
     tiny_corpus: Path, tmp_path: Path
 ) -> None:
-    runner = run(tmp_path, tiny_corpus, "f", strategy="fedavg", rounds=1)
+    runner = run(tmp_path, tiny_corpus, "f", strategy="fedavg", rounds=1, token_rows=False)
     before = {k: v.clone() for k, v in runner.weights.items()}
-    runner.run()
-    assert any(not torch.equal(before[k], runner.weights[k]) for k in before)
+    seen: list[TrainReply] = []
+    aggregate = runner.strategy.aggregate
+
+    def spy(replies: list[TrainReply], *args: Any, **kw: Any) -> dict[str, torch.Tensor]:
+        # Both nodes trained on as many tokens; claim 3x for the second so that the weighting
+        # shows (a plain mean would miss the expected weights by a quarter of the difference).
+        seen.extend([replies[0], replace(replies[1], num_tokens=3 * replies[1].num_tokens)])
+        return aggregate(seen, *args, **kw)
+
+    runner.strategy.aggregate = spy  # type: ignore[method-assign]
+    runner.train_round(1)
+    assert len(seen) == 2 and seen[1].num_tokens == 3 * seen[0].num_tokens > 0
+    total = sum(r.num_tokens for r in seen)
+    for k in before:  # each node's local model is the global one minus its update
+        local = [before[k] - r.delta[k] for r in seen]
+        expected = sum(r.num_tokens / total * m for r, m in zip(seen, local, strict=True))
+        assert torch.allclose(runner.weights[k], expected, atol=1e-6), k
+    assert not torch.allclose(seen[0].delta["lm_head.weight"], seen[1].delta["lm_head.weight"])
 
 
 def test_a_silent_node_below_min_nodes_fails_the_round_with_reasons(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from node.dp_trainer import DPSettings, Records, dp_steps
 from node.keys import create_key_pair
@@ -63,40 +64,57 @@ def test_derived_noise_spends_the_budget_over_the_planned_rounds(tmp_path: Path)
         ledger.plan(c, 6, expected_batch=8, steps=20, records=4000)
 
 
-def test_ledger_never_exceeds_the_budget_across_restarts(tmp_path: Path) -> None:
-    """Property test: random budgets, mechanisms and restarts; spent never exceeds the budget,
-    never decreases, and a refusal changes nothing but the refusals list."""
-    for trial in range(12):
-        rng = random.Random(trial)
-        folder = tmp_path / f"t{trial}"
-        budget = rng.uniform(0.5, 8.0)
-        prv = trial % 4 == 3  # PRV is slow to compose: fewer trials, with a fixed sigma
-        if prv or rng.random() < 0.5:
-            c = cfg(epsilon=budget, noise_multiplier=rng.uniform(0.6, 3.0), rounds=None)
+Round = tuple[int, int, int]
+"""(expected batch, steps, training sequences) of one round a node is asked to train."""
+ROUNDS = st.lists(
+    st.tuples(st.integers(4, 32), st.integers(1, 60), st.integers(2000, 20000)),
+    min_size=1,
+    max_size=8,
+)
+
+
+@st.composite
+def budgets(draw: st.DrawFn) -> PrivacyConfig:
+    """A budget spent with a fixed sigma or over planned rounds, on either accountant (PRV,
+    slow to compose, only with a fixed sigma)."""
+    epsilon = draw(st.floats(0.5, 8.0))
+    accountant = draw(st.sampled_from(["rdp", "rdp", "rdp", "prv"]))
+    if accountant == "prv" or draw(st.booleans()):
+        c = cfg(epsilon=epsilon, noise_multiplier=draw(st.floats(0.6, 3.0)), rounds=None)
+    else:
+        c = cfg(epsilon=epsilon, rounds=draw(st.integers(1, 6)))
+    return PrivacyConfig(**{**c.__dict__, "accountant": accountant})
+
+
+@settings(max_examples=8, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(c=budgets(), rounds=ROUNDS)
+def test_ledger_never_exceeds_the_budget_across_restarts(
+    tmp_path_factory: pytest.TempPathFactory, c: PrivacyConfig, rounds: list[Round]
+) -> None:
+    """Whatever the budget and the rounds asked, with a restart before each: spent never
+    exceeds the budget, never decreases, and a refusal changes nothing but the refusals."""
+    folder = tmp_path_factory.mktemp("ledger")
+    spent_before, refused = 0.0, 0
+    for r, (batch, steps, records) in enumerate(rounds, start=1):
+        ledger = PrivacyLedger.load(folder, "n")
+        try:
+            entry = ledger.plan(c, r, batch, steps, records)
+        except PrivacyBudgetExhausted as e:
+            ledger.refuse(r, str(e))
+            refused += 1
+        except StepError:  # one round alone would exceed: nothing may be recorded
+            assert not ledger.entries
+            break
         else:
-            c = cfg(epsilon=budget, rounds=rng.randint(1, 6))
-        c = PrivacyConfig(**{**c.__dict__, "accountant": "prv" if prv else "rdp"})
-        spent_before, refused = 0.0, 0
-        for r in range(1, 9):
-            ledger = PrivacyLedger.load(folder, "n")
-            records = rng.randint(2000, 20000)
-            try:
-                entry = ledger.plan(c, r, rng.randint(4, 32), rng.randint(1, 60), records)
-            except PrivacyBudgetExhausted as e:
-                ledger.refuse(r, str(e))
-                refused += 1
-            except StepError:  # one round alone would exceed: nothing may be recorded
-                assert not ledger.entries
-                break
-            else:
-                ledger.record(entry, "seq")
-            reloaded = PrivacyLedger.load(folder, "n")
-            spent = reloaded.spent(c)
-            assert spent <= c.epsilon + 1e-9, (trial, r, spent, c.epsilon)
-            # PRV is a numerical estimate (error bound 0.01): monotone only to that precision.
-            assert spent >= spent_before - (0.01 if c.accountant == "prv" else 1e-9)
-            spent_before = spent
-            assert len(reloaded.refusals) == refused
+            ledger.record(entry, "seq")
+        reloaded = PrivacyLedger.load(folder, "n")
+        spent = reloaded.spent(c)
+        assert spent <= c.epsilon + 1e-9, (r, spent, c.epsilon)
+        # PRV is a numerical estimate (error bound 0.01): monotone only to that precision.
+        assert spent >= spent_before - (0.01 if c.accountant == "prv" else 1e-9)
+        spent_before = spent
+        assert len(reloaded.refusals) == refused
 
 
 def test_bad_budgets_are_refused_before_anything_is_written(tmp_path: Path) -> None:

@@ -9,30 +9,11 @@ from node.trainer import drift_correction, with_error_feedback
 from step_common.errors import StepError
 from step_fed.protocol import EMBEDDING_WEIGHT, RoundConfig
 from step_fed.update_codec import decode, encode
+from tests import factories
 
 
 def round_config(round_: int, drift: int) -> RoundConfig:
-    return RoundConfig(
-        round=round_,
-        total_rounds=5,
-        inner_steps=2,
-        inner_lr=1e-3,
-        min_lr_ratio=0.1,
-        warmup_steps=0,
-        weight_decay=0.0,
-        beta1=0.9,
-        beta2=0.95,
-        grad_clip=1.0,
-        batch_size=2,
-        seq_len=8,
-        alpha=0.3,
-        seed=0,
-        update_encoding="fp32",
-        model_config="{}",
-        tokenizer="",
-        tokenizer_sha256="",
-        drift_correction=drift,
-    )
+    return factories.round_config(round=round_, drift_correction=drift)
 
 
 def test_the_correction_is_the_global_mean_update_minus_the_own_per_unit_lr() -> None:

@@ -3,6 +3,7 @@ import torch
 
 from step_fed.protocol import RoundConfig
 from step_fed.update_codec import QUANTISED, decode, encode, encoded_bytes, row_scales
+from tests.factories import round_config
 
 
 def update() -> dict[str, torch.Tensor]:
@@ -93,26 +94,9 @@ def test_malformed_updates_are_refused(damage: str) -> None:
 
 
 def test_round_config_survives_the_wire_and_refuses_bad_values() -> None:
-    cfg = RoundConfig(
-        round=3,
-        total_rounds=10,
-        inner_steps=50,
-        inner_lr=3e-3,
-        min_lr_ratio=0.1,
-        warmup_steps=10,
-        weight_decay=0.1,
-        beta1=0.9,
-        beta2=0.95,
-        grad_clip=1.0,
-        batch_size=8,
-        seq_len=128,
-        alpha=0.3,
-        seed=0,
-        update_encoding="int8",
-        model_config="{}",
-        tokenizer="{}",
-        tokenizer_sha256="ab",
-    )
+    cfg = round_config(round=3, total_rounds=10, inner_steps=50, inner_lr=3e-3, warmup_steps=10,
+                       weight_decay=0.1, batch_size=8, seq_len=128, update_encoding="int8",
+                       tokenizer="{}", tokenizer_sha256="ab")  # fmt: skip
     wire = cfg.to_wire()
     assert RoundConfig.from_wire(wire) == cfg
     with pytest.raises(ValueError, match="protocol version"):

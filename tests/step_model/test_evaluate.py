@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from step_model.data import tokenize_texts
-from step_model.evaluate import bits_per_byte, mean_bpb
+from step_model.evaluate import bits_per_byte, language_nll, mean_bpb
 from step_model.tokenizer import ByteTokenizer
 
 
@@ -66,9 +66,13 @@ def test_every_byte_is_predicted_once_including_the_last_short_window() -> None:
 
 
 def test_max_tokens_caps_the_evaluation() -> None:
+    """The cap is in tokens: 64 of the 1000 (a byte each here) are predicted, and the NLL is
+    that of those 64 alone."""
     tok = ByteTokenizer()
-    streams = tokenize_texts({"de": "a" * 1000}, tok)
-    bpb = bits_per_byte(
-        Uniform(259), streams, tok.token_bytes(), seq_len=32, bos_id=256, max_tokens=64
+    stream = tokenize_texts({"de": "a" * 1000}, tok)["de"]
+    nll, n_bytes = language_nll(
+        Uniform(259), stream, tok.token_bytes(), seq_len=32, bos_id=256, max_tokens=64
     )
-    assert abs(bpb["de"] - math.log2(259)) < 1e-5
+    assert n_bytes == 64 and abs(nll - 64 * math.log(259)) < 1e-3
+    whole = language_nll(Uniform(259), stream, tok.token_bytes(), seq_len=32, bos_id=256)
+    assert whole[1] == 1000
