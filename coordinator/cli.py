@@ -76,6 +76,7 @@ from step_common.signatures import (
     public_line,
     read_verify_key,
 )
+from step_common.typed_config import parse_section
 from step_fed.identity import read_public_key
 from step_launch.flwr_cli import log_tail
 from step_launch.processes import ChildProcesses, new_marker, watchdog
@@ -113,10 +114,13 @@ def init(
         )
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise StepError(f"{folder} exists and is not an empty folder: choose a new folder")
-    CoordinatorSettings(fleet_address, control_port)  # validate before writing anything
-    try:
-        FederationConfig(preset=preset, rounds=rounds, inner_steps=inner_steps,
-                         min_nodes=min_nodes)  # fmt: skip
+    try:  # validate before writing anything
+        options = "step-coord init options"
+        listen = {"fleet_address": fleet_address, "control_port": control_port}
+        parse_section(CoordinatorSettings, listen, options, "coordinator")
+        training = {"preset": preset, "rounds": rounds, "inner_steps": inner_steps,
+                    "min_nodes": min_nodes}  # fmt: skip
+        parse_section(FederationConfig, training, options, "federation")
     except StepError as e:
         raise StepError(f"{e}: fix the option and run init again (nothing was written)") from None
     for h in host or []:

@@ -6,12 +6,14 @@ and what is allowed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, model_validator
+
 from step_common.errors import StepError
 from step_common.fileio import read_yaml
+from step_common.typed_config import STRICT, YamlFloat, parse_section
 from step_fed.protocol import BROADCAST_ENCODINGS, ENCODINGS
 from step_model.config import PRESETS
 from step_model.corpus import resolve_corpus
@@ -24,8 +26,8 @@ SEEN_ROWS_LEVELS = {"none": 0, "embedding": 1, "embedding+head": 2}
 """federation.seen_rows -> the round config's ``seen_rows`` (step_fed.protocol.SEEN_ROWS)."""
 
 
-@dataclass(frozen=True)
-class FederationConfig:
+class FederationConfig(BaseModel):
+    model_config = STRICT
     preset: str = "debug"
     """Model preset (step_model.config)."""
     tokenizer: str = "byte"
@@ -36,23 +38,23 @@ class FederationConfig:
     """'diloco' (outer SGD with Nesterov momentum) or 'fedavg' (mean of the node weights)."""
     inner_steps: int = 50
     """H: local AdamW steps per node per round."""
-    inner_lr: float = 3e-3
+    inner_lr: YamlFloat = 3e-3
     """Peak inner learning rate (cosine schedule over rounds * inner_steps global steps)."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: YamlFloat = 0.1
     warmup_steps: int = 50
     """Linear warmup, in global inner steps."""
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    weight_decay: YamlFloat = 0.1
+    beta1: YamlFloat = 0.9
+    beta2: YamlFloat = 0.95
+    grad_clip: YamlFloat = 1.0
     batch_size: int = 8
     """Sequences per inner step, per node."""
     seq_len: int = 128
-    alpha: float = 0.3
+    alpha: YamlFloat = 0.3
     """Language sampling temperature inside each node."""
-    outer_lr: float = 0.7
+    outer_lr: YamlFloat = 0.7
     """DiLoCo outer learning rate (DiLoCo, INTELLECT-1: 0.7)."""
-    outer_momentum: float = 0.9
+    outer_momentum: YamlFloat = 0.9
     """DiLoCo outer Nesterov momentum (0.9)."""
     eval_every: int = 5
     """Federated evaluation every K rounds (and always after the last)."""
@@ -62,7 +64,7 @@ class FederationConfig:
     """Replies needed to commit a round. A node that restarts mid-round is sent the round again
     and waited for (delivery.py); below the node count, rounds also go on without a node that
     stays away."""
-    round_timeout_s: float = 600.0
+    round_timeout_s: YamlFloat = 600.0
     """How long a round waits for replies."""
     update_encoding: str = "fp32"
     """How nodes send their update: fp32, bf16, or quantised per row with error feedback at the
@@ -98,29 +100,30 @@ class FederationConfig:
     federated. Its model and tokenizer must be this run's (preset, tokenizer)."""
     keep_checkpoints: int = 3
     """Committed rounds kept on disk (the oldest is deleted only after the new one is durable)."""
-    max_update_norm: float = 0.0
+    max_update_norm: YamlFloat = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
     aggregation: str = "mean"
     """How updates are combined: mean (token-weighted), trimmed_mean, median or norm_clip
     (robust rules against nodes that send wrong updates; coordinator/strategy/robust.py)."""
-    trim_fraction: float = 0.25
+    trim_fraction: YamlFloat = 0.25
     """trimmed_mean: share of the nodes dropped at each end, per coordinate."""
-    aggregation_clip: float = 0.0
+    aggregation_clip: YamlFloat = 0.0
     """norm_clip, filtered_mean: every update scaled to at most this L2 norm (0: the round's
     median norm)."""
-    filter_cosine: float = 0.1
+    filter_cosine: YamlFloat = 0.1
     """filtered_mean: updates whose cosine similarity with the coordinate-wise median of the
     round is below this are dropped (and reported)."""
-    central_dp_noise: float = 0.0
+    central_dp_noise: YamlFloat = 0.0
     """Central DP (institution level, coordinator/strategy/central_dp.py): noise multiplier
     sigma; the noisy sum gets N(0, (sigma C)^2) per coordinate (0: no central DP)."""
-    central_dp_clip: float = 0.0
+    central_dp_clip: YamlFloat = 0.0
     """C: every node's pseudo-gradient is clipped to this L2 norm (needed with central DP)."""
-    central_dp_delta: float = 1e-5
+    central_dp_delta: YamlFloat = 1e-5
     """The delta at which the coordinator reports its epsilon (below 1 / number of nodes)."""
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
         def bad(key: str, allowed: str) -> StepError:
             return StepError(f"federation.{key} = {getattr(self, key)!r}: {allowed}")
 
@@ -179,6 +182,7 @@ class FederationConfig:
             raise StepError(
                 "federation.warmup_steps, eval_max_tokens, max_update_norm must be >= 0"
             )
+        return self
 
     def steps_in_round(self, round_: int) -> int:
         """H of round ``round_`` (1-based)."""
@@ -194,30 +198,11 @@ class FederationConfig:
         return self.step_offset(self.rounds + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
 
 def federation_from_dict(data: Any, source: str) -> FederationConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise StepError(f"{source}: 'federation' must be a mapping of settings")
-    known = {f.name: f for f in fields(FederationConfig)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise StepError(f"{source}: unknown keys federation.{unknown}; allowed: {sorted(known)}")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        want = {"int": int, "float": float, "str": str, "bool": bool}[str(known[key].type)]
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
-            raise StepError(f"{source}: federation.{key} = {value!r} must be a {want.__name__}")
-        values[key] = value
-    try:
-        return FederationConfig(**values)
-    except StepError as e:
-        raise StepError(f"{source}: {e}") from None
+    return parse_section(FederationConfig, data, source, "federation")
 
 
 def load_federation_config(path: Path) -> FederationConfig:

@@ -16,41 +16,45 @@ Layout (all paths relative to the folder)::
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
 
 from step_common.errors import StepError
 from step_common.fileio import atomic_write_json, read_yaml
 from step_common.signatures import PRIVATE_KEY, PUBLIC_KEY
+from step_common.typed_config import STRICT, YamlFloat, parse_section
 from step_launch.processes import pid_alive
 
 CONFIG = "coordinator.yaml"
 
 
-@dataclass(frozen=True)
-class CoordinatorSettings:
+class CoordinatorSettings(BaseModel):
     """The ``coordinator:`` section of coordinator.yaml: where the coordinator listens."""
+
+    model_config = STRICT
 
     fleet_address: str = "0.0.0.0:9092"
     """Where nodes connect (gRPC over TLS). Open this port in the firewall."""
-    control_port: int = 9093
+    control_port: int = Field(default=9093, gt=0, lt=65536)
     """Loopback-only port of Flower's Control API (the flwr CLI, step-coord) and Runtime API
     (the ServerApp). It is never exposed: only the coordinator machine can manage the run."""
-    start_timeout_s: float = 120.0
+    start_timeout_s: YamlFloat = Field(default=120.0, gt=0)
     """How long `step-coord start` waits for the SuperLink to come up."""
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> CoordinatorSettings:
         host, sep, port = self.fleet_address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise StepError(
                 f"coordinator.fleet_address {self.fleet_address!r} must be HOST:PORT, "
                 "e.g. 0.0.0.0:9092"
             )
-        if not 0 < self.control_port < 65536:
-            raise StepError(f"coordinator.control_port {self.control_port} is not a TCP port")
         if self.control_port == int(port):
             raise StepError("coordinator.control_port must differ from the fleet_address port")
+        return self
 
     @property
     def fleet_port(self) -> int:
@@ -59,17 +63,9 @@ class CoordinatorSettings:
 
 def coordinator_settings(path: Path) -> CoordinatorSettings:
     data = read_yaml(path, "run `step-coord init DIR` first, or pass --dir DIR") or {}
-    section = data.get("coordinator") or {}
-    if not isinstance(section, dict):
-        raise StepError(f"{path}: 'coordinator' must be a mapping of settings")
-    known = {f.name: f for f in fields(CoordinatorSettings)}
-    unknown = sorted(set(section) - set(known))
-    if unknown:
-        raise StepError(f"{path}: unknown keys coordinator.{unknown}; allowed: {sorted(known)}")
-    try:
-        return CoordinatorSettings(**section)
-    except TypeError as e:
-        raise StepError(f"{path}: coordinator section: {e}") from None
+    if not isinstance(data, dict):
+        raise StepError(f"{path}: expected the settings `step-coord init` wrote (a mapping)")
+    return parse_section(CoordinatorSettings, data.get("coordinator"), str(path), "coordinator")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def write(tmp: Path, doc: dict[str, object]) -> Path:
                 "federation": {"nonsense": 1},
                 "institutions": [{"name": "a", "languages": {"de": 1}}],
             },
-            "unknown keys",
+            r"unknown key federation\.nonsense; allowed: preset, tokenizer",
         ),
         ({"institutions": []}, "non-empty list"),
         (
