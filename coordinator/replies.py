@@ -18,6 +18,7 @@ from step_fed.protocol import EMBEDDING_WEIGHT as EMBEDDING
 from step_fed.protocol import OUTPUT_WEIGHT as OUTPUT
 from step_fed.transport import RawReply, Weights
 from step_fed.update_codec import decode, encoded_bytes
+from step_model.evaluate import pooled_bpb
 
 
 @dataclass
@@ -218,11 +219,6 @@ def weighted_mean_delta(replies: list[TrainReply], token_rows: bool = False) -> 
 
 
 def bits_per_byte(replies: list[EvalReply]) -> dict[str, float]:
-    """Per language: NLL summed over nodes / (ln 2 * bytes summed over nodes)."""
-    nll: dict[str, float] = {}
-    n_bytes: dict[str, int] = {}
-    for r in sorted(replies, key=lambda r: (r.node, r.node_id)):
-        for lang, v in r.nll.items():
-            nll[lang] = nll.get(lang, 0.0) + v
-            n_bytes[lang] = n_bytes.get(lang, 0) + r.n_bytes[lang]
-    return {lang: nll[lang] / math.log(2) / n_bytes[lang] for lang in sorted(nll) if n_bytes[lang]}
+    """Per language, pooled over the nodes (in name order, so a resumed run sums alike)."""
+    ordered = sorted(replies, key=lambda r: (r.node, r.node_id))
+    return pooled_bpb((lang, v, r.n_bytes[lang]) for r in ordered for lang, v in r.nll.items())

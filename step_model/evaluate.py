@@ -11,7 +11,7 @@ where the bytes come from the tokenizer's per-token byte table. Uniform guessing
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -73,22 +73,25 @@ def bits_per_byte(
     was_training = model.training
     model.eval()
     try:
-        result = {}
-        for lang in sorted(streams):
-            nll, n_bytes = language_nll(
-                model,
-                streams[lang],
-                token_bytes,
-                seq_len=seq_len,
-                bos_id=bos_id,
-                batch_size=batch_size,
-                max_tokens=max_tokens,
-            )
-            if n_bytes:
-                result[lang] = nll / math.log(2) / n_bytes
-        return result
+        return pooled_bpb(
+            (lang, *language_nll(model, streams[lang], token_bytes, seq_len=seq_len,
+                                 bos_id=bos_id, batch_size=batch_size, max_tokens=max_tokens))
+            for lang in sorted(streams)
+        )  # fmt: skip
     finally:
         model.train(was_training)
+
+
+def pooled_bpb(parts: Iterable[tuple[str, float, int]]) -> dict[str, float]:
+    """{lang: bits per byte} of (language, summed NLL in nats, bytes predicted) parts, pooled
+    per language in the order given: NLL summed / (ln 2 x bytes summed). The one place bits
+    per byte are made, whether the parts are languages, nodes' replies or institutions."""
+    nll: dict[str, float] = {}
+    n_bytes: dict[str, int] = {}
+    for lang, v, b in parts:
+        nll[lang] = nll.get(lang, 0.0) + v
+        n_bytes[lang] = n_bytes.get(lang, 0) + b
+    return {lang: nll[lang] / math.log(2) / n_bytes[lang] for lang in sorted(nll) if n_bytes[lang]}
 
 
 def mean_bpb(bpb: Mapping[str, float]) -> float:

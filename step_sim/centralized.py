@@ -27,7 +27,7 @@ from step_common.fileio import append_jsonl, atomic_write_json
 from step_model.checkpoint import initial_weights
 from step_model.config import preset
 from step_model.data import LanguageMixture
-from step_model.evaluate import language_nll, mean_bpb
+from step_model.evaluate import language_nll, mean_bpb, pooled_bpb
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer, load_tokenizer
 from step_model.train import lr_at, make_optimizer, train_step
@@ -44,23 +44,15 @@ def evaluate_pooled(
     """bpb per language over every institution's held-out slice, as the coordinator computes it."""
     token_bytes = tok.token_bytes()
     max_tokens = None if final or not fed.eval_max_tokens else fed.eval_max_tokens
-    nll: dict[str, float] = {}
-    n_bytes: dict[str, int] = {}
     model.eval()
-    for name in sorted(nodes):
-        for lang, stream in sorted(nodes[name].valid.items()):
-            v, b = language_nll(
-                model,
-                stream,
-                token_bytes,
-                seq_len=fed.seq_len,
-                bos_id=tok.bos_id,
-                max_tokens=max_tokens,
-            )
-            nll[lang] = nll.get(lang, 0.0) + v
-            n_bytes[lang] = n_bytes.get(lang, 0) + b
+    parts = [
+        (lang, *language_nll(model, stream, token_bytes, seq_len=fed.seq_len, bos_id=tok.bos_id,
+                             max_tokens=max_tokens))
+        for name in sorted(nodes)
+        for lang, stream in sorted(nodes[name].valid.items())
+    ]  # fmt: skip
     model.train()
-    return {lang: nll[lang] / math.log(2) / n_bytes[lang] for lang in sorted(nll) if n_bytes[lang]}
+    return pooled_bpb(parts)
 
 
 def run_centralized(
