@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,10 @@ def train(msg: Message, context: Context) -> Message:
         evaluated = {}
         if cfg.eval_first:  # the weights of the round before, which this round trains from
             try:
-                evaluated = _evaluate_once(context, cfg.round - 1, settings, data, tokenizer,
-                                           cfg, weights, device)  # fmt: skip
+                evaluated = _evaluate_once(
+                    settings, context, cfg.round - 1, weights,
+                    lambda: evaluate_round(data, tokenizer, cfg, weights, device),
+                )  # fmt: skip
             except EvaluationRefused as exc:  # the training itself asks nothing of held-out text
                 log.warning("%s", exc)
         result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
@@ -273,8 +276,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         cfg, weights = _parse(msg, settings)
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
-        per_lang = _evaluate_once(context, cfg.round, settings, data, tokenizer, cfg, weights,
-                                  pick_device(settings.device))  # fmt: skip
+        device = pick_device(settings.device)
+        per_lang = _evaluate_once(
+            settings, context, cfg.round, weights,
+            lambda: evaluate_round(data, tokenizer, cfg, weights, device),
+        )  # fmt: skip
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg)}
@@ -287,24 +293,17 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _evaluate_once(
+    settings: NodeSettings,
     context: Context,
     of_round: int,
-    settings: NodeSettings,
-    data: NodeData,
-    tokenizer: Tokenizer,
-    cfg: P.RoundConfig,
     weights: dict[str, torch.Tensor],
-    device: torch.device,
+    compute: Callable[[], dict[str, tuple[float, int]]],
 ) -> dict[str, tuple[float, int]]:
-    """Evaluate round ``of_round``'s weights unless this run's round was evaluated before
-    (eval_ledger.py: the kept result for the same weights, a refusal for others)."""
-    return EvalLedger(settings.state_dir).evaluate(
-        settings.name,
-        context.run_id,
-        of_round,
-        view_id(weights),
-        lambda: evaluate_round(data, tokenizer, cfg, weights, device),
-    )
+    """``compute()`` the evaluation of round ``of_round``'s weights unless this run's round was
+    evaluated before (eval_ledger.py: the kept result for the same weights, a refusal for
+    others)."""
+    ledger = EvalLedger(settings.state_dir)
+    return ledger.evaluate(settings.name, context.run_id, of_round, view_id(weights), compute)
 
 
 def _add_eval_metrics(metrics: dict[str, Any], per_lang: dict[str, tuple[float, int]]) -> None:
