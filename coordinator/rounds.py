@@ -274,6 +274,22 @@ class RoundRunner:
         config = self.round_config(round_)
         self.transport.resent.clear()
         raws, bytes_down = self._send("train", config)
+        ok, rejected, accepted = self._usable_updates(raws, config)
+        # Every connected node is asked every round: sample rate 1 (no amplification).
+        delta = self.strategy.aggregate(ok, self.cfg.token_rows, sample_rate=1.0)
+        self.weights = self.strategy.step(self.weights, delta)
+        self._count(ok, bytes_down)
+        record = self._round_record(round_, ok, rejected, bytes_down, time.monotonic() - t0)
+        if accepted:
+            record["privacy_reset_accepted"] = accepted
+        return record, raws
+
+    def _usable_updates(
+        self, raws: list[RawReply], config: P.RoundConfig
+    ) -> tuple[list[TrainReply], list[Rejection], dict[str, str]]:
+        """The replies that pass every check, those that do not (logged), and the ledger
+        resets accepted on the way; StepError when fewer than min_nodes pass."""
+        round_ = config.round
         checked = [
             check_train_reply(
                 r,
@@ -299,23 +315,30 @@ class RoundRunner:
                 f"round {round_}: {len(ok)} usable updates, federation.min_nodes is "
                 f"{self.cfg.min_nodes} ({reasons})"
             )
-        # Every connected node is asked every round: sample rate 1 (no amplification).
-        delta = self.strategy.aggregate(ok, self.cfg.token_rows, sample_rate=1.0)
-        self.weights = self.strategy.step(self.weights, delta)
-        bytes_up = sum(r.bytes_up for r in ok)
-        tokens = sum(r.num_tokens for r in ok)
-        per_lang: dict[str, int] = {}
+        return ok, rejected, accepted
+
+    def _count(self, ok: list[TrainReply], bytes_down: int) -> None:
+        """Add the round's traffic and tokens to the run's totals."""
+        self.totals.bytes_down += bytes_down
+        self.totals.bytes_up += sum(r.bytes_up for r in ok)
+        self.totals.tokens += sum(r.num_tokens for r in ok)
+        per_language = self.totals.tokens_per_language
         for r in ok:
             for lang, n in r.tokens_per_language.items():
-                per_lang[lang] = per_lang.get(lang, 0) + n
-        self.totals.bytes_down += bytes_down
-        self.totals.bytes_up += bytes_up
-        self.totals.tokens += tokens
-        for lang, n in per_lang.items():
-            self.totals.tokens_per_language[lang] = self.totals.tokens_per_language.get(lang, 0) + n
-        # Nodes with local DP report no loss (it would not be covered by DP); under central DP
-        # no loss is kept at all: the mechanism covers the noised sum of updates, nothing else.
+                per_language[lang] = per_language.get(lang, 0) + n
+
+    def _round_record(
+        self,
+        round_: int,
+        ok: list[TrainReply],
+        rejected: list[Rejection],
+        bytes_down: int,
+        wall_s: float,
+    ) -> dict[str, Any]:
+        """What metrics.jsonl keeps of a round: under central DP only what the mechanism
+        releases (no loss, no norms, no clip flags)."""
         central = isinstance(self.strategy, CentralDP)
+        # Nodes with local DP report no loss (it would not be covered by DP).
         with_loss = [] if central else [r for r in ok if math.isfinite(r.loss)]
         loss_tokens = sum(r.num_tokens for r in with_loss)
         loss = sum(r.loss * r.num_tokens for r in with_loss) / loss_tokens if with_loss else None
@@ -327,10 +350,10 @@ class RoundRunner:
             "missing": self.missing,
             "dropped": list(self.strategy.dropped),
             "loss": loss,
-            "tokens": tokens,
+            "tokens": sum(r.num_tokens for r in ok),
             "bytes_down": bytes_down,
-            "bytes_up": bytes_up,
-            "wall_s": time.monotonic() - t0,
+            "bytes_up": sum(r.bytes_up for r in ok),
+            "wall_s": wall_s,
             "node_wall_s": {r.node: round(r.wall_s, 3) for r in ok},
         }
         epsilons = {r.node: r.epsilon for r in ok if r.epsilon is not None}
@@ -340,17 +363,15 @@ class RoundRunner:
                   for r in ok if r.epsilon_signature}  # fmt: skip
         if signed:
             record["epsilon_reports"] = signed
-        if accepted:
-            record["privacy_reset_accepted"] = accepted
         if self.broadcast is not None:
             record["resynced"] = self.resynced
         if self.transport.resent:
             record["resent"] = sorted(set(self.transport.resent))
-        if isinstance(self.strategy, CentralDP):  # what the mechanism releases, nothing more:
-            record["epsilon_central"] = self.strategy.epsilon()  # no norms, no clip flags
+        if isinstance(self.strategy, CentralDP):
+            record["epsilon_central"] = self.strategy.epsilon()
         else:
             record["update_norm"] = max(r.norm for r in ok)
-        return record, raws
+        return record
 
     def _check_privacy(
         self, reply: TrainReply | Rejection, round_: int, accepted: dict[str, str]
