@@ -436,8 +436,7 @@ def _check_resume_point(
     """The checkpoint the resume starts from verifies and belongs to this configuration;
     a damaged newest one is skipped for the newest that verifies, loudly and in the audit."""
     point = resume_point(fed.run, key.public_key(), from_)
-    state = json.loads((point.checkpoint / "state.json").read_text(encoding="utf-8"))
-    check_same_settings(cfg, state)
+    check_same_settings(cfg, point.state)
     for name, why in point.skipped.items():
         out.print(f"[bold red]WARNING: checkpoint {escape(name)} cannot be used:[/] "
                   f"{escape(why)}")  # fmt: skip

@@ -18,6 +18,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -30,28 +31,34 @@ from step_model.checkpoint import FORMAT, LATEST, SUMS, verify_checkpoint
 @dataclass(frozen=True)
 class ResumePoint:
     checkpoint: Path
-    round: int
+    state: dict[str, Any]
+    """The checkpoint's state.json: round, federation settings, totals, history."""
     skipped: dict[str, str]
     """Newer checkpoints that did not verify: name -> why."""
     chosen: bool
     """Named with --from (not the run's LATEST)."""
 
+    @property
+    def round(self) -> int:
+        return int(self.state["round"])
 
-def check(folder: Path, key: ed25519.Ed25519PublicKey, signed: bool) -> int:
-    """The round of the checkpoint in ``folder``; StepError saying why it cannot be used."""
+
+def check(folder: Path, key: ed25519.Ed25519PublicKey, signed: bool) -> dict[str, Any]:
+    """The state of the checkpoint in ``folder``; StepError saying why it cannot be used."""
     if not folder.is_dir():
         raise StepError(f"{folder} does not exist")
     verify_checkpoint(folder)
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        round_ = int(json.loads((folder / "state.json").read_text(encoding="utf-8"))["round"])
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        int(state["round"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise StepError(f"{folder} holds no federated round ({e})") from None
     if config.get("format") != FORMAT:
         raise StepError(f"{folder} was written by another version (format {config.get('format')})")
     if signed or Path(f"{folder / SUMS}{SIGNATURE_SUFFIX}").exists():
         verify_file(key, folder / SUMS)
-    return round_
+    return dict(state)
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
@@ -83,12 +90,12 @@ def resume_point(
         if folder.name in skipped:
             continue
         try:
-            round_ = check(folder, key, signed=False)
+            state = check(folder, key, signed=False)
         except StepError as e:
             skipped[folder.name] = str(e)
             continue
         _point_latest(run_dir, folder)
-        return ResumePoint(folder, round_, skipped, False)
+        return ResumePoint(folder, state, skipped, False)
     reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
     raise StepError(
         f"no checkpoint of {run_dir} verifies ({reasons}): restore one from a backup and pass "
@@ -100,7 +107,7 @@ def resume_point(
 def _chosen(run_dir: Path, key: ed25519.Ed25519PublicKey, folder: Path) -> ResumePoint:
     inside = folder.parent == (run_dir / "checkpoints").resolve()
     try:
-        round_ = check(folder, key, signed=not inside)
+        state = check(folder, key, signed=not inside)
     except StepError as e:
         raise StepError(f"--from {folder} cannot be used: {e}") from None
     if not inside:  # a copy from a backup: it joins the run's checkpoints
@@ -116,7 +123,7 @@ def _chosen(run_dir: Path, key: ed25519.Ed25519PublicKey, folder: Path) -> Resum
                 shutil.copy2(f, tmp / f.name)
         folder = target
     _point_latest(run_dir, folder)
-    return ResumePoint(folder, round_, {}, True)
+    return ResumePoint(folder, state, {}, True)
 
 
 def _point_latest(run_dir: Path, folder: Path) -> None:

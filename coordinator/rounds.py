@@ -303,8 +303,9 @@ class RoundRunner:
             )
             for r in raws
         ]
+        spent = latest_epsilons(self.history)  # each DP node's last report (eval records: none)
         accepted: dict[str, str] = {}
-        checked = [self._check_privacy(c, round_, accepted) for c in checked]
+        checked = [self._check_privacy(c, round_, spent, accepted) for c in checked]
         ok = [c for c in checked if isinstance(c, TrainReply)]
         rejected = [c for c in checked if isinstance(c, Rejection)]
         for rej in rejected:
@@ -374,22 +375,25 @@ class RoundRunner:
         return record
 
     def _check_privacy(
-        self, reply: TrainReply | Rejection, round_: int, accepted: dict[str, str]
+        self,
+        reply: TrainReply | Rejection,
+        round_: int,
+        spent: dict[str, float],
+        accepted: dict[str, str],
     ) -> TrainReply | Rejection:
         """A DP node's epsilon report: signed where the deployment requires it, and more than
-        the node reported before, unless the admin accepted a reset of its ledger not used yet
-        (then noted in ``accepted``)."""
+        the node reported before (``spent``), unless the admin accepted a reset of its ledger
+        not used yet (then noted in ``accepted``)."""
         if not isinstance(reply, TrainReply):
             return reply
         why = self.reports.check(reply, round_) if self.reports is not None else None
         if why is not None:
             return Rejection(reply.node_id, reply.node, why)
-        rounds = [h for h in self.history if h.get("kind") == "round"]
-        lower = check_epsilon(reply, latest_epsilons(rounds).get(reply.node))
+        lower = check_epsilon(reply, spent.get(reply.node))
         if lower is None:
             return reply
         reset = self.reports.reset_accepted(reply.node) if self.reports is not None else ""
-        used = {h.get("privacy_reset_accepted", {}).get(reply.node) for h in rounds}
+        used = {h.get("privacy_reset_accepted", {}).get(reply.node) for h in self.history}
         if reset and reset not in used:
             log.warning("round %d: %s reports a lower epsilon after a ledger reset that the "
                         "admin accepted at %s", round_, reply.node, reset)  # fmt: skip

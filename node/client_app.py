@@ -177,7 +177,7 @@ def train(msg: Message, context: Context) -> Message:
         data = _data(settings, cfg, tokenizer)
         store = NodeStateStore(settings.state_dir)
         device = pick_device(settings.device)  # before the ledger: a failure here spends nothing
-        signer = node_signer(settings.key)
+        signer = node_signer(settings.key) if settings.privacy else None  # signs DP only
         private, spent = (
             _private_round(settings, cfg, data, signer) if settings.privacy else (None, None)
         )
