@@ -29,6 +29,7 @@ import torch
 import yaml
 
 from coordinator.rounds import RoundRunner
+from node.privacy_config import privacy_from_dict
 from step_sim.centralized import run_centralized
 from step_sim.config import SimConfig, load_sim_config
 from step_sim.local_transport import LocalTransport
@@ -87,7 +88,8 @@ def main() -> None:
         if overrides.get("privacy") == "none":
             sim = replace(sim, privacy=None)
         elif private:
-            sim = replace(sim, privacy={**(sim.privacy or {}), **private})
+            held = sim.privacy.model_dump() if sim.privacy else {}
+            sim = replace(sim, privacy=privacy_from_dict({**held, **private}, "--variant"))
         run_dir = args.out / name
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)

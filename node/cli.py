@@ -66,7 +66,10 @@ def init(
     data: Annotated[str, typer.Option(help="Folder with this institution's text.")] = "data",
 ) -> None:
     """Create node.yaml and the node's ECDSA P-384 key pair; print the public key to send."""
-    check_address(coordinator, "--coordinator")
+    try:
+        check_address(coordinator, "--coordinator")
+    except ValueError as e:
+        raise StepError(str(e)) from None
     if not ca.is_file():
         raise StepError(f"--ca {ca} does not exist: give the ca.crt the coordinator admin sent")
     if b"BEGIN CERTIFICATE" not in ca.read_bytes():

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -26,7 +25,7 @@ from node.eval_ledger import EvalLedger, EvaluationRefused
 from node.keys import node_signer
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, load_node_file
-from node.settings import NodeSettings, sim_node_settings
+from node.settings import NodeSettings
 from node.state import NodeStateStore
 from node.trainer import (
     PrivateRound,
@@ -55,26 +54,34 @@ _DATA: dict[tuple[str, str], NodeData] = {}  # (repr of settings, tokenizer sha)
 
 
 def node_settings(context: Context) -> NodeSettings:
-    """This node's settings: node.yaml in a deployment (the SuperNode passes its path), the
-    simulation config's institution (by partition-id) in a simulation."""
+    """This node's settings, from its node.yaml: the one the SuperNode names in a deployment,
+    the one step-sim wrote for this partition in a simulation."""
     node_file = context.node_config.get(NODE_CONFIG_KEY)
     if node_file:
         nf = load_node_file(Path(str(node_file)))
         if nf.threads:
             torch.set_num_threads(nf.threads)
         return nf.settings
+    return load_node_file(sim_node_file(context), simulated=True).settings
+
+
+def sim_node_file(context: Context) -> Path:
+    """A simulated node's node.yaml: ``<run config node-files>/<partition-id>.yaml``."""
     partition = context.node_config.get("partition-id")
-    config_file = context.run_config.get(P.RUN_CONFIG_FILE)
-    run_dir = context.run_config.get(P.RUN_DIR)
-    if partition is None or not config_file or not run_dir:
+    folder = context.run_config.get(P.RUN_NODE_FILES)
+    if partition is None or not folder:
         raise StepError(
             f"this node has no settings: a deployed node passes {NODE_CONFIG_KEY!r} (step-node "
-            "start does); in a simulation the run config needs "
-            f"{P.RUN_CONFIG_FILE!r} and {P.RUN_DIR!r} (step-sim sets them)"
+            f"start does); in a simulation the run config needs {P.RUN_NODE_FILES!r} (step-sim "
+            "sets it)"
         )
-    path = Path(str(config_file))
-    sim = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return sim_node_settings(sim, int(partition), Path(str(run_dir)), source=str(path))
+    path = Path(str(folder)) / f"{partition}.yaml"
+    if not path.is_file():
+        raise StepError(
+            f"partition-id {partition} has no node file {path}: run with as many SuperNodes "
+            "as the simulation has institutions (step-sim does)"
+        )
+    return path
 
 
 def _tokenizer(cfg: P.RoundConfig) -> Tokenizer:

@@ -1,8 +1,10 @@
-"""``node.yaml``: a deployed node's own settings, written by ``step-node init``.
+"""``node.yaml``: a node's own settings, written by ``step-node init`` (or, for each virtual
+institution, by ``step-sim``).
 
 Relative paths are taken from the folder of node.yaml, so the node folder can move. The
 coordinator never sees or sets any of this: the SuperNode passes only the path of node.yaml to
-the ClientApp (``--node-config node-file=...``).
+the ClientApp (``--node-config node-file=...``). The file is a pydantic model (``NodeYaml``):
+unknown keys, wrong types and values out of range are one-line errors naming the key.
 """
 
 from __future__ import annotations
@@ -10,14 +12,16 @@ from __future__ import annotations
 import codecs
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
 
 import torch
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from node.privacy_config import privacy_from_dict
-from node.settings import _LANG_RE, _NAME_RE, WHOLE, NodeSettings
+from node.privacy_config import PrivacyConfig
+from node.settings import WHOLE, LanguageSlice, NodeSettings
 from step_common.errors import StepError
 from step_common.fileio import atomic_write_text, read_yaml
+from step_common.typed_config import STRICT, LangCode, Name, YamlFloat, parse_section
 
 NODE_FILE = "node.yaml"
 NODE_CONFIG_KEY = "node-file"
@@ -25,13 +29,94 @@ NODE_CONFIG_KEY = "node-file"
 CONSOLE_PREFIX = "step-node: "
 """A ClientApp's line for the operator's console (step-node start shows it, without this)."""
 
+Range = Annotated[tuple[YamlFloat, YamlFloat], Field(strict=False)]  # YAML gives a list
+
+
+class LanguagePart(BaseModel):
+    """Fractions [lo, hi) of a language's paragraphs: of its train/ text and of its valid/."""
+
+    model_config = STRICT
+    train: Range
+    valid: Range
+
+    @field_validator("train", "valid")
+    @classmethod
+    def _in_unit_interval(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("must be [lo, hi] with 0 <= lo < hi <= 1")
+        return value
+
+
+class Resources(BaseModel):
+    model_config = STRICT
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: a CUDA GPU when one is visible, else cpu."""
+    threads: int = Field(default=0, ge=0)
+    """CPU threads for training (0: all cores)."""
+    max_backoff_s: YamlFloat = Field(default=60.0, gt=0)
+    """Longest wait between reconnection attempts when the coordinator is unreachable."""
+
+
+class NodeYaml(BaseModel):
+    """What node.yaml may hold (see TEMPLATE for the commented file init writes)."""
+
+    model_config = STRICT
+    name: Name
+    """The institution's name, as the coordinator admin enrolled it."""
+    coordinator: str | None = None
+    """HOST:PORT of the coordinator's Fleet API (a simulated node has none)."""
+    ca: str = "ca.crt"
+    """The federation's CA certificate."""
+    federation_key: str | None = None
+    """The federation's public signing key: the SuperNode runs only apps signed with it."""
+    data: str = Field(min_length=1)
+    """A STEP-35 corpus folder, or a folder of .txt / .jsonl files."""
+    languages: Annotated[list[LangCode], Field(min_length=1)] | None = None
+    """null: every language in data; or a list of codes, e.g. [de, fr]."""
+    language_parts: dict[LangCode, LanguagePart] | None = None
+    """Instead of languages: a part of each language's paragraphs (step-sim gives its virtual
+    institutions disjoint parts of one corpus this way)."""
+    state_dir: str = "state"
+    """Inner optimizer state and data position between rounds."""
+    holdout_fraction: YamlFloat = Field(default=0.05, gt=0, lt=1)
+    """Share of paragraphs held out for evaluation when data has no valid/ split."""
+    encoding: str | None = None
+    """Encoding of the node's own .txt/.jsonl files: null (UTF-8) or e.g. cp1253."""
+    privacy: PrivacyConfig | None = None
+    """Local DP (node/privacy_config.py); null: none."""
+    resources: Resources = Resources()
+
+    @field_validator("coordinator")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        return None if value is None else check_address(value, "")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(
+                "not a known text encoding: use null (UTF-8) or a name like cp1253, "
+                "iso-8859-7, cp1251, koi8-r, utf-16"
+            ) from None
+
+    @model_validator(mode="after")
+    def _one_language_list(self) -> NodeYaml:
+        if self.languages is not None and self.language_parts is not None:
+            raise ValueError("give languages or language_parts, not both")
+        return self
+
 
 @dataclass(frozen=True)
 class NodeFile:
     path: Path
     name: str
     coordinator: str
-    """HOST:PORT of the coordinator's Fleet API."""
+    """HOST:PORT of the coordinator's Fleet API ('' for a simulated node)."""
     ca: Path
     settings: NodeSettings
     threads: int
@@ -78,100 +163,64 @@ def write_node_file(folder: Path, name: str, coordinator: str, data: str) -> Pat
 
 
 def check_address(address: str, where: str) -> str:
+    """``address`` when it is HOST:PORT; a ValueError naming ``where`` otherwise."""
+    prefix = f"{where} {address!r} " if where else ""
     if "://" in address:
-        raise StepError(
-            f"{where} {address!r} has a scheme: give HOST:PORT only, e.g. coord.example.eu:9092 "
+        raise ValueError(
+            f"{prefix}has a scheme: give HOST:PORT only, e.g. coord.example.eu:9092 "
             "(the connection is always gRPC over TLS)"
         )
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise StepError(f"{where} {address!r} must be HOST:PORT, e.g. coord.example.eu:9092")
+        raise ValueError(f"{prefix}must be HOST:PORT, e.g. coord.example.eu:9092")
     return address
 
 
-def load_node_file(path: Path) -> NodeFile:
+def load_node_file(path: Path, simulated: bool = False) -> NodeFile:
+    """node.yaml, checked. A deployed node's must name its coordinator and has a key
+    (``node.key`` next to it); a simulated node (step-sim's) has neither."""
     path = Path(path).resolve()
     data = read_yaml(path, "run `step-node init DIR ...` first, or pass --dir DIR")
-    if not isinstance(data, dict):
-        raise StepError(f"{path}: expected the settings written by `step-node init`")
-    known = {"name", "coordinator", "ca", "federation_key", "data", "languages", "state_dir",
-             "holdout_fraction", "encoding", "resources", "privacy"}  # fmt: skip
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise StepError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise StepError(f"{path}: name {name!r} must be letters, digits, '-', '_' or '.'")
-    coordinator = check_address(str(data.get("coordinator", "")), f"{path}: coordinator")
-    folder = path.parent
-    ca = folder / str(data.get("ca") or "ca.crt")
-    federation_key = folder / str(data["federation_key"]) if data.get("federation_key") else None
-    if data.get("data") in (None, ""):
-        raise StepError(f"{path}: 'data' must name the folder with this institution's text")
-    text_dir = folder / str(data["data"])
-    languages = _languages(data.get("languages"), path)
-    holdout = data.get("holdout_fraction", 0.05)
-    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
-        raise StepError(f"{path}: holdout_fraction {holdout!r} must be in (0, 1)")
-    resources = _mapping(data.get("resources"), path, "resources")
-    threads = resources.get("threads", 0)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise StepError(f"{path}: resources.threads {threads!r} must be 0 (all) or more")
-    device = _device(resources.get("device", "auto"), path)
-    backoff = resources.get("max_backoff_s", 60)
-    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff <= 0:
-        raise StepError(f"{path}: resources.max_backoff_s {backoff!r} must be > 0")
-    settings = NodeSettings(
-        name,
-        text_dir,
-        languages,
-        folder / str(data.get("state_dir") or "state"),
-        float(holdout),
-        privacy_from_dict(data.get("privacy"), str(path)),
-        device,
-        _encoding(data.get("encoding"), path),
-        folder / "node.key",
-    )
-    return NodeFile(path, name, coordinator, ca, settings, threads, float(backoff), federation_key)
-
-
-def _encoding(value: Any, path: Path) -> str | None:
-    if value is None:
-        return None
-    try:
-        return codecs.lookup(str(value)).name
-    except LookupError:
+    doc = parse_section(NodeYaml, data, str(path))
+    if doc.coordinator is None and not simulated:
         raise StepError(
-            f"{path}: encoding {value!r} is not a known text encoding: use null (UTF-8) or a "
-            "name like cp1253, iso-8859-7, cp1251, koi8-r, utf-16"
-        ) from None
-
-
-def _device(value: Any, path: Path) -> str:
-    if value not in ("auto", "cpu", "cuda"):
-        raise StepError(f"{path}: resources.device {value!r} must be auto, cpu or cuda")
-    if value == "cuda" and not torch.cuda.is_available():
+            f"{path}: coordinator is missing: add `coordinator: HOST:PORT` (the coordinator's "
+            "address, from its admin)"
+        )
+    if doc.resources.device == "cuda" and not torch.cuda.is_available():
         raise StepError(
             f"{path}: resources.device is cuda but no CUDA GPU is visible to this process: "
             "check the driver and CUDA_VISIBLE_DEVICES, or set it to auto or cpu"
         )
-    return str(value)
+    folder = path.parent
+    return NodeFile(
+        path,
+        doc.name,
+        doc.coordinator or "",
+        folder / doc.ca,
+        node_settings_of(doc, folder, None if simulated else folder / "node.key"),
+        doc.resources.threads,
+        doc.resources.max_backoff_s,
+        folder / doc.federation_key if doc.federation_key else None,
+    )
 
 
-def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise StepError(f"{path}: {key} must be a mapping")
-    return value
+def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSettings:
+    """The settings a node.yaml in ``folder`` gives (its relative paths start there)."""
+    return NodeSettings(
+        doc.name,
+        folder / doc.data,
+        _slices(doc),
+        folder / doc.state_dir,
+        doc.holdout_fraction,
+        doc.privacy,
+        doc.resources.device,
+        doc.encoding,
+        key,
+    )
 
 
-def _languages(value: Any, path: Path) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value:
-        raise StepError(f"{path}: languages must be null (all) or a list of codes, e.g. [de, fr]")
-    for lang in value:
-        if not isinstance(lang, str) or not _LANG_RE.match(lang):
-            raise StepError(f"{path}: languages: {lang!r} is not a language code like 'de'")
-    return dict.fromkeys(value, WHOLE)
+def _slices(doc: NodeYaml) -> dict[str, LanguageSlice] | None:
+    if doc.language_parts is not None:
+        return {lang: LanguageSlice(p.train, p.valid) for lang, p in doc.language_parts.items()}
+    return dict.fromkeys(doc.languages, WHOLE) if doc.languages is not None else None

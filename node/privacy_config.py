@@ -17,94 +17,54 @@ at every step. See the README ("Privacy") for what this does and does not cover.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from step_common.errors import StepError
+from pydantic import BaseModel, Field, model_validator
 
-ACCOUNTANTS = ("rdp", "prv")
-MODES = ("ghost", "hooks")
-KEYS = ("epsilon", "delta", "noise_multiplier", "rounds", "max_grad_norm", "accountant", "mode")
+from step_common.typed_config import STRICT, YamlFloat, parse_section
 
 
-@dataclass(frozen=True)
-class PrivacyConfig:
-    epsilon: float
+class PrivacyConfig(BaseModel):
+    model_config = STRICT
+    epsilon: YamlFloat = Field(gt=0, allow_inf_nan=False)
     """Total epsilon this node will spend on its data, over every round it ever trains."""
-    delta: float
-    """The delta of the (epsilon, delta) guarantee; well below 1 / number of sequences."""
-    noise_multiplier: float | None = None
+    delta: YamlFloat = Field(gt=0, lt=1)
+    """The delta of the (epsilon, delta) guarantee; well below 1 / number of sequences (e.g.
+    1.0e-6)."""
+    noise_multiplier: YamlFloat | None = Field(default=None, gt=0, allow_inf_nan=False)
     """sigma: noise std / clipping bound. None: derived from ``rounds`` and the budget."""
-    rounds: int | None = None
+    rounds: int | None = Field(default=None, ge=1)
     """Rounds the node plans to join; each round's sigma spreads what is left of the budget
     evenly over the planned rounds that remain."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: YamlFloat = Field(default=1.0, gt=0, allow_inf_nan=False)
     """C: every sequence's gradient is clipped to this L2 norm."""
-    accountant: str = "rdp"
-    mode: str = "ghost"
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Opacus accountant: rdp (Renyi DP) or prv (privacy random variables, tighter)."""
+    mode: Literal["ghost", "hooks"] = "ghost"
+    """ghost (fast gradient clipping) or hooks (per-sample gradients)."""
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        # ValueError (not StepError): pydantic then names the key path of this mapping.
+        if (self.noise_multiplier is None) == (self.rounds is None):
+            raise ValueError(
+                "give exactly one of noise_multiplier (a fixed sigma) and rounds (the rounds "
+                "you plan to join; sigma is derived from the budget)"
+            )
+        sigma = self.noise_multiplier
+        if self.accountant == "prv" and sigma is not None and sigma < 0.3:
+            raise ValueError(
+                f"noise_multiplier {sigma!r} is too small for the prv accountant (it needs "
+                ">= 0.3): raise it or use accountant: rdp"
+            )
+        return self
 
     def unit(self, seq_len: int) -> str:
         return f"one training sequence of {seq_len} tokens"
 
 
-def privacy_from_dict(data: Any, where: str) -> PrivacyConfig | None:
+def privacy_from_dict(data: Any, where: str, section: str = "privacy") -> PrivacyConfig | None:
     """Parse and check a ``privacy`` mapping (None or absent: no local DP)."""
     if data is None:
         return None
-    if not isinstance(data, dict):
-        raise StepError(f"{where}: privacy must be a mapping with epsilon and delta, or null")
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise StepError(f"{where}: unknown keys privacy.{unknown}; allowed: {list(KEYS)}")
-    for key in ("epsilon", "delta"):
-        if key not in data:
-            raise StepError(
-                f"{where}: privacy.{key} is missing: a DP budget needs both epsilon and "
-                "delta (e.g. epsilon: 8.0, delta: 1.0e-6)"
-            )
-    epsilon = _number(data, "epsilon", where)
-    if not epsilon > 0:
-        raise StepError(f"{where}: privacy.epsilon = {epsilon!r} must be a positive number")
-    delta = _number(data, "delta", where)
-    if not 0 < delta < 1:
-        raise StepError(
-            f"{where}: privacy.delta = {delta!r} must be in (0, 1), and below 1 / (number "
-            "of training sequences): e.g. 1.0e-6"
-        )
-    sigma = data.get("noise_multiplier")
-    rounds = data.get("rounds")
-    if (sigma is None) == (rounds is None):
-        raise StepError(
-            f"{where}: give exactly one of privacy.noise_multiplier (a fixed sigma) and "
-            "privacy.rounds (the rounds you plan to join; sigma is derived from the budget)"
-        )
-    if sigma is not None:
-        sigma = _number(data, "noise_multiplier", where)
-        if not sigma > 0:
-            raise StepError(f"{where}: privacy.noise_multiplier = {sigma!r} must be positive")
-    bad_rounds = isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1
-    if rounds is not None and bad_rounds:
-        raise StepError(f"{where}: privacy.rounds = {rounds!r} must be a positive integer")
-    clip = _number(data, "max_grad_norm", where, default=1.0)
-    if not clip > 0:
-        raise StepError(f"{where}: privacy.max_grad_norm = {clip!r} must be positive")
-    accountant = data.get("accountant", "rdp")
-    if accountant not in ACCOUNTANTS:
-        raise StepError(f"{where}: privacy.accountant = {accountant!r}: choose rdp or prv")
-    if accountant == "prv" and sigma is not None and sigma < 0.3:
-        raise StepError(
-            f"{where}: privacy.noise_multiplier = {sigma!r} is too small for the prv "
-            "accountant (it needs >= 0.3): raise it or use accountant: rdp"
-        )
-    mode = data.get("mode", "ghost")
-    if mode not in MODES:
-        raise StepError(f"{where}: privacy.mode = {mode!r}: choose ghost or hooks")
-    return PrivacyConfig(epsilon, delta, sigma, rounds, clip, str(accountant), str(mode))
-
-
-def _number(data: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StepError(f"{where}: privacy.{key} = {value!r} must be a number")
-    return float(value)
+    return parse_section(PrivacyConfig, data, where, section)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StringConstraints, ValidationError
 
 from step_common.errors import StepError
 
@@ -33,15 +33,32 @@ def _yaml_float(value: Any) -> Any:
 
 YamlFloat = Annotated[float, BeforeValidator(_yaml_float)]
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+LANG_PATTERN = r"^[a-z]{2,3}$"
 
-def parse_section(model: type[M], data: Any, source: str, section: str) -> M:
-    """``data`` (a YAML mapping, or None for an absent section) as ``model``."""
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+"""An institution's name: a folder name of letters, digits, '-', '_', '.' (at most 64)."""
+
+LangCode = Annotated[str, StringConstraints(pattern=LANG_PATTERN)]
+"""An ISO 639 language code as the corpus names its folders: 'de', 'ast'."""
+
+_PATTERN_HINTS = {
+    NAME_PATTERN: "must be a short name of letters, digits, '-', '_' or '.'",
+    LANG_PATTERN: "is not a language code like 'de'",
+}
+
+
+def parse_section(model: type[M], data: Any, source: str, section: str = "") -> M:
+    """``data`` (a YAML mapping, or None for an absent section) as ``model``; ``section`` is
+    the key path of the mapping in the file ('' for a whole file)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
+        what = f"'{section}'" if section else "the file"
+        layout = f"`{section}:` followed by indented " if section else ""
         raise StepError(
-            f"{source}: '{section}' must be a mapping of settings (`{section}:` followed by "
-            f"indented `key: value` lines), not {type(data).__name__}"
+            f"{source}: {what} must be a mapping of settings ({layout}`key: value` lines), "
+            f"not {type(data).__name__}"
         )
     try:
         return model.model_validate(data)
@@ -54,8 +71,61 @@ def parse_section(model: type[M], data: Any, source: str, section: str) -> M:
 def describe(error: ValidationError, model: type[BaseModel], section: str) -> str:
     """The first problem of ``error`` as 'key = value: what is wrong'."""
     first = error.errors()[0]
-    key = ".".join([section, *(str(p) for p in first["loc"])])
+    loc = [str(p) for p in first["loc"]]
+    key = _key_path(section, first["loc"])
     if first["type"] == "extra_forbidden":
-        return f"unknown key {key}; allowed: {', '.join(model.model_fields)}"
+        allowed = _fields_at(model, loc[:-1])
+        return f"unknown key {key}; allowed: {', '.join(allowed)}"
+    if first["type"] == "missing":
+        return f"{key} is missing: add it ({_doc_at(model, loc)})"
     message = str(first["msg"]).removeprefix("Value error, ")
-    return f"{key} = {first.get('input')!r}: {message[:1].lower()}{message[1:]}"
+    message = _PATTERN_HINTS.get(str(first.get("ctx", {}).get("pattern")), message)
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"  # a mapping: its keys are named
+    return f"{key}{shown}: {message[:1].lower()}{message[1:]}"
+
+
+def _key_path(section: str, loc: tuple[int | str, ...]) -> str:
+    """``institutions[0].privacy.delta``: list indexes in brackets."""
+    path = section
+    for part in loc:
+        if part == "[key]":  # pydantic's marker for a bad key of a mapping: the path names it
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f"{'.' if path else ''}{part}"
+    return path
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The model that holds the keys at ``loc`` (list indexes and dict keys skipped)."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None:
+            continue  # an index of a list, or a key of a mapping
+        nested = _nested_model(field.annotation)
+        if nested is None:
+            return None
+        model = nested
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: list[str]) -> list[str]:
+    held = _model_at(model, loc)
+    return list(held.model_fields) if held is not None else []
+
+
+def _doc_at(model: type[BaseModel], loc: list[str]) -> str:
+    held = _model_at(model, loc[:-1])
+    field = held.model_fields.get(loc[-1]) if held is not None else None
+    doc = (field.description or "") if field is not None else ""
+    first_sentence = re.split(r"\.\s+(?=[A-Z])", doc)[0].rstrip(".")
+    return " ".join(first_sentence.split()) or "see the README"

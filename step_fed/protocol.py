@@ -223,6 +223,7 @@ class RoundConfig:
 RUN_CONFIG_FILE: Final = "config-file"  # the federation (or simulation) YAML
 RUN_DIR: Final = "run-dir"  # where the coordinator writes checkpoints and metrics
 RUN_RESUME: Final = "resume"  # continue from the last checkpoint in run-dir
+RUN_NODE_FILES: Final = "node-files"  # simulation: folder of <partition-id>.yaml node files
 RUN_REGISTRY: Final = "registry-file"  # deployment: enrolled names of the node ids ("": none)
 
 # --- node identity in replies (a ConfigRecord, so it can carry text) ---

@@ -37,6 +37,7 @@ from step_model.corpus import project_root
 from step_model.evaluate import mean_bpb
 from step_model.tokenizer import resolve_tokenizer
 from step_sim.config import SimConfig, load_sim_config
+from step_sim.node_files import write_node_files
 from step_sim.plot import plot_bpb
 
 app = command_line(__doc__, "step-sim", commands=False)
@@ -119,6 +120,7 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
             P.RUN_CONFIG_FILE: str(out / "sim.yaml"),
             P.RUN_DIR: str(out),
             P.RUN_RESUME: resume,
+            P.RUN_NODE_FILES: str(write_node_files(sim, out)),
         },
         cpus_per_client=1,
     )

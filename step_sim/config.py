@@ -9,25 +9,64 @@
         languages: {el: 1.0, en: 0.125}   # share of each language's text it holds
         privacy: {...}                    # optional: this institution's own (null: none)
 
-Validated in full at load (every key, every share), with messages naming file and key.
+The file is a pydantic model (``SimFile``), validated in full at load: every key, every share,
+with one-line messages naming the file and the key path. Each virtual institution becomes a
+node.yaml of its own (node_files.py): the nodes never read this file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BaseModel, Field, model_validator
 
 from coordinator.config import FederationConfig, federation_from_dict
-from node.settings import NodeSettings, institution_slices, sim_node_settings
+from node.privacy_config import PrivacyConfig
+from node.settings import LanguageSlice, NodeSettings
 from step_common.errors import StepError
+from step_common.fileio import read_yaml
+from step_common.typed_config import STRICT, LangCode, Name, YamlFloat, parse_section
 from step_model.corpus import resolve_corpus
 
-TOP_KEYS = (
-    "corpus", "federation", "institutions", "description", "centralized_lr", "privacy"
-)  # fmt: skip
+Share = Annotated[YamlFloat, Field(gt=0, le=1)]
+
+
+class Institution(BaseModel):
+    model_config = STRICT
+    name: Name
+    """A short name (a folder name): the node's name in logs, metrics and checkpoints."""
+    languages: Annotated[dict[LangCode, Share], Field(min_length=1)]
+    """Share of each language's text it holds, e.g. {el: 1.0, en: 0.125}."""
+    description: str = ""
+    privacy: PrivacyConfig | None = None
+    """Its own local DP (null: none); absent: the file's top-level privacy."""
+
+
+class SimFile(BaseModel):
+    """What a simulation config may hold."""
+
+    model_config = STRICT
+    description: str = ""
+    corpus: str | None = None
+    """The corpus folder; null: $STEP_CORPUS, then ../shared/corpus/step35."""
+    federation: FederationConfig = FederationConfig()
+    centralized_lr: YamlFloat = Field(default=0.0, ge=0)
+    """Peak learning rate of the centralized baseline (0: federation.inner_lr)."""
+    privacy: PrivacyConfig | None = None
+    """Local DP for every institution without its own ``privacy``."""
+    institutions: Annotated[list[Institution], Field(min_length=1)]
+    """The virtual institutions, one node each."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SimFile:
+        names = [inst.name for inst in self.institutions]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise StepError(f"institutions: names must be unique, repeated: {repeated}")
+        institution_slices(self.institutions)  # shares of one language add up to at most 1
+        return self
 
 
 @dataclass(frozen=True)
@@ -35,12 +74,12 @@ class SimConfig:
     source: Path
     corpus: Path
     federation: FederationConfig
-    institutions: list[dict[str, Any]]
+    institutions: list[Institution]
     description: str = ""
     centralized_lr: float = 0.0
     """Peak learning rate of the centralized baseline (0: federation.inner_lr). An honest
     baseline is tuned for its own batch, which is nodes x the federation's local batch."""
-    privacy: dict[str, Any] | None = None
+    privacy: PrivacyConfig | None = None
     """Local DP for every institution without its own ``privacy`` (node/privacy_config.py)."""
 
     @property
@@ -49,25 +88,28 @@ class SimConfig:
 
     @property
     def names(self) -> list[str]:
-        return [str(i["name"]) for i in self.institutions]
+        return [inst.name for inst in self.institutions]
 
     def node_settings(self, run_dir: Path) -> list[NodeSettings]:
-        doc = self.to_yaml_dict()
-        return [
-            sim_node_settings(doc, i, run_dir, str(self.source)) for i in range(len(self.names))
-        ]
+        from step_sim.node_files import node_settings  # node_files builds on this module
+
+        return node_settings(self, run_dir)
 
     def languages(self) -> list[str]:
-        return sorted({lang for inst in self.institutions for lang in inst["languages"]})
+        return sorted({lang for inst in self.institutions for lang in inst.languages})
+
+    def privacy_of(self, inst: Institution) -> PrivacyConfig | None:
+        """An institution's own ``privacy`` (null: none) overrides the file's top-level one."""
+        return inst.privacy if "privacy" in inst.model_fields_set else self.privacy
 
     def to_yaml_dict(self) -> dict[str, Any]:
         return {
             "description": self.description,
             "corpus": str(self.corpus),
             "federation": self.federation.to_dict(),
-            "institutions": self.institutions,
+            "institutions": [inst.model_dump(exclude_unset=True) for inst in self.institutions],
             **({"centralized_lr": self.centralized_lr} if self.centralized_lr else {}),
-            **({"privacy": self.privacy} if self.privacy else {}),
+            **({"privacy": self.privacy.model_dump()} if self.privacy else {}),
         }
 
     def with_overrides(self, **federation: Any) -> SimConfig:
@@ -82,52 +124,44 @@ class SimConfig:
 
 def load_sim_config(path: Path) -> SimConfig:
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StepError(f"simulation config {path} not found: check the path") from None
-    except yaml.YAMLError as e:
-        raise StepError(f"{path} is not valid YAML ({e}): fix the syntax") from None
-    if not isinstance(doc, dict):
-        raise StepError(f"{path}: expected a mapping with 'federation' and 'institutions'")
-    unknown = sorted(set(doc) - set(TOP_KEYS))
-    if unknown:
-        raise StepError(f"{path}: unknown top-level keys {unknown}; allowed: {list(TOP_KEYS)}")
-    federation = federation_from_dict(doc.get("federation"), str(path))
-    institutions = doc.get("institutions")
-    if not isinstance(institutions, list) or not institutions:
-        raise StepError(
-            f"{path}: 'institutions' must be a non-empty list of "
-            "{name: ..., languages: {lang: share}}"
-        )
-    for i, inst in enumerate(institutions):
-        allowed = {"name", "languages", "description", "privacy"}
-        if not isinstance(inst, dict) or set(inst) - allowed:
-            raise StepError(
-                f"{path}: institutions[{i}] may only have name, languages, description, privacy"
-            )
-    names = [inst.get("name") for inst in institutions]
-    dupes = sorted({str(n) for n in names if names.count(n) > 1})
-    if dupes:
-        raise StepError(f"{path}: institution names must be unique, repeated: {dupes}")
-    institution_slices(institutions, str(path))  # validates every share
-    corpus = doc.get("corpus")
-    root = resolve_corpus(corpus if corpus else None)
-    lr = doc.get("centralized_lr") or 0.0
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr < 0:
-        raise StepError(f"{path}: centralized_lr {lr!r} must be a positive learning rate")
-    privacy = doc.get("privacy")
-    if privacy is not None and not isinstance(privacy, dict):
-        raise StepError(f"{path}: privacy must be a mapping with epsilon and delta, or null")
-    cfg = SimConfig(
+    data = read_yaml(path, "check the path of the simulation config")
+    doc = parse_section(SimFile, data, str(path))
+    return SimConfig(
         path,
-        root.resolve(),
-        federation,
-        institutions,
-        str(doc.get("description", "")),
-        float(lr),
-        privacy,
+        resolve_corpus(doc.corpus or None).resolve(),
+        doc.federation,
+        doc.institutions,
+        doc.description,
+        doc.centralized_lr,
+        doc.privacy,
     )
-    for i in range(len(institutions)):  # names and corpus, as each node will read them
-        sim_node_settings(cfg.to_yaml_dict(), i, Path("."), str(path))
-    return cfg
+
+
+def institution_slices(institutions: list[Institution]) -> list[dict[str, LanguageSlice]]:
+    """Per institution, the slice of every language it holds.
+
+    An institution's share of a language (``{el: 1.0, en: 0.25}``) becomes a disjoint slice of
+    that language's paragraphs: institutions holding the same language get consecutive slices
+    of its training text, and of its held-out text in the same proportions, so that together
+    they hold each held-out paragraph exactly once.
+    """
+    totals: dict[str, float] = {}
+    for inst in institutions:
+        for lang, share in inst.languages.items():
+            totals[lang] = totals.get(lang, 0.0) + share
+    over = {lang: round(t, 4) for lang, t in totals.items() if t > 1 + 1e-9}
+    if over:
+        raise StepError(
+            f"institutions: the shares of {over} add up to more than 1 across institutions: "
+            "a paragraph can be held by one institution only; lower the shares"
+        )
+    used = dict.fromkeys(totals, 0.0)
+    slices = []
+    for inst in institutions:
+        mine = {}
+        for lang, share in inst.languages.items():
+            lo, hi, total = used[lang], used[lang] + share, totals[lang]
+            mine[lang] = LanguageSlice(train=(lo, hi), valid=(lo / total, hi / total))
+            used[lang] = hi
+        slices.append(mine)
+    return slices

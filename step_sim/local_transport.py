@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -19,6 +18,8 @@ from coordinator.flower_transport import raw_from_message
 from node import client_app
 from step_fed import protocol as P
 from step_fed.transport import Kind, RawReply, Weights
+from step_sim.config import load_sim_config
+from step_sim.node_files import write_node_files
 
 
 class LocalTransport:
@@ -27,20 +28,25 @@ class LocalTransport:
     def __init__(self, config_file: Path, run_dir: Path, n_nodes: int) -> None:
         # Messages are stamped with the sending task's identity; here that is "the ServerApp".
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+        sim = load_sim_config(config_file)
+        node_files = str(write_node_files(sim, run_dir))
         self.contexts = {
             100 + i: Context(
                 run_id=1,
                 node_id=100 + i,
                 node_config={"partition-id": i, "num-partitions": n_nodes},
                 state=RecordDict(),
-                run_config={P.RUN_CONFIG_FILE: str(config_file), P.RUN_DIR: str(run_dir)},
+                run_config={
+                    P.RUN_CONFIG_FILE: str(config_file),
+                    P.RUN_DIR: str(run_dir),
+                    P.RUN_NODE_FILES: node_files,
+                },
             )
             for i in range(n_nodes)
         }
         self.drop: set[int] = set()  # node ids that do not answer
         self.resent: list[str] = []  # nodes here never restart mid-round
-        doc = yaml.safe_load(Path(config_file).read_text(encoding="utf-8"))
-        self.names = {100 + i: str(inst["name"]) for i, inst in enumerate(doc["institutions"])}
+        self.names = {100 + i: name for i, name in enumerate(sim.names)}
 
     def name_of(self, node_id: int) -> str | None:
         return self.names.get(node_id)

@@ -139,9 +139,9 @@ def test_bad_budgets_are_refused_before_anything_is_written(tmp_path: Path) -> N
         ({"epsilon": 8.0, "delta": 1e-6}, "exactly one of"),
         ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "noise_multiplier": 1.0}, "exactly one of"),
         ({"epsilon": 8.0, "delta": 1e-6, "rounds": 0}, "privacy.rounds"),
-        ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "accountant": "gdp"}, "rdp or prv"),
-        ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "mode": "fast"}, "ghost or hooks"),
-        ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "budget": 1}, "unknown keys"),
+        ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "accountant": "gdp"}, "'rdp' or 'prv'"),
+        ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "mode": "fast"}, "'ghost' or 'hooks'"),
+        ({"epsilon": 8.0, "delta": 1e-6, "rounds": 3, "budget": 1}, "unknown key privacy.budget"),
     ],
 )
 def test_bad_privacy_settings_name_the_key(data: dict[str, object], needle: str) -> None:

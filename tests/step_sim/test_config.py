@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from node.settings import LanguageSlice
 from step_common.errors import StepError
-from step_sim.config import load_sim_config
+from step_sim.config import Institution, institution_slices, load_sim_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,7 @@ def write(tmp: Path, doc: dict[str, object]) -> Path:
             },
             r"unknown key federation\.nonsense; allowed: preset, tokenizer",
         ),
-        ({"institutions": []}, "non-empty list"),
+        ({"institutions": []}, "at least 1 item"),
         (
             {
                 "institutions": [
@@ -59,7 +60,7 @@ def write(tmp: Path, doc: dict[str, object]) -> Path:
             "unique",
         ),
         ({"institutions": [{"name": "a b", "languages": {"de": 1}}]}, "short name"),
-        ({"colour": 1, "institutions": [{"name": "a", "languages": {"de": 1}}]}, "top-level"),
+        ({"colour": 1, "institutions": [{"name": "a", "languages": {"de": 1}}]}, "unknown key"),
     ],
 )
 def test_bad_configs_name_the_file_and_the_key(
@@ -69,3 +70,47 @@ def test_bad_configs_name_the_file_and_the_key(
     with pytest.raises(StepError, match=message) as err:
         load_sim_config(path)
     assert "sim.yaml" in str(err.value)
+
+
+def institutions(*languages: dict[str, float]) -> list[Institution]:
+    return [Institution(name=f"i{k}", languages=langs) for k, langs in enumerate(languages)]
+
+
+def test_shared_languages_get_disjoint_consecutive_slices() -> None:
+    a, b = institution_slices(institutions({"en": 0.25, "el": 1.0}, {"en": 0.5}))
+    assert a["el"] == LanguageSlice((0.0, 1.0), (0.0, 1.0))
+    assert a["en"].train == (0.0, 0.25) and b["en"].train == (0.25, 0.75)
+    # held-out text is split in the same proportions and covers all of it
+    assert a["en"].valid == pytest.approx((0.0, 1 / 3))
+    assert b["en"].valid == pytest.approx((1 / 3, 1.0))
+
+
+def test_shares_over_one_are_refused() -> None:
+    with pytest.raises(StepError, match=r"'en': 1\.4.*more than 1"):
+        institution_slices(institutions({"en": 0.7}, {"en": 0.7}))
+
+
+def test_each_institution_gets_a_node_yaml_that_gives_its_slices(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    """The nodes of a simulation read node configs only: what step-sim writes for each
+    institution loads as a node.yaml and holds the institution's slices and privacy."""
+    from node.node_config import load_node_file
+    from step_sim.node_files import write_node_files
+
+    doc = {
+        "corpus": str(tiny_corpus),
+        "privacy": {"epsilon": 8.0, "delta": 1e-6, "rounds": 2},
+        "institutions": [
+            {"name": "a", "languages": {"de": 0.25, "el": 1.0}},
+            {"name": "b", "languages": {"de": 0.5}, "privacy": None},
+        ],
+    }
+    sim = load_sim_config(write(tmp_path, doc))
+    folder = write_node_files(sim, tmp_path / "run")
+    a, b = (load_node_file(folder / f"{i}.yaml", simulated=True).settings for i in (0, 1))
+    slices = institution_slices(sim.institutions)
+    assert (a.languages, b.languages) == (slices[0], slices[1])
+    assert a.privacy is not None and a.privacy.epsilon == 8.0 and b.privacy is None
+    assert a.state_dir == (tmp_path / "run" / "nodes" / "a").resolve() and a.key is None
+    assert [s.languages for s in sim.node_settings(tmp_path / "run")] == slices
