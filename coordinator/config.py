@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, model_validator
+from pydantic import model_validator
 
 from step_common.errors import StepError
 from step_common.fileio import read_yaml
@@ -17,6 +17,7 @@ from step_common.typed_config import STRICT, YamlFloat, parse_section
 from step_fed.protocol import BROADCAST_ENCODINGS, ENCODINGS
 from step_model.config import PRESETS
 from step_model.corpus import resolve_corpus
+from step_model.schedule import LocalSchedule
 
 RULES = ("mean", "trimmed_mean", "median", "norm_clip", "filtered_mean")
 
@@ -26,7 +27,10 @@ SEEN_ROWS_LEVELS = {"none": 0, "embedding": 1, "embedding+head": 2}
 """federation.seen_rows -> the round config's ``seen_rows`` (step_fed.protocol.SEEN_ROWS)."""
 
 
-class FederationConfig(BaseModel):
+class FederationConfig(LocalSchedule):
+    """The federation's settings; the inner optimizer's schedule and batches (warmup in global
+    inner steps, batch_size per node) come from ``LocalSchedule``."""
+
     model_config = STRICT
     preset: str = "debug"
     """Model preset (step_model.config)."""
@@ -40,18 +44,6 @@ class FederationConfig(BaseModel):
     """H: local AdamW steps per node per round."""
     inner_lr: YamlFloat = 3e-3
     """Peak inner learning rate (cosine schedule over rounds * inner_steps global steps)."""
-    min_lr_ratio: YamlFloat = 0.1
-    warmup_steps: int = 50
-    """Linear warmup, in global inner steps."""
-    weight_decay: YamlFloat = 0.1
-    beta1: YamlFloat = 0.9
-    beta2: YamlFloat = 0.95
-    grad_clip: YamlFloat = 1.0
-    batch_size: int = 8
-    """Sequences per inner step, per node."""
-    seq_len: int = 128
-    alpha: YamlFloat = 0.3
-    """Language sampling temperature inside each node."""
     outer_lr: YamlFloat = 0.7
     """DiLoCo outer learning rate (DiLoCo, INTELLECT-1: 0.7)."""
     outer_momentum: YamlFloat = 0.9
@@ -120,15 +112,12 @@ class FederationConfig(BaseModel):
     """C: every node's pseudo-gradient is clipped to this L2 norm (needed with central DP)."""
     central_dp_delta: YamlFloat = 1e-5
     """The delta at which the coordinator reports its epsilon (below 1 / number of nodes)."""
-    seed: int = 0
-
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         def bad(key: str, allowed: str) -> StepError:
             return StepError(f"federation.{key} = {getattr(self, key)!r}: {allowed}")
 
-        for key in ("rounds", "inner_steps", "batch_size", "seq_len", "eval_every", "min_nodes",
-                    "keep_checkpoints"):  # fmt: skip
+        for key in ("rounds", "inner_steps", "eval_every", "min_nodes", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be a positive integer")
         for key in ("inner_lr", "outer_lr", "round_timeout_s"):
@@ -176,12 +165,10 @@ class FederationConfig(BaseModel):
             raise bad("central_dp_delta", "must be in (0, 1), e.g. 1.0e-5")
         if not 0 <= self.outer_momentum < 1:
             raise bad("outer_momentum", "must be in [0, 1)")
-        if not 0 <= self.alpha <= 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise StepError("federation.alpha and federation.min_lr_ratio must be in [0, 1]")
-        if self.warmup_steps < 0 or self.eval_max_tokens < 0 or self.max_update_norm < 0:
-            raise StepError(
-                "federation.warmup_steps, eval_max_tokens, max_update_norm must be >= 0"
-            )
+        if self.eval_max_tokens < 0:
+            raise bad("eval_max_tokens", "must be >= 0 (0: all)")
+        if self.max_update_norm < 0:
+            raise bad("max_update_norm", "must be >= 0 (0: no limit)")
         return self
 
     def steps_in_round(self, round_: int) -> int:

@@ -9,6 +9,7 @@ StepError from the model's own validator and get the file prepended.
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Annotated, Any, TypeVar
 
@@ -74,8 +75,10 @@ def describe(error: ValidationError, model: type[BaseModel], section: str) -> st
     loc = [str(p) for p in first["loc"]]
     key = _key_path(section, first["loc"])
     if first["type"] == "extra_forbidden":
-        allowed = _fields_at(model, loc[:-1])
-        return f"unknown key {key}; allowed: {', '.join(allowed)}"
+        allowed = sorted(_fields_at(model, loc[:-1]))
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown key {key}{hint}; allowed: {', '.join(allowed)}"
     if first["type"] == "missing":
         return f"{key} is missing: add it ({_doc_at(model, loc)})"
     message = str(first["msg"]).removeprefix("Value error, ")

@@ -43,7 +43,7 @@ def sim_doc() -> Doc:
 
 
 SIM_CASES: list[tuple[str, Edit, str]] = [
-    ("unknown top-level key", top(colour=1), "unknown key colour; allowed: description, corpus"),
+    ("unknown top-level key", top(colour=1), "unknown key colour; allowed: centralized_lr, corpus, description"),
     ("no institutions", top(institutions=[]),
      "institutions = []: list should have at least 1 item"),
     ("institutions missing", lambda d: d.pop("institutions"), "institutions is missing: add it"),
@@ -61,7 +61,7 @@ SIM_CASES: list[tuple[str, Edit, str]] = [
      "institutions[0].name = 'north pole': must be a short name of letters"),
     ("repeated names", inst(1, name="north"), "names must be unique, repeated: ['north']"),
     ("unknown institution key", inst(0, weight=2),
-     "unknown key institutions[0].weight; allowed: name, languages, description, privacy"),
+     "unknown key institutions[0].weight; allowed: description, languages, name, privacy"),
     ("privacy without delta", top(privacy={"epsilon": 8.0, "rounds": 3}),
      "privacy.delta is missing: add it"),
     ("privacy with both noise sources", inst(0, privacy={**PRIVACY, "noise_multiplier": 1.0}),
@@ -88,7 +88,7 @@ def node_doc() -> Doc:
 
 
 NODE_CASES: list[tuple[str, Edit, str]] = [
-    ("unknown key", top(gpus=2), "unknown key gpus; allowed: name, coordinator, ca"),
+    ("unknown key", top(gpu=2), "unknown key gpu; allowed: ca, coordinator, data"),
     ("bad name", top(name="a/b"), "name = 'a/b': must be a short name of letters"),
     ("address with a scheme", top(coordinator="https://coord:9092"), "has a scheme"),
     ("address without port", top(coordinator="coord"), "must be HOST:PORT"),

@@ -39,9 +39,10 @@ CASES: list[tuple[str, Callable[[Doc], None], str]] = [
      "federation.rounds = '20': input should be a valid integer"),
     ("rounds 0", fed(rounds=0), "federation.rounds = 0: must be a positive integer"),
     ("rounds 1.5", fed(rounds=1.5), "federation.rounds = 1.5: input should be a valid integer"),
-    ("unknown federation key", fed(roundz=3), "unknown key federation.roundz; allowed: preset"),
+    ("unknown federation key", fed(roundz=3),
+     "unknown key federation.roundz (did you mean rounds?); allowed: aggregation"),
     ("unknown coordinator key", listen(port=1), "unknown key coordinator.port; allowed: "
-     "fleet_address, control_port, start_timeout_s"),
+     "control_port, fleet_address, start_timeout_s"),
     ("strategy", fed(strategy="magic"), "federation.strategy = 'magic': choose one of diloco"),
     ("preset", fed(preset="huge"), "federation.preset = 'huge': choose one of debug"),
     ("update encoding", fed(update_encoding="int9"), "federation.update_encoding = 'int9'"),

@@ -47,7 +47,7 @@ def write(tmp: Path, doc: dict[str, object]) -> Path:
                 "federation": {"nonsense": 1},
                 "institutions": [{"name": "a", "languages": {"de": 1}}],
             },
-            r"unknown key federation\.nonsense; allowed: preset, tokenizer",
+            r"unknown key federation\.nonsense; allowed: aggregation, aggregation_clip",
         ),
         ({"institutions": []}, "at least 1 item"),
         (
