@@ -91,6 +91,13 @@ class NodeYaml(BaseModel):
     def _address(cls, value: str | None) -> str | None:
         return None if value is None else check_address(value, "")
 
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _a_list(cls, value: object) -> object:
+        if value is not None and not isinstance(value, list):
+            raise ValueError("must be null (all) or a list of codes, e.g. [de, fr]")
+        return value
+
     @field_validator("encoding")
     @classmethod
     def _known_encoding(cls, value: str | None) -> str | None:

@@ -13,7 +13,7 @@ The path (flwr 1.39, no deprecated API):
    ``uv sync`` per run (which would download a CUDA torch).
 2. write a connection named ``step-sim`` into ``$FLWR_HOME/config.toml`` and submit::
 
-       flwr run APP_DIR step-sim --format json --run-config RUN/run_config.toml \\
+       flwr run APP_DIR step-sim --run-config RUN/run_config.toml --format json \\
            --federation-config 'num-supernodes=N client-resources-num-cpus=C init-args-num-cpus=T'
 
    (``options.*`` in the connection are deprecated in 1.39; ``--federation-config`` replaces
@@ -22,8 +22,10 @@ The path (flwr 1.39, no deprecated API):
    ends) and read the outcome with ``flwr ls --run-id RUN_ID step-sim --format json``:
    ``flwr run`` exits 0 even when the run later fails, the status is what counts.
 
-Cleanup: every child process, and whatever it starts in new sessions (SuperExec, the
-simulation process, Ray), is gone on every exit path: see step_launch/processes.py.
+The SuperLink launcher and the flwr CLI calls are step-coord's too (step_launch/superlink.py,
+step_launch/flwr_control.py); this module adds the simulation's parts. Cleanup: every child
+process, and whatever it starts in new sessions (SuperExec, the simulation process, Ray), is
+gone on every exit path: see step_launch/processes.py.
 
 Everything the run writes stays in ``run_dir``: ``flwr_home/`` (``FLWR_HOME``: CLI config,
 installed FABs), ``ray/`` (``RAY_TMPDIR``: Ray sessions and logs), ``superlink.db``,
@@ -36,7 +38,6 @@ ServerApp/ClientApp logs, one file). Ray's Unix socket paths must fit in 107 byt
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import subprocess
@@ -47,21 +48,24 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from step_common.errors import StepError
 from step_common.fileio import FSYNC_ENV
-from step_launch.flwr_cli import log_tail, parse_json_stdout, strip_ansi
-from step_launch.processes import (
-    MARKER_ENV,
-    ChildProcesses,
-    free_port,
-    new_marker,
-    port_open,
-    watchdog,
+from step_launch.flwr_cli import flower_env, log_tail
+from step_launch.flwr_control import (
+    ConfigValue,
+    Connection,
+    FlwrAnswer,
+    FlwrCli,
+    RunStatus,
+    run_config_toml,
+    write_connection,
+    write_run_config,
 )
-
-ConfigValue = str | int | float | bool
+from step_launch.processes import ChildProcesses, new_marker, watchdog
+from step_launch.superlink import HOST as SUPERLINK_HOST
+from step_launch.superlink import SuperLink, SuperLinkSpec, start_on_free_port
 
 CONNECTION_NAME = "step-sim"
 """Name of the SuperLink connection written into ``$FLWR_HOME/config.toml``."""
@@ -140,6 +144,7 @@ class SimulationSpec:
                     f"{self.app_dir / 'pyproject.toml'}: use one of {', '.join(sorted(known))} "
                     "or add it there"
                 )
+        run_config_toml(self.run_config)  # a value TOML cannot hold fails here, before launch
 
 
 def _app_config_keys(pyproject: Path) -> set[str]:
@@ -196,62 +201,105 @@ def run_simulation_app(
     raises, KeyboardInterrupt included.
     """
     t0 = time.monotonic()
-    exes = _executables()
-    run_dir = spec.run_dir.resolve()
-    app_dir = spec.app_dir.resolve()
-    flwr_home = run_dir / "flwr_home"
-    ray_dir = run_dir / "ray"
-    for d in (run_dir, flwr_home, ray_dir):
-        d.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / LOG_NAME
-    with log_path.open("a", encoding="utf-8") as f:
-        f.write(f"=== step-sim launch {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n")
-    log_start = log_path.stat().st_size
-    db_path = run_dir / "superlink.db"
-    for stale in ("", "-wal", "-shm"):  # state of an earlier launch only confuses this one
-        Path(f"{db_path}{stale}").unlink(missing_ok=True)
-
+    exes = _executables()  # before anything is written: a missing Flower leaves no run folder
+    launch = _Launch.prepare(spec, on_poll, t0)
     marker = new_marker()
-    phases: dict[str, float] = {}
     with (
-        _ray_tmpdir(ray_dir) as ray_tmp,
+        _ray_tmpdir(launch.run_dir / "ray") as ray_tmp,
         watchdog(marker, ray_tmp),
         ChildProcesses(marker) as procs,
     ):
-        env = _child_env(flwr_home, ray_tmp, marker, exes["flwr"].parent)
-
-        t = time.monotonic()
-        superlink, port = _start_superlink(procs, exes, env, db_path, log_path, log_start, on_poll)
-        phases["superlink_start"] = time.monotonic() - t
-        _write_flower_config(flwr_home, port)
-
-        t = time.monotonic()
-        run_id = _submit(procs, exes, env, spec, app_dir, run_dir, log_path, log_start)
-        phases["submit"] = time.monotonic() - t
-
-        t = time.monotonic()
-        status, details = _wait_for_run(
-            procs, exes, env, spec, superlink, run_id, log_path, log_start, t0, on_poll
+        env = _child_env(launch.flwr_home, ray_tmp, marker, exes["flwr"].parent)
+        cli = FlwrCli(exes["flwr"], env, procs.run, _CLI_TIMEOUT_S)
+        with launch.phase("superlink_start"):
+            superlink = _start_superlink(procs, exes, env, launch.run_dir, on_poll)
+        write_connection(
+            launch.flwr_home,
+            Connection(CONNECTION_NAME, f"{SUPERLINK_HOST}:{superlink.port}"),
+            "Written by step-sim for one launch: the simulation SuperLink it started.",
         )
-        phases["run"] = time.monotonic() - t
-        log_end = log_path.stat().st_size  # the tail should end with the run, not our shutdown
-        t = time.monotonic()
-    phases["cleanup"] = time.monotonic() - t
+        with launch.phase("submit"):
+            run_id = _submit(cli, launch)
+        with launch.phase("run"):
+            status = _wait_for_run(procs, cli, launch, superlink, run_id)
+        log_end = launch.log_path.stat().st_size  # the tail should end with the run, not our stop
+        cleanup_from = time.monotonic()
+    launch.phases["cleanup"] = time.monotonic() - cleanup_from
+    return _outcome(launch, run_id, status, log_end, check=check)
 
+
+@dataclass
+class _Launch:
+    """What the phases of one ``run_simulation_app`` call share."""
+
+    spec: SimulationSpec
+    app_dir: Path
+    run_dir: Path
+    log_start: int
+    """Where this launch's part of the (appended) log begins."""
+    t0: float
+    on_poll: Callable[[], None] | None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(
+        cls, spec: SimulationSpec, on_poll: Callable[[], None] | None, t0: float
+    ) -> _Launch:
+        """The run folder ready for a launch: its folders, the log's header, no stale state."""
+        run_dir = spec.run_dir.resolve()
+        for d in (run_dir, run_dir / "flwr_home", run_dir / "ray"):
+            d.mkdir(parents=True, exist_ok=True)
+        log_path = run_dir / LOG_NAME
+        with log_path.open("a", encoding="utf-8") as f:
+            f.write(f"=== step-sim launch {time.strftime('%Y-%m-%dT%H:%M:%S%z')} ===\n")
+        db_path = run_dir / "superlink.db"
+        for stale in ("", "-wal", "-shm"):  # state of an earlier launch only confuses this one
+            Path(f"{db_path}{stale}").unlink(missing_ok=True)
+        return cls(spec, spec.app_dir.resolve(), run_dir, log_path.stat().st_size, t0, on_poll)
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.run_dir / "flwr_home"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_NAME
+
+    def poll(self) -> None:
+        if self.on_poll is not None:
+            self.on_poll()
+
+    def tail(self, end: int | None = None) -> str:
+        return log_tail(self.log_path, start=self.log_start, end=end)
+
+    def log_cli(self, answer: FlwrAnswer) -> None:
+        with self.log_path.open("a", encoding="utf-8") as log:
+            log.write("$ " + " ".join(answer.argv) + "\n" + answer.stdout + answer.stderr)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        self.phases[name] = time.monotonic() - start
+
+
+def _outcome(
+    launch: _Launch, run_id: int, status: RunStatus, log_end: int, *, check: bool
+) -> SimulationOutcome:
     outcome = SimulationOutcome(
         run_id=run_id,
-        status=status,
-        ok=status == "finished:completed",
-        wall_s=time.monotonic() - t0,
-        log_path=log_path,
-        details=details,
-        phases_s=phases,
+        status=status.status,
+        ok=status.status == "finished:completed",
+        wall_s=time.monotonic() - launch.t0,
+        log_path=launch.log_path,
+        details=status.details,
+        phases_s=launch.phases,
     )
     if check and not outcome.ok:
         raise StepError(
-            f"Flower run {run_id} ended {status!r} ({details or 'no details'}): fix the cause "
-            f"shown in the log tail below; full log: {log_path}\n"
-            + log_tail(log_path, start=log_start, end=log_end)
+            f"Flower run {run_id} ended {status.status!r} ({status.details or 'no details'}): "
+            f"fix the cause shown in the log tail below; full log: {launch.log_path}\n"
+            + launch.tail(end=log_end)
         )
     return outcome
 
@@ -287,23 +335,21 @@ def _which(name: str) -> Path | None:
 
 
 def _child_env(flwr_home: Path, ray_tmp: Path, marker: str, bin_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
+    """step_launch's Flower environment (FLWR_HOME, no telemetry or update check, the marker)
+    plus the simulation's: Ray in the run folder, no dependency installation."""
+    env = flower_env(flwr_home, marker)
     # An inherited RAY_ADDRESS would attach the simulation to someone else's Ray cluster; the
     # internal flag would make the SuperLink open a second (gRPC Control API) port.
     for key in ("RAY_ADDRESS", "FLWR_INTERNAL_GRPC_CONTROL_API"):
         env.pop(key, None)
     env.update(
         {
-            "FLWR_HOME": str(flwr_home),
             "RAY_TMPDIR": str(ray_tmp),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-            "PYTHONUNBUFFERED": "1",
-            "PATH": str(bin_dir) + os.pathsep + env.get("PATH", ""),
-            MARKER_ENV: marker,
+            # The flwr found by _executables (maybe on PATH) starts its siblings by name.
+            "PATH": str(bin_dir) + os.pathsep + os.environ.get("PATH", ""),
         }
     )
     env.setdefault(FSYNC_ENV, "0")  # virtual institutions on one machine: atomic, not durable
@@ -346,135 +392,55 @@ def _repoint_session_latest(ray_dir: Path) -> None:
             latest.symlink_to(target, target_is_directory=True)
 
 
-def _write_flower_config(flwr_home: Path, port: int) -> None:
-    text = (
-        "# Written by step-sim for one launch: the simulation SuperLink it started.\n"
-        "[superlink]\n"
-        f'default = "{CONNECTION_NAME}"\n\n'
-        f"[superlink.{CONNECTION_NAME}]\n"
-        f'address = "127.0.0.1:{port}"\n'
-        "insecure = true\n"
-    )
-    (flwr_home / "config.toml").write_text(text, encoding="utf-8")
-
-
-def _toml_value(value: ConfigValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # nan / inf / -inf are valid TOML as written by repr
-    return json.dumps(value)  # a JSON string with \uXXXX escapes is a valid TOML basic string
-
-
-def _run_config_toml(run_config: dict[str, ConfigValue]) -> str:
-    return "".join(f"{key} = {_toml_value(value)}\n" for key, value in run_config.items())
-
-
 # --- the three phases ----------------------------------------------------------------------
-
-
-def _read_from(path: Path, offset: int) -> str:
-    with path.open("rb") as f:
-        f.seek(offset)
-        return f.read().decode("utf-8", errors="replace")
 
 
 def _start_superlink(
     procs: ChildProcesses,
     exes: dict[str, Path],
     env: dict[str, str],
-    db_path: Path,
-    log_path: Path,
-    log_start: int,
-    on_poll: Callable[[], None] | None,
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start the SuperLink on a free port (new port on a bind race); return it once it serves."""
-    for _attempt in range(_PORT_ATTEMPTS):
-        port = free_port()
-        offset = log_path.stat().st_size
-        argv: list[str | Path] = [
-            exes["flower-superlink"],
-            "--insecure",
-            "--simulation",
-            "--disable-runtime-dependency-installation",
-            "--database",
-            db_path,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        with log_path.open("ab") as log:
-            log.write(("$ " + " ".join(str(a) for a in argv) + "\n").encode())
-            log.flush()
-            proc = procs.spawn(argv, env, log, subprocess.STDOUT)
-        ready_line = f"Uvicorn running on http://127.0.0.1:{port}"
-        deadline = time.monotonic() + _SUPERLINK_START_TIMEOUT_S
-        while True:
-            if on_poll is not None:
-                on_poll()
-            text = _read_from(log_path, offset)
-            if proc.poll() is not None:
-                break
-            if ready_line in text and port_open(port):
-                return proc, port
-            if time.monotonic() > deadline:
-                raise StepError(
-                    f"the Flower SuperLink did not start within {_SUPERLINK_START_TIMEOUT_S:.0f} "
-                    f"s: see {log_path}; retry when the machine is less busy\n"
-                    + log_tail(log_path, start=log_start)
-                )
-            time.sleep(0.1)
-        lowered = text.lower()
-        procs.stop(proc)
-        if "address already in use" in lowered or "errno 98" in lowered:
-            continue  # another process took the port between our probe and the bind
-        raise StepError(
-            f"the Flower SuperLink exited at start (exit code {proc.returncode}): see "
-            f"{log_path} and fix the cause shown below\n" + log_tail(log_path, start=log_start)
-        )
-    raise StepError(
-        f"no free port held for the Flower SuperLink in {_PORT_ATTEMPTS} tries: other programs "
-        "are grabbing loopback ports; retry"
-    )
-
-
-def _submit(
-    procs: ChildProcesses,
-    exes: dict[str, Path],
-    env: dict[str, str],
-    spec: SimulationSpec,
-    app_dir: Path,
     run_dir: Path,
-    log_path: Path,
-    log_start: int,
-) -> int:
+    on_poll: Callable[[], None] | None,
+) -> SuperLink:
+    """The simulation SuperLink on a free port (a new port on a bind race), once it serves."""
+
+    def spec_for(port: int) -> SuperLinkSpec:
+        return SuperLinkSpec(
+            executable=exes["flower-superlink"],
+            database=run_dir / "superlink.db",
+            control_port=port,
+            log_path=run_dir / LOG_NAME,
+            simulation=True,
+            # The port was free when probed: the line proves that this SuperLink holds it.
+            ready_line=f"Uvicorn running on http://{SUPERLINK_HOST}:{port}",
+            start_timeout_s=_SUPERLINK_START_TIMEOUT_S,
+        )
+
+    return start_on_free_port(procs, spec_for, env, on_poll=on_poll, attempts=_PORT_ATTEMPTS)
+
+
+def _submit(cli: FlwrCli, launch: _Launch) -> int:
     """``flwr run``: build the FAB, start the run; return its run id."""
+    spec = launch.spec
     total_cpus = spec.total_cpus if spec.total_cpus is not None else _available_cpus()
     federation = (
         f"num-supernodes={spec.num_supernodes} "
         f"client-resources-num-cpus={spec.cpus_per_client} "
         f"init-args-num-cpus={total_cpus}"
     )
-    argv: list[str | Path] = [exes["flwr"], "run", app_dir, CONNECTION_NAME, "--format", "json"]
+    overrides = None
     if spec.run_config:
-        overrides = run_dir / "run_config.toml"
-        overrides.write_text(_run_config_toml(spec.run_config), encoding="utf-8")
-        argv += ["--run-config", overrides]
-    argv += ["--federation-config", federation]
-    rc, out, err = procs.run(argv, env, _CLI_TIMEOUT_S)
-    with log_path.open("a", encoding="utf-8") as log:
-        log.write("$ " + " ".join(str(a) for a in argv) + "\n" + out + err)
-    reply = parse_json_stdout(out)
-    run_id = reply.get("run-id") if reply else None
-    if rc != 0 or not reply or not reply.get("success") or run_id is None:
-        why = (reply or {}).get("error-message") or strip_ansi((err or out).strip())
+        overrides = write_run_config(launch.run_dir / "run_config.toml", spec.run_config)
+    answer = cli.submit(
+        launch.app_dir, CONNECTION_NAME, run_config=overrides, federation_config=federation
+    )
+    launch.log_cli(answer)
+    run_id = answer.reply.get("run-id") if answer.reply else None
+    if not answer.ok or run_id is None:
         raise StepError(
-            f"flwr run could not start the run ({why or f'exit code {rc}'}): fix the Flower "
-            f"App in {app_dir} or the run_config keys; full log: {log_path}\n"
-            + log_tail(log_path, start=log_start)
+            f"flwr run could not start the run ({answer.why or f'exit code {answer.code}'}): "
+            f"fix the Flower App in {launch.app_dir} or the run_config keys; full log: "
+            f"{launch.log_path}\n" + launch.tail()
         )
     return int(run_id)
 
@@ -485,80 +451,62 @@ def _available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _query_status(
-    procs: ChildProcesses, exes: dict[str, Path], env: dict[str, str], run_id: int
-) -> tuple[str, str]:
-    """(status, details) from ``flwr ls``; ("unknown", why) when it cannot tell."""
-    argv: list[str | Path] = [
-        exes["flwr"],
-        "ls",
-        CONNECTION_NAME,
-        "--run-id",
-        str(run_id),
-        "--format",
-        "json",
-    ]
-    rc, out, err = procs.run(argv, env, _CLI_TIMEOUT_S)
-    reply = parse_json_stdout(out)
-    runs = reply.get("runs") if reply else None
-    if rc != 0 or not isinstance(runs, list) or not runs:
-        return "unknown", strip_ansi((err or out).strip())[-500:]
-    run = runs[0]
-    details = str(run.get("status-details", ""))
-    return str(run.get("status", "unknown")), "" if details == "N/A" else details
-
-
 def _wait_for_run(
-    procs: ChildProcesses,
-    exes: dict[str, Path],
-    env: dict[str, str],
-    spec: SimulationSpec,
-    superlink: subprocess.Popen[bytes],
+    procs: ChildProcesses, cli: FlwrCli, launch: _Launch, superlink: SuperLink, run_id: int
+) -> RunStatus:
+    """Stream the run's logs into the log file until it finishes; return its status."""
+    with launch.log_path.open("ab") as log:
+        argv = [cli.flwr, "log", str(run_id), CONNECTION_NAME, "--stream"]
+        stream = procs.spawn(argv, cli.env, log, log)
+    status = _poll_until_finished(cli, launch, superlink, stream, run_id)
+    # Let the stream deliver the run's last lines (it returns by itself once they are out).
+    drain_until = time.monotonic() + _LOG_DRAIN_S
+    while stream.poll() is None and time.monotonic() < drain_until:
+        launch.poll()
+        time.sleep(0.1)
+    if stream.poll() is None:
+        procs.stop(stream)
+    return status
+
+
+def _poll_until_finished(
+    cli: FlwrCli,
+    launch: _Launch,
+    superlink: SuperLink,
+    stream: subprocess.Popen[bytes],
     run_id: int,
-    log_path: Path,
-    log_start: int,
-    t0: float,
-    on_poll: Callable[[], None] | None,
-) -> tuple[str, str]:
-    """Stream the run's logs into the log file until it finishes; return (status, details)."""
-    with log_path.open("ab") as log:
-        argv: list[str | Path] = [exes["flwr"], "log", str(run_id), CONNECTION_NAME, "--stream"]
-        stream = procs.spawn(argv, env, log, log)
-    deadline = t0 + spec.timeout_s
+) -> RunStatus:
+    """The run's status once finished; ``flwr ls`` mostly once the log stream has ended."""
+    deadline = launch.t0 + launch.spec.timeout_s
     next_status = time.monotonic() + _STATUS_EVERY_S
-    status, details = "unknown", ""
+    status = RunStatus("unknown")
     while True:
-        if on_poll is not None:
-            on_poll()
-        if superlink.poll() is not None:
+        launch.poll()
+        if superlink.proc.poll() is not None:
             raise StepError(
                 f"the Flower SuperLink stopped during run {run_id} (exit code "
-                f"{superlink.returncode}): see {log_path}\n" + log_tail(log_path, start=log_start)
+                f"{superlink.proc.returncode}): see {launch.log_path}\n" + launch.tail()
             )
         stream_ended = stream.poll() is not None
         now = time.monotonic()
         if stream_ended or now >= next_status:
-            status, details = _query_status(procs, exes, env, run_id)
-            if status.startswith("finished"):
-                break
+            status = cli.run_status(CONNECTION_NAME, run_id)
+            if status.finished:
+                return status
             every = _STATUS_EVERY_AFTER_STREAM_S if stream_ended else _STATUS_EVERY_S
             next_status = time.monotonic() + every
         if now >= deadline:
-            with contextlib.suppress(StepError):
-                status, _ = _query_status(procs, exes, env, run_id)
-                procs.run([exes["flwr"], "stop", str(run_id), CONNECTION_NAME], env, 30.0)
-            raise StepError(
-                f"Flower run {run_id} did not finish within timeout_s={spec.timeout_s:g} s "
-                f"(status {status!r}): raise SimulationSpec.timeout_s or shorten the run; "
-                f"log: {log_path}\n" + log_tail(log_path, start=log_start)
-            )
+            _stop_late_run(cli, launch, run_id, status)
         time.sleep(_POLL_S)
-    # Let the stream deliver the run's last lines (it returns by itself once they are out).
-    drain_until = time.monotonic() + _LOG_DRAIN_S
-    while stream.poll() is None and time.monotonic() < drain_until:
-        if on_poll is not None:
-            on_poll()
-        time.sleep(0.1)
-    if stream.poll() is None:
-        procs.stop(stream)
-    return status, details
+
+
+def _stop_late_run(cli: FlwrCli, launch: _Launch, run_id: int, status: RunStatus) -> NoReturn:
+    """Stop a run past ``timeout_s`` and say so (its last known status in the message)."""
+    with contextlib.suppress(StepError):
+        status = cli.run_status(CONNECTION_NAME, run_id)
+        cli.run([cli.flwr, "stop", str(run_id), CONNECTION_NAME], cli.env, 30.0)
+    raise StepError(
+        f"Flower run {run_id} did not finish within timeout_s={launch.spec.timeout_s:g} s "
+        f"(status {status.status!r}): raise SimulationSpec.timeout_s or shorten the run; "
+        f"log: {launch.log_path}\n" + launch.tail()
+    )

@@ -101,7 +101,7 @@ NODE_CASES: list[tuple[str, Edit, str]] = [
     ("backoff as text", top(resources={"max_backoff_s": "soon"}),
      "resources.max_backoff_s = 'soon': input should be a valid number"),
     ("unknown encoding", top(encoding="klingon"), "encoding = 'klingon': not a known text"),
-    ("languages a word", top(languages="de"), "languages = 'de': input should be a valid list"),
+    ("languages a word", top(languages="de"), "languages = 'de': must be null (all) or a list of codes"),
     ("languages and parts", top(languages=["de"], language_parts={
         "de": {"train": [0, 0.5], "valid": [0, 0.5]}}), "give languages or language_parts"),
     ("a part out of range", top(language_parts={"de": {"train": [0.5, 0.2], "valid": [0, 1]}}),

@@ -326,7 +326,7 @@ def test_bad_input_is_one_clear_line(
         (("threads: 0 ", "threads: -1 "), "resources.threads"),
         (("device: auto ", "device: gpu0 "), "resources.device"),
         (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
-        (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown keys"),
+        (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown key secret"),
         (("privacy: null", "privacy: {epsilon: 8, rounds: 3}"), "privacy.delta is missing"),
         (("privacy: null", "privacy: {epsilon: -1, delta: 1.0e-6, rounds: 3}"), "privacy.epsilon"),
         (("privacy: null", "privacy: {epsilon: 8, delta: 1.0e-6}"), "exactly one of"),

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from step_common.errors import StepError
+from step_launch import superlink as launcher
+from step_launch.processes import ChildProcesses, free_port
 from step_sim import flower_runner
 from step_sim.flower_runner import SimulationSpec, run_simulation_app
 
@@ -314,22 +316,20 @@ def test_port_taken_between_probe_and_bind_is_retried(
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     taken = busy.getsockname()[1]
-    ports = iter([taken, flower_runner.free_port()])
-    monkeypatch.setattr(flower_runner, "free_port", lambda: next(ports))
+    ports = iter([taken, free_port()])
+    monkeypatch.setattr(launcher, "free_port", lambda: next(ports))
     run_dir.mkdir(parents=True)
     log = run_dir / "simulation.log"
     log.touch()
     exes = flower_runner._executables()
     try:
         marker = uuid.uuid4().hex
-        with flower_runner.ChildProcesses(marker) as procs:
+        with ChildProcesses(marker) as procs:
             env = flower_runner._child_env(
                 run_dir / "flwr_home", run_dir / "ray", marker, exes["flwr"].parent
             )
-            proc, port = flower_runner._start_superlink(
-                procs, exes, env, run_dir / "superlink.db", log, 0, None
-            )
-            assert port != taken and proc.poll() is None
+            superlink = flower_runner._start_superlink(procs, exes, env, run_dir, None)
+            assert superlink.port != taken and superlink.proc.poll() is None
     finally:
         busy.close()
     assert "address already in use" in log.read_text(encoding="utf-8").lower()
@@ -361,6 +361,13 @@ def test_spec_errors_name_the_field_and_the_fix(app_dir: Path, tmp_path: Path) -
         SimulationSpec(
             app_dir=app_dir, run_dir=tmp_path / "r", num_supernodes=2, run_config={"a b": 1}
         )
+    with pytest.raises(StepError, match="use a string, integer, float or bool"):
+        SimulationSpec(
+            app_dir=app_dir,
+            run_dir=tmp_path / "r",
+            num_supernodes=2,
+            run_config={"fail": None},  # type: ignore[dict-item]
+        )
 
 
 def test_missing_flower_is_a_step_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -368,10 +375,3 @@ def test_missing_flower_is_a_step_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StepError, match="flower-superlink not found"):
         flower_runner._executables()
-
-
-def test_run_config_is_written_as_toml() -> None:
-    text = flower_runner._run_config_toml(
-        {"a": True, "b": 3, "c": 0.5, "d": 'x "y" z', "train.lr": 1e-3}
-    )
-    assert text == 'a = true\nb = 3\nc = 0.5\nd = "x \\"y\\" z"\ntrain.lr = 0.001\n'
