@@ -104,17 +104,21 @@ class MemorySampler(threading.Thread):
             time.sleep(0.3)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", type=Path, required=True)
     ap.add_argument("--corpus", type=Path, default=Path("../shared/corpus/step35"))
     ap.add_argument("--encoding", default="fp32", choices=("fp32", "bf16", "int8"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench-deploy-small"))
-    args = ap.parse_args()
-    shutil.rmtree(args.out, ignore_errors=True)
-    out = args.out.resolve()
-    fleet, control = free_port(), free_port()
-    fed = out / "fed"
+    return ap.parse_args()
+
+
+def down_encoding(up: str) -> str:
+    return "fp32" if up == "fp32" else "bf16"
+
+
+def init_federation(fed: Path, fleet: int, control: int, args: argparse.Namespace) -> None:
+    """step-coord init, then the bench's settings in coordinator.yaml."""
     cli("step-coord", "init", fed, "--host", "127.0.0.1", "--preset", "small", "--rounds", "1",
         "--inner-steps", "1", "--min-nodes", "2", "--fleet-address", f"127.0.0.1:{fleet}",
         "--control-port", str(control))  # fmt: skip
@@ -123,20 +127,27 @@ def main() -> None:
     text = text.replace("tokenizer: byte ", f"tokenizer: {args.tokenizer.resolve()} ")
     text = text.replace("batch_size: 8 ", "batch_size: 2 ")
     text = text.replace("update_encoding: int8 ", f"update_encoding: {args.encoding} ")
-    enc_down = "fp32" if args.encoding == "fp32" else "bf16"
+    enc_down = down_encoding(args.encoding)
     text = text.replace("broadcast_encoding: bf16", f"broadcast_encoding: {enc_down}")
     cfg.write_text(text.replace("federation:\n", "federation:\n  eval_max_tokens: 2048\n"))
-    langs = {"uni-a": "el", "uni-b": "et"}
+
+
+def init_nodes(out: Path, fed: Path, fleet: int, corpus: Path, langs: dict[str, str]) -> None:
+    """step-node init for each node (one language each), and step-coord enroll it."""
     for name, lang in langs.items():
         cli("step-node", "init", out / name, "--coordinator", f"127.0.0.1:{fleet}", "--ca",
             fed / "tls" / "ca.crt", "--federation-key", fed / "tls" / "federation.pub",
-            "--data", args.corpus.resolve())  # fmt: skip
+            "--data", corpus.resolve())  # fmt: skip
         node_yaml = out / name / "node.yaml"
         node_yaml.write_text(
             node_yaml.read_text().replace("languages: null ", f"languages: [{lang}] ")
         )
         cli("step-coord", "enroll", name, "--public-key", out / name / "node.pub", "--dir", fed)
 
+
+def run_federation(out: Path, fed: Path, nodes: list[str]) -> tuple[int, float, dict[str, int]]:
+    """Start the coordinator, then the nodes once the run started; (the coordinator's exit
+    code, seconds from start to its end, peak KiB per process)."""
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs = {r: (out / f"{r}.log").open("wb") for r in ROLES}
     t0 = time.monotonic()
@@ -148,7 +159,7 @@ def main() -> None:
             if procs["coord"].poll() is not None:
                 raise SystemExit((out / "coord.log").read_text())
             time.sleep(0.5)
-        for name in langs:
+        for name in nodes:
             procs[name] = subprocess.Popen(
                 [str(BIN / "step-node"), "start", "--dir", str(out / name)],
                 stdout=logs[name], stderr=subprocess.STDOUT, start_new_session=True,
@@ -164,28 +175,47 @@ def main() -> None:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
                 p.wait(timeout=60)
-    if rc != 0:
-        raise SystemExit(f"the run failed:\n{(out / 'coord.log').read_text()}")
+    return rc, wall, sampler.peaks
+
+
+def report(
+    args: argparse.Namespace, fed: Path, wall: float, peaks: dict[str, int]
+) -> dict[str, Any]:
+    """What the run measured, with the model's size and the machine."""
     vocab = load_tokenizer(args.tokenizer).vocab_size
     status = json.loads(cli("step-coord", "status", "--dir", fed, "--json").splitlines()[-1])
     rounds = [json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()]
     train = next(r for r in rounds if r.get("kind") == "round")
-    report: dict[str, Any] = {
+    return {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "params": sum(
             v.numel() for v in Transformer(preset("small").with_vocab(vocab)).state_dict().values()
         ),
         "encoding_up": args.encoding,
-        "encoding_down": enc_down,
+        "encoding_down": down_encoding(args.encoding),
         "status": status["status"],
         "wall_s_start_to_completed": round(wall, 1),
         "round_wall_s": round(train["wall_s"], 1),
         "node_train_wall_s": train["node_wall_s"],
         "bytes_up": status["bytes_up"],
         "bytes_down": status["bytes_down"],
-        "peak_rss_mib": {k: round(v / 1024) for k, v in sorted(sampler.peaks.items())},
+        "peak_rss_mib": {k: round(v / 1024) for k, v in sorted(peaks.items())},
     }
-    print(json.dumps(report, indent=1))
+
+
+def main() -> None:
+    args = parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    out = args.out.resolve()
+    fleet, control = free_port(), free_port()
+    fed = out / "fed"
+    init_federation(fed, fleet, control, args)
+    langs = {"uni-a": "el", "uni-b": "et"}
+    init_nodes(out, fed, fleet, args.corpus, langs)
+    rc, wall, peaks = run_federation(out, fed, list(langs))
+    if rc != 0:
+        raise SystemExit(f"the run failed:\n{(out / 'coord.log').read_text()}")
+    print(json.dumps(report(args, fed, wall, peaks), indent=1))
 
 
 if __name__ == "__main__":

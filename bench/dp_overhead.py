@@ -26,7 +26,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -79,13 +81,32 @@ def fp32_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch
 
 
 def measure(mode: str, args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    device = torch.device(args.device)
+    model, step, precision = prepare(mode, args, device)
+    memory = Memory(device)
+    memory.start()
+    step_s = time_steps(step, device, args.steps)
+    peak = memory.peak()
+    return {
+        "mode": mode,
+        "precision": precision,
+        "params": sum(p.numel() for p in model.parameters()),
+        "step_s": step_s,
+        "peak_extra_mib": max(0.0, peak - memory.base),
+        "peak_mib": peak,
+    }
+
+
+def prepare(
+    mode: str, args: argparse.Namespace, device: torch.device
+) -> tuple[torch.nn.Module, Callable[[], None], str]:
+    """(model, one training step of ``mode``, the precision it runs in)."""
     from node.dp_trainer import DPSGD, DPSettings, Records
     from step_fed.secret_rng import secret_generator
     from step_model.config import preset
     from step_model.model import Transformer
     from step_model.train import make_optimizer, train_step
 
-    device = torch.device(args.device)
     torch.manual_seed(0)
     config = preset(args.preset).with_vocab(args.vocab)
     with device:  # initialised in place: a 1B-parameter model builds in seconds on a GPU
@@ -114,27 +135,21 @@ def measure(mode: str, args: argparse.Namespace) -> dict:  # type: ignore[type-a
         def step() -> None:
             sgd.step(1e-3)
 
-    memory = Memory(device)
-    memory.start()
+    return model, step, precision
+
+
+def time_steps(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    """Seconds per step over ``steps`` steps, after 2 warm-up steps."""
     for _ in range(2):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    step_s = (time.perf_counter() - t0) / args.steps
-    peak = memory.peak()
-    return {
-        "mode": mode,
-        "precision": precision,
-        "params": sum(p.numel() for p in model.parameters()),
-        "step_s": step_s,
-        "peak_extra_mib": max(0.0, peak - memory.base),
-        "peak_mib": peak,
-    }
+    return (time.perf_counter() - t0) / steps
 
 
 def machine(device: str) -> str:
@@ -143,7 +158,7 @@ def machine(device: str) -> str:
     return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--vocab", type=int, default=2048, help="vocabulary size (the BPE tokenizer's)")
@@ -152,22 +167,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child, args)))
-        return
-    modes = ["none", "hooks", "ghost"]
-    if args.device == "cuda":  # hooks runs in bf16 there: measure bf16 without DP, hooks in fp32
-        modes += ["bf16", "hooks-fp32"]
-    rows = {}
-    for mode in modes:
-        cmd = [sys.executable, __file__, "--child", mode, "--preset", args.preset,
-               "--vocab", str(args.vocab), "--batch", str(args.batch),
-               "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-               "--device", args.device]  # fmt: skip
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
-        rows[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps(rows[mode]), flush=True)
+    return ap.parse_args()
+
+
+def run_child(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Measure ``mode`` in a subprocess of its own (its peak memory is its alone)."""
+    cmd = [sys.executable, __file__, "--child", mode, "--preset", args.preset,
+           "--vocab", str(args.vocab), "--batch", str(args.batch),
+           "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+           "--device", args.device]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ)
+    row: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return row
+
+
+def summarize(
+    args: argparse.Namespace, modes: list[str], rows: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The ratios DP / non-private, each DP mode against the non-private step in its
+    precision (and against the bf16 step, when there is one)."""
     # Each DP mode against the non-private step in the same precision ('none' is fp32).
     plain = {"fp32": rows["none"], "bf16": rows.get("bf16", rows["none"])}
     private = [m for m in modes if m not in ("none", "bf16")]
@@ -195,7 +213,22 @@ def main() -> None:
         summary |= {
             f"time_ratio_{m}_vs_bf16": rows[m]["step_s"] / rows["bf16"]["step_s"] for m in private
         }
-    print(json.dumps(summary))
+    return summary
+
+
+def main() -> None:
+    args = parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args)))
+        return
+    modes = ["none", "hooks", "ghost"]
+    if args.device == "cuda":  # hooks runs in bf16 there: measure bf16 without DP, hooks in fp32
+        modes += ["bf16", "hooks-fp32"]
+    rows = {}
+    for mode in modes:
+        rows[mode] = run_child(mode, args)
+        print(json.dumps(rows[mode]), flush=True)
+    print(json.dumps(summarize(args, modes, rows)))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def with_strategy(config: Path, strategy: str, folder: Path) -> Path:
     return path
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=Path("examples/sim-eu8.yaml"))
     ap.add_argument(
@@ -57,15 +57,14 @@ def main() -> None:
         action="store_true",
         help="4x the rounds (same H): 4x the tokens, about 40 minutes per run on 2 cores",
     )
-    args = ap.parse_args()
-    args.out.mkdir(parents=True, exist_ok=False)
-    extra: tuple[str, ...] = ()
-    if args.slow:
-        rounds = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]["rounds"]
-        extra = ("--rounds", str(4 * int(rounds)))
-    fed = step_sim(args.config, args.out / "federated", *extra)
-    central = step_sim(args.config, args.out / "centralized", "--centralized", *extra)
-    result: dict[str, Any] = {
+    return ap.parse_args()
+
+
+def compare(
+    args: argparse.Namespace, fed: dict[str, Any], central: dict[str, Any]
+) -> dict[str, Any]:
+    """The federated run against the centralized one: bpb and communication ratios."""
+    return {
         "bench": "fed_vs_central",
         "config": str(args.config),
         "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
@@ -93,13 +92,34 @@ def main() -> None:
         "communication_ratio": central["allreduce_bytes"] / (fed["bytes_up"] + fed["bytes_down"]),
         "slow": args.slow,
     }
+
+
+def compare_fedavg(
+    args: argparse.Namespace, fed: dict[str, Any], extra: tuple[str, ...]
+) -> dict[str, Any]:
+    """Run the same config with FedAvg; its bpb against the federated run's."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fedavg = step_sim(
+            with_strategy(args.config, "fedavg", Path(tmp)), args.out / "fedavg", *extra
+        )
+    return {
+        "fedavg": {"mean_bpb": fedavg["mean_bpb"], "wall_s": fedavg["wall_s"]},
+        "fedavg_vs_diloco": fedavg["mean_bpb"] / fed["mean_bpb"],
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=False)
+    extra: tuple[str, ...] = ()
+    if args.slow:
+        rounds = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]["rounds"]
+        extra = ("--rounds", str(4 * int(rounds)))
+    fed = step_sim(args.config, args.out / "federated", *extra)
+    central = step_sim(args.config, args.out / "centralized", "--centralized", *extra)
+    result = compare(args, fed, central)
     if not args.no_fedavg:
-        with tempfile.TemporaryDirectory() as tmp:
-            fedavg = step_sim(
-                with_strategy(args.config, "fedavg", Path(tmp)), args.out / "fedavg", *extra
-            )
-        result["fedavg"] = {"mean_bpb": fedavg["mean_bpb"], "wall_s": fedavg["wall_s"]}
-        result["fedavg_vs_diloco"] = fedavg["mean_bpb"] / fed["mean_bpb"]
+        result |= compare_fedavg(args, fed, extra)
     print(json.dumps(result))
 
 

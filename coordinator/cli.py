@@ -107,22 +107,15 @@ def init(
     """Create a federation folder: coordinator.yaml, CA and server certificate, signing key,
     empty registry, audit log. Everything is checked first; nothing is left half-made."""
     fed = FederationFolder(folder)
-    if fed.config.exists() or (fed.tls / "ca.key").exists():
-        raise StepError(
-            f"{folder} already holds a federation: use it, or choose a new folder (re-running "
-            "init would replace the CA that every node trusts)"
-        )
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise StepError(f"{folder} exists and is not an empty folder: choose a new folder")
-    try:  # validate before writing anything
-        options = "step-coord init options"
-        listen = {"fleet_address": fleet_address, "control_port": control_port}
-        parse_section(CoordinatorSettings, listen, options, "coordinator")
-        training = {"preset": preset, "rounds": rounds, "inner_steps": inner_steps,
-                    "min_nodes": min_nodes}  # fmt: skip
-        parse_section(FederationConfig, training, options, "federation")
-    except StepError as e:
-        raise StepError(f"{e}: fix the option and run init again (nothing was written)") from None
+    _check_new_folder(fed, folder)
+    _check_init_options(
+        preset=preset,
+        rounds=rounds,
+        inner_steps=inner_steps,
+        min_nodes=min_nodes,
+        fleet_address=fleet_address,
+        control_port=control_port,
+    )
     for h in host or []:
         san_entry(h)  # a bad --host fails here, before anything is written
     name = folder.resolve().name
@@ -135,16 +128,60 @@ def init(
         fleet_address=fleet_address,
         control_port=control_port,
     )
+    _create_federation(folder, name=name, hosts=list(host or []), config_text=text, preset=preset)
+    _report_init(fed, folder, fleet_address, json_out)
+
+
+def _check_new_folder(fed: FederationFolder, folder: Path) -> None:
+    """``folder`` holds no federation and is absent or an empty folder."""
+    if fed.config.exists() or (fed.tls / "ca.key").exists():
+        raise StepError(
+            f"{folder} already holds a federation: use it, or choose a new folder (re-running "
+            "init would replace the CA that every node trusts)"
+        )
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise StepError(f"{folder} exists and is not an empty folder: choose a new folder")
+
+
+def _check_init_options(
+    *,
+    preset: str,
+    rounds: int,
+    inner_steps: int,
+    min_nodes: int,
+    fleet_address: str,
+    control_port: int,
+) -> None:
+    """The options make a valid configuration (checked before anything is written)."""
+    try:
+        options = "step-coord init options"
+        listen = {"fleet_address": fleet_address, "control_port": control_port}
+        parse_section(CoordinatorSettings, listen, options, "coordinator")
+        training = {"preset": preset, "rounds": rounds, "inner_steps": inner_steps,
+                    "min_nodes": min_nodes}  # fmt: skip
+        parse_section(FederationConfig, training, options, "federation")
+    except StepError as e:
+        raise StepError(f"{e}: fix the option and run init again (nothing was written)") from None
+
+
+def _create_federation(
+    folder: Path, *, name: str, hosts: list[str], config_text: str, preset: str
+) -> None:
+    """Make the whole federation folder in one rename, or nothing."""
     try:
         if folder.exists():
             folder.rmdir()  # empty: the whole federation appears in one rename below
         with atomic_directory(folder) as tmp:
-            _make_federation(FederationFolder(tmp), name, list(host or []), text, preset)
+            _make_federation(FederationFolder(tmp), name, hosts, config_text, preset)
     except OSError as e:
         raise StepError(
             f"cannot create {folder} ({e.strerror or e}): choose a writable place with free "
             "space; nothing was written"
         ) from None
+
+
+def _report_init(fed: FederationFolder, folder: Path, fleet_address: str, json_out: bool) -> None:
+    """What the admin hands to node operators, and what to do next."""
     key = read_verify_key(fed.verify_key)
     out = console_for(json_out)
     out.print(f"federation folder {folder}: coordinator.yaml, registry.json, tls/, audit.jsonl")
@@ -364,6 +401,13 @@ def start(
         state.save(fed)
         audit.append(key, "end", {"run_id": state.run_id, "status": state.status,
                                   "details": state.details})  # fmt: skip
+    _report_end(state, log_path, out, json_out)
+    if state.status in ("failed", "interrupted"):
+        raise typer.Exit(1)
+
+
+def _report_end(state: ProcessState, log_path: Path, out: Console, json_out: bool) -> None:
+    """How the run ended (with the log's tail when it failed)."""
     if state.status in ("failed", "interrupted"):
         if state.status == "failed":
             out.print(log_tail(log_path, lines=20), markup=False)
@@ -374,8 +418,6 @@ def start(
     if json_out:
         emit_json({"run_id": state.run_id, "status": state.status, "details": state.details,
                    "log": str(log_path)})  # fmt: skip
-    if state.status in ("failed", "interrupted"):
-        raise typer.Exit(1)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,10 @@ def _metric(raw: RawReply, key: str) -> float:
     return float(value)
 
 
+def _rejection(raw: RawReply, reason: str) -> Rejection:
+    return Rejection(raw.node_id, raw.node or f"node {raw.node_id}", reason)
+
+
 def check_train_reply(
     raw: RawReply,
     round_: int,
@@ -80,50 +84,77 @@ def check_train_reply(
     tokens it saw of the tensors ``P.SEEN_ROWS[seen_rows]``; they are put back in place, the
     other rows are 0. ``exact_norms``: False under central DP, whose guarantee does not cover a
     node's unclipped update norm, so a rejection does not quote it."""
-
-    def reject(reason: str) -> Rejection:
-        return Rejection(raw.node_id, raw.node or f"node {raw.node_id}", reason)
-
     if raw.error is not None:
-        return reject(raw.error)
+        return _rejection(raw, raw.error)
     try:
-        if int(_metric(raw, P.M_ROUND)) != round_:
-            return reject(f"reply is for round {int(_metric(raw, P.M_ROUND))}, not {round_}")
-        num_tokens = int(_metric(raw, P.M_NUM_TOKENS))
-        if num_tokens <= 0:
-            return reject("reported no training tokens")
-        if max_tokens and num_tokens > max_tokens:
-            return reject(
-                f"claims {num_tokens} training tokens, more than the round allows ({max_tokens})"
-            )
-        arrays = dict(raw.arrays)
-        counts = arrays.pop(P.TOKEN_COUNTS, None)
-        vocab = shapes[EMBEDDING][0]
-        if counts is not None and (
-            counts.shape != (vocab,) or counts.dtype != torch.int32 or bool((counts < 0).any())
-        ):
-            return reject(f"{P.TOKEN_COUNTS} must be ({vocab},) non-negative int32")
-        names = P.SEEN_ROWS[seen_rows] if counts is not None else ()  # DP nodes send no counts
-        if counts is not None and names:
-            seen = counts > 0
-            delta = decode(arrays, encoding, seen_shapes(shapes, seen, names))
-            for name in names:
-                delta[name] = scatter_rows(delta[name], seen)
-        else:
-            delta = decode(arrays, encoding, shapes)
+        num_tokens = _checked_num_tokens(raw, round_, max_tokens)
+        delta, counts = _decoded_delta(raw, encoding, shapes, seen_rows)
     except ValueError as e:
-        return reject(str(e))
+        return _rejection(raw, str(e))
     bad = [k for k, t in delta.items() if not torch.isfinite(t).all()]
     if bad:
-        return reject(f"update has non-finite values in {bad[:3]}")
+        return _rejection(raw, f"update has non-finite values in {bad[:3]}")
     norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
     if max_norm and norm > max_norm:
         shown = f" {norm:.3g}" if exact_norms else ""
-        return reject(f"update norm{shown} exceeds federation.max_update_norm {max_norm:.3g}")
+        return _rejection(
+            raw, f"update norm{shown} exceeds federation.max_update_norm {max_norm:.3g}"
+        )
+    return _accepted(raw, num_tokens=num_tokens, delta=delta, counts=counts, norm=norm)
+
+
+def _checked_num_tokens(raw: RawReply, round_: int, max_tokens: int) -> int:
+    """The reply's training token count; ValueError (the rejection's reason) if the reply is for
+    another round or the count is not one the round allows."""
+    replied_round = int(_metric(raw, P.M_ROUND))
+    if replied_round != round_:
+        raise ValueError(f"reply is for round {replied_round}, not {round_}")
+    num_tokens = int(_metric(raw, P.M_NUM_TOKENS))
+    if num_tokens <= 0:
+        raise ValueError("reported no training tokens")
+    if max_tokens and num_tokens > max_tokens:
+        raise ValueError(
+            f"claims {num_tokens} training tokens, more than the round allows ({max_tokens})"
+        )
+    return num_tokens
+
+
+def _decoded_delta(
+    raw: RawReply, encoding: str, shapes: dict[str, torch.Size], seen_rows: int
+) -> tuple[Weights, torch.Tensor | None]:
+    """(the decoded update with seen rows put back in place, the token counts if sent);
+    ValueError (the rejection's reason) if either is malformed."""
+    arrays = dict(raw.arrays)
+    counts = arrays.pop(P.TOKEN_COUNTS, None)
+    vocab = shapes[EMBEDDING][0]
+    if counts is not None and (
+        counts.shape != (vocab,) or counts.dtype != torch.int32 or bool((counts < 0).any())
+    ):
+        raise ValueError(f"{P.TOKEN_COUNTS} must be ({vocab},) non-negative int32")
+    names = P.SEEN_ROWS[seen_rows] if counts is not None else ()  # DP nodes send no counts
+    if counts is not None and names:
+        seen = counts > 0
+        delta = decode(arrays, encoding, seen_shapes(shapes, seen, names))
+        for name in names:
+            delta[name] = scatter_rows(delta[name], seen)
+    else:
+        delta = decode(arrays, encoding, shapes)
+    return delta, counts
+
+
+def _accepted(
+    raw: RawReply,
+    *,
+    num_tokens: int,
+    delta: Weights,
+    counts: torch.Tensor | None,
+    norm: float,
+) -> TrainReply | Rejection:
+    """The reply whose update passed, unless its epsilon is not a non-negative number."""
     tokens = {k: int(v) for k, v in P.per_language(P.M_TOKENS_PREFIX, raw.metrics).items()}
     epsilon = raw.metrics.get(P.M_EPSILON)
     if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon >= 0):
-        return reject(f"metric {P.M_EPSILON!r} = {epsilon!r} is not a non-negative number")
+        return _rejection(raw, f"metric {P.M_EPSILON!r} = {epsilon!r} is not a non-negative number")
     return TrainReply(
         raw.node_id,
         raw.node or f"node {raw.node_id}",

@@ -83,14 +83,42 @@ def create_tls(folder: Path, federation: str, hosts: list[str]) -> TlsFiles:
 
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name(f"{federation} STEP federation CA")
-    ca_cert = (
+    ca_cert = _ca_certificate(ca_key, ca_name, start, now + datetime.timedelta(days=CA_DAYS))
+
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_cert = _server_certificate(
+        server_key,
+        issuer_key=ca_key,
+        issuer=ca_name,
+        subject=_name(names[0]),
+        sans=sans,
+        not_before=start,
+        not_after=now + datetime.timedelta(days=SERVER_DAYS),
+    )
+
+    files = TlsFiles(folder)
+    atomic_write_bytes(folder / CA_KEY, _key_pem(ca_key), mode=0o600)
+    atomic_write_bytes(files.server_key, _key_pem(server_key), mode=0o600)
+    atomic_write_bytes(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    atomic_write_bytes(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    return files
+
+
+def _ca_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> x509.Certificate:
+    """The self-signed CA certificate: it signs certificates, one level deep."""
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(now + datetime.timedelta(days=CA_DAYS))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -106,30 +134,34 @@ def create_tls(folder: Path, federation: str, hosts: list[str]) -> TlsFiles:
             ),
             critical=True,
         )
-        .sign(ca_key, hashes.SHA384())
+        .sign(key, hashes.SHA384())
     )
 
-    server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = (
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Name,
+    subject: x509.Name,
+    sans: list[x509.GeneralName],
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+) -> x509.Certificate:
+    """The server certificate for ``sans``, signed by the CA."""
+    return (
         x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(now + datetime.timedelta(days=SERVER_DAYS))
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA384())
+        .sign(issuer_key, hashes.SHA384())
     )
-
-    files = TlsFiles(folder)
-    atomic_write_bytes(folder / CA_KEY, _key_pem(ca_key), mode=0o600)
-    atomic_write_bytes(files.server_key, _key_pem(server_key), mode=0o600)
-    atomic_write_bytes(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    atomic_write_bytes(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
-    return files
 
 
 def certificate_hosts(cert_path: Path) -> list[str]:

@@ -280,6 +280,31 @@ class PrivacyLedger:
         """This round's mechanism and the epsilon it would bring the node to; raises
         ``PrivacyBudgetExhausted`` (refuse the round) or ``StepError`` (settings that cannot
         work). Writes nothing."""
+        self._check_plannable(cfg, expected_batch, records)
+        q = expected_batch / records
+        history = self.mechanisms()
+        spent = epsilon_of(history, cfg.delta, cfg.accountant)
+        sigma = self._round_sigma(cfg, round_, history=history, q=q, steps=steps, spent=spent)
+        after = epsilon_of([*history, (sigma, q, steps)], cfg.delta, cfg.accountant)
+        if after > cfg.epsilon:
+            if not history:
+                raise StepError(
+                    f"node {self.node}: privacy.epsilon = {cfg.epsilon:g} cannot be met by "
+                    f"even one round ({steps} steps at noise multiplier {sigma:.3g}, sample "
+                    f"rate {q:.3g} cost epsilon {after:.3g}): raise privacy.epsilon or "
+                    "privacy.noise_multiplier, or ask for fewer inner steps / a smaller batch"
+                )
+            raise PrivacyBudgetExhausted(
+                f"node {self.node} refuses round {round_}: it would bring epsilon to "
+                f"{after:.3f}, over the budget {cfg.epsilon:g} (spent so far {spent:.3f} in "
+                f"{len(history)} rounds); nothing was trained"
+            )
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return LedgerEntry(round_, sigma, q, steps, records, after, cfg.delta, stamp)
+
+    def _check_plannable(self, cfg: PrivacyConfig, expected_batch: int, records: int) -> None:
+        """StepError for settings no round can be planned with: a batch larger than the data,
+        a delta of 1 / records or more, or a delta other than the ledger's."""
         if records < 1 or expected_batch > records:
             raise StepError(
                 f"node {self.node}: the batch of {expected_batch} sequences is larger than "
@@ -299,39 +324,32 @@ class PrivacyLedger:
                 "delta would make the rounds already trained count for less epsilon): set "
                 f"privacy.delta back to {self.pinned_delta(cfg):g}"
             )
-        q = expected_batch / records
-        history = self.mechanisms()
-        spent = epsilon_of(history, cfg.delta, cfg.accountant)
+
+    def _round_sigma(
+        self,
+        cfg: PrivacyConfig,
+        round_: int,
+        *,
+        history: list[Mechanism],
+        q: float,
+        steps: int,
+        spent: float,
+    ) -> float:
+        """The configured noise multiplier, or the smallest that spreads what is left of the
+        budget over the planned rounds left (``PrivacyBudgetExhausted`` when none are left)."""
         if cfg.noise_multiplier is not None:
-            sigma = cfg.noise_multiplier
-        else:
-            assert cfg.rounds is not None
-            remaining = cfg.rounds - len(self.entries)
-            if remaining < 1:
-                raise PrivacyBudgetExhausted(
-                    f"node {self.node} refuses round {round_}: it has trained the "
-                    f"{cfg.rounds} rounds it planned (privacy.rounds), spending epsilon "
-                    f"{spent:.3f} of {cfg.epsilon:g}; nothing was trained"
-                )
-            found = derive_sigma(history, q, steps * remaining, cfg.epsilon, cfg.delta,
-                                 cfg.accountant)  # fmt: skip
-            sigma = found if found is not None else SIGMA_RANGE[1]
-        after = epsilon_of([*history, (sigma, q, steps)], cfg.delta, cfg.accountant)
-        if after > cfg.epsilon:
-            if not history:
-                raise StepError(
-                    f"node {self.node}: privacy.epsilon = {cfg.epsilon:g} cannot be met by "
-                    f"even one round ({steps} steps at noise multiplier {sigma:.3g}, sample "
-                    f"rate {q:.3g} cost epsilon {after:.3g}): raise privacy.epsilon or "
-                    "privacy.noise_multiplier, or ask for fewer inner steps / a smaller batch"
-                )
+            return cfg.noise_multiplier
+        assert cfg.rounds is not None
+        remaining = cfg.rounds - len(self.entries)
+        if remaining < 1:
             raise PrivacyBudgetExhausted(
-                f"node {self.node} refuses round {round_}: it would bring epsilon to "
-                f"{after:.3f}, over the budget {cfg.epsilon:g} (spent so far {spent:.3f} in "
-                f"{len(history)} rounds); nothing was trained"
+                f"node {self.node} refuses round {round_}: it has trained the "
+                f"{cfg.rounds} rounds it planned (privacy.rounds), spending epsilon "
+                f"{spent:.3f} of {cfg.epsilon:g}; nothing was trained"
             )
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        return LedgerEntry(round_, sigma, q, steps, records, after, cfg.delta, stamp)
+        found = derive_sigma(history, q, steps * remaining, cfg.epsilon, cfg.delta,
+                             cfg.accountant)  # fmt: skip
+        return found if found is not None else SIGMA_RANGE[1]
 
     def record(self, entry: LedgerEntry, unit: str) -> None:
         """Enter a round before it trains (durable before any of the data is touched)."""

@@ -125,13 +125,7 @@ def train_round(
     sha = model_sha(cfg)
     if state.optimizer is not None and state.model_sha == sha:
         optimizer.load_state_dict(state.optimizer)
-    total = cfg.total_steps or cfg.total_rounds * cfg.inner_steps
-    offset = cfg.step_offset if cfg.step_offset >= 0 else (cfg.round - 1) * cfg.inner_steps
-    lrs = [
-        lr_at(offset + h, peak=cfg.inner_lr, warmup=cfg.warmup_steps, total=total,
-              min_ratio=cfg.min_lr_ratio)
-        for h in range(cfg.inner_steps)
-    ]  # fmt: skip
+    lrs = _inner_lrs(cfg)
     if private is None:
         steps = _plain_steps(name, model, optimizer, data, tokenizer, cfg, state, weights, lrs)
     else:
@@ -152,14 +146,31 @@ def train_round(
             residual,
         )
     )
-    finite = [x for x in steps.losses if math.isfinite(x)]
     return RoundResult(
         update,
         steps.tokens,
         steps.token_counts,
-        sum(finite) / len(finite) if finite else float("nan"),
+        _mean_finite(steps.losses),
         time.perf_counter() - t0,
     )
+
+
+def _inner_lrs(cfg: RoundConfig) -> list[float]:
+    """The learning rate of each inner step: that of its global step on the federation's
+    schedule."""
+    total = cfg.total_steps or cfg.total_rounds * cfg.inner_steps
+    offset = cfg.step_offset if cfg.step_offset >= 0 else (cfg.round - 1) * cfg.inner_steps
+    return [
+        lr_at(offset + h, peak=cfg.inner_lr, warmup=cfg.warmup_steps, total=total,
+              min_ratio=cfg.min_lr_ratio)
+        for h in range(cfg.inner_steps)
+    ]  # fmt: skip
+
+
+def _mean_finite(losses: list[float]) -> float:
+    """The mean of the finite losses (nan if none is)."""
+    finite = [x for x in losses if math.isfinite(x)]
+    return sum(finite) / len(finite) if finite else float("nan")
 
 
 def with_error_feedback(

@@ -361,23 +361,7 @@ def build_corpus(
         "valid_cap_bytes": valid_cap_bytes,
         "seed": seed,
     }
-    manifest: dict[str, Any] = {
-        "name": "step35",
-        "built_by": "step_corpus",
-        "languages": langs,
-        "cap_bytes_per_language": cap_bytes,
-        "valid_fraction": valid_fraction,
-        "valid_cap_bytes": valid_cap_bytes,
-        "seed": seed,
-        "debian": {
-            "mirror": archive.mirror,
-            "suite": SUITE,
-            "index_signature": archive.signature,
-        },
-        "sources": _sources_manifest(results),
-        "packages": _packages_manifest(results),
-        "files": {},
-    }
+    manifest = _new_manifest(langs, settings, archive, results)
     if out.is_dir():
         out.rmdir()  # empty (checked above); the atomic rename needs the name free
     with atomic_directory(out) as tmp:
@@ -388,6 +372,32 @@ def build_corpus(
         atomic_write_bytes(tmp / "MANIFEST.json", text.encode("utf-8"))
         _make_readable(tmp)
     return manifest
+
+
+def _new_manifest(
+    langs: list[str],
+    settings: dict[str, Any],
+    archive: DebianArchive,
+    results: Sequence[SourceResult],
+) -> dict[str, Any]:
+    """The manifest before any file is written (``files`` still empty)."""
+    return {
+        "name": "step35",
+        "built_by": "step_corpus",
+        "languages": langs,
+        "cap_bytes_per_language": settings["cap_bytes"],
+        "valid_fraction": settings["valid_fraction"],
+        "valid_cap_bytes": settings["valid_cap_bytes"],
+        "seed": settings["seed"],
+        "debian": {
+            "mirror": archive.mirror,
+            "suite": SUITE,
+            "index_signature": archive.signature,
+        },
+        "sources": _sources_manifest(results),
+        "packages": _packages_manifest(results),
+        "files": {},
+    }
 
 
 def _make_readable(root: Path) -> None:
