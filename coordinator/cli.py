@@ -527,7 +527,7 @@ def _submit(admin: FlowerAdmin, guard: ControlGuard, launch: _Launch) -> int:
     run_file = fed.state / "run_config.toml"
     atomic_write_text(run_file, run_config(launch.config_path, fed.run, launch.resume, fed.root))
     signed = SignedApp(write_app(fed), launch.key)
-    reply = admin.call("run", str(fed.state / "app"), CONNECTION, "--run-config", str(run_file))
+    reply = admin.submit(fed.state / "app", run_file)
     signed.check_submitted(str(reply.get("fab-hash", "")))
     signed.store_signature(fed.database)
     guard.run_id, guard.app = int(reply["run-id"]), signed
