@@ -18,18 +18,30 @@ The first message of a fresh run carries no weights at all (``seed``): every nod
 initial weights with the run's seed, as the coordinator did, and checks their id; a node whose
 torch draws other bits answers ``ERR_STALE_VIEW`` and is sent them whole. A warm start
 (``init_from``) sends them whole in bf16 (the view starts as their bf16 rounding).
+
+``Broadcaster`` is what the round loop sends through: every message of a round goes out through
+it (whole weights, or the change through ``DeltaBroadcast`` and the resync of stale nodes), it
+keeps the view in the run's checkpoints, and notes for the round's record who was resynced and
+who did not reply.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from step_fed.protocol import DELTA_SUFFIX, SEED_BROADCAST
-from step_fed.update_codec import apply_delta, encode, view_id
+from coordinator.config import FederationConfig
+from step_fed.protocol import DELTA_SUFFIX, ERR_STALE_VIEW, SEED_BROADCAST, RoundConfig
+from step_fed.transport import Kind, RawReply, Transport
+from step_fed.update_codec import apply_delta, encode, encoded_bytes, view_id
 
 Weights = dict[str, torch.Tensor]
+log = logging.getLogger("step.coordinator")
+VIEW_KEY = "broadcast_view"
+"""Where a checkpoint's optimizer tree keeps the intN-delta view (beside the strategy state)."""
 
 
 @dataclass
@@ -81,3 +93,98 @@ class DeltaBroadcast:
     def commit(self) -> None:
         assert self._next is not None, "message() first"
         self.view, self.id, self._next = self._next, self._next_id, None
+
+
+class Broadcaster:
+    """Sends each message of a round to every connected node and collects the replies: the
+    weights whole (in the round config's encoding) or, with intN-delta, the change since the
+    nodes' view, and the new view whole to the nodes that answer that they lack its base."""
+
+    def __init__(self, cfg: FederationConfig, transport: Transport) -> None:
+        self.cfg, self.transport = cfg, transport
+        delta = cfg.broadcast_encoding.endswith(DELTA_SUFFIX)
+        self.delta = DeltaBroadcast(cfg.broadcast_encoding) if delta else None
+        """The nodes' view and the change to it; None when the weights travel whole."""
+        self.resynced: list[str] = []
+        """Nodes sent the weights whole in the last message round (intN-delta: no base)."""
+        self.missing: list[str] = []
+        """Nodes asked in the last message round that did not reply in time (stragglers)."""
+
+    def start_fresh(self, seeded: bool) -> None:
+        """A fresh run: ``seeded`` when its first weights are drawn from the run's seed (the
+        nodes draw them too, so the first message carries none)."""
+        if self.delta is not None:
+            self.delta.seeded = seeded
+
+    def restore(self, tree: dict[str, Any] | None) -> dict[str, Any]:
+        """Take the view back from a checkpoint's optimizer tree; returns the rest of the tree
+        (the strategy's state)."""
+        rest = dict(tree or {})
+        view = rest.pop(VIEW_KEY, None)
+        if self.delta is not None and view is not None:
+            self.delta = DeltaBroadcast(self.cfg.broadcast_encoding, view)
+        return rest
+
+    def with_view(self, tree: dict[str, Any]) -> dict[str, Any]:
+        """The strategy's state ``tree`` plus the view, for the checkpoint (a resumed run then
+        sends the same changes as an uninterrupted one)."""
+        if self.delta is not None and self.delta.view is not None:
+            tree[VIEW_KEY] = self.delta.view
+        return tree
+
+    def send(self, kind: Kind, config: RoundConfig, weights: Weights) -> tuple[list[RawReply], int]:
+        """Send the round to every node; returns the replies and the payload bytes sent
+        (tensor bytes of the weights as encoded + the config's text, per node)."""
+        node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
+        self.resynced = []
+        if self.delta is not None:
+            raws, sent = self._send_delta(kind, config, node_ids, weights)
+        else:
+            encoded = encode(weights, config.broadcast_encoding)
+            raws = self.transport.send(kind, node_ids, encoded, config.to_wire())
+            sent = len(node_ids) * payload_bytes(encoded, config)
+        for r in raws:  # an error reply carries no name: use the transport's
+            r.node = r.node or self.name(r.node_id)
+        replied = {r.node_id for r in raws}
+        self.missing = [self.name(n) for n in node_ids if n not in replied]
+        for name in self.missing:
+            log.warning("round %d: %s sent no reply within federation.round_timeout_s "
+                        "(%.0f s): dropped from the round", config.round, name,
+                        self.cfg.round_timeout_s)  # fmt: skip
+        return raws, sent
+
+    def _send_delta(
+        self, kind: Kind, config: RoundConfig, node_ids: list[int], weights: Weights
+    ) -> tuple[list[RawReply], int]:
+        """intN-delta: the change since the nodes' view to all; the new view whole, in fp32, to
+        those that answer that they lack the base."""
+        assert self.delta is not None
+        msg = self.delta.message(weights)
+        # A change goes only to nodes that kept the weights, and they kept the tokenizer with
+        # them: it travels only with whole weights (the first round, resyncs).
+        tokenizer = "" if msg.base else config.tokenizer
+        wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view,
+                       tokenizer=tokenizer)  # fmt: skip
+        raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
+        sent = len(node_ids) * payload_bytes(msg.tensors, wire)
+        stale = [r.node_id for r in raws if r.error_code == ERR_STALE_VIEW]
+        if stale:
+            whole = self.delta.resync()
+            wire = replace(config, broadcast_encoding=whole.encoding, view=whole.view)
+            again = self.transport.send(kind, stale, whole.tensors, wire.to_wire())
+            raws = [r for r in raws if r.node_id not in stale] + again
+            sent += len(stale) * payload_bytes(whole.tensors, wire)
+            self.resynced = [self.name(n) for n in stale]
+            log.info("round %d: sent the weights whole to %s (they lacked the base of the "
+                     "change)", config.round, ", ".join(self.resynced))  # fmt: skip
+        self.delta.commit()
+        return raws, sent
+
+    def name(self, node_id: int) -> str:
+        """A node's name for reports: its enrolled name where the transport knows it."""
+        return self.transport.name_of(node_id) or f"node {node_id}"
+
+
+def payload_bytes(tensors: Weights, config: RoundConfig) -> int:
+    """What one message carries: the tensors as encoded and the config's text."""
+    return encoded_bytes(tensors) + len(config.tokenizer) + len(config.model_config)

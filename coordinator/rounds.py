@@ -4,10 +4,11 @@ Transport-neutral: ``Transport`` is whatever delivers messages to nodes (Flower'
 ServerApp; a plain loop in tests), so the algorithm is tested without starting a federation.
 
 After every round the global weights, the strategy's state, the round number and the metrics
-history are committed atomically (a step_model checkpoint under ``<run_dir>/checkpoints``);
-``resume=True`` continues from the last one. Replies are aggregated in node-name order, so a
-resumed run reproduces an uninterrupted one bit for bit (nodes restore their own state, see
-node/state.py).
+history are committed atomically (a step_model checkpoint in the run folder,
+step_model/run_folder.py); ``resume=True`` continues from the last one. Replies are aggregated in
+node-name order, so a resumed run reproduces an uninterrupted one bit for bit (nodes restore
+their own state, see node/state.py). What each message carries (the weights whole, or intN-delta
+changes and resyncs) is coordinator/broadcast.py's ``Broadcaster``.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator.broadcast import DeltaBroadcast
+from coordinator.broadcast import Broadcaster
 from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_settings
 from coordinator.privacy_reports import ReportPolicy
-from coordinator.records import latest_epsilons, read_records
+from coordinator.records import latest_epsilons
 from coordinator.replies import (
     EvalReply,
     Rejection,
@@ -37,29 +38,15 @@ from coordinator.replies import (
 )
 from coordinator.strategy import CentralDP, make_strategy
 from step_common.errors import StepError
-from step_common.fileio import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    remove_stale_temps,
-)
 from step_fed import protocol as P
-from step_fed.transport import Kind, RawReply, Transport, Weights
-from step_fed.update_codec import encode, encoded_bytes
-from step_model.checkpoint import (
-    LATEST,
-    Checkpoint,
-    initial_weights,
-    load_checkpoint,
-    save_in_run,
-)
+from step_fed.transport import RawReply, Transport, Weights
+from step_model.checkpoint import Checkpoint, initial_weights
 from step_model.config import ModelConfig, preset
 from step_model.evaluate import mean_bpb
+from step_model.run_folder import RunFolder
 from step_model.tokenizer import Tokenizer, resolve_tokenizer
 
 log = logging.getLogger("step.coordinator")
-VIEW_KEY = "broadcast_view"
-"""Where a checkpoint's optimizer tree keeps the intN-delta view (beside the strategy state)."""
 
 
 @dataclass
@@ -95,59 +82,48 @@ class RoundRunner:
                 f"max_seq_len {self.model_config.max_seq_len}"
             )
         self.strategy = make_strategy(cfg)
-        delta = cfg.broadcast_encoding.endswith(P.DELTA_SUFFIX)
-        self.broadcast = DeltaBroadcast(cfg.broadcast_encoding) if delta else None
-        self.resynced: list[str] = []
-        """Nodes sent the weights whole in the last message round (intN-delta: no base)."""
+        self.broadcaster = Broadcaster(cfg, transport)
+        self.folder = RunFolder(self.run_dir, "round", digits=6, keep=cfg.keep_checkpoints)
         self.round = 0
         self.totals = Totals()
         self.history: list[dict[str, Any]] = []
-        self.missing: list[str] = []
-        """Nodes asked in the last message round that did not reply in time (stragglers)."""
         self.started = time.monotonic()
         self.elapsed_before = 0.0
-        if resume:
-            self._restore()
-        else:
-            if (self.run_dir / LATEST).exists():
-                raise StepError(
-                    f"{self.run_dir} already holds a federated run: resume it or "
-                    "choose another run folder"
-                )
-            self.weights: Weights = initial_weights(
-                self.model_config, self.tokenizer, cfg.seed, cfg.init_from
-            )
-            if self.broadcast is not None:  # fresh weights: the nodes draw them from the seed
-                self.broadcast.seeded = not cfg.init_from
+        self._start(resume)
         self.shapes = {k: v.shape for k, v in self.weights.items()}
         self.params = sum(v.numel() for v in self.weights.values())
 
     # --- state ---------------------------------------------------------------------------------
 
+    def _start(self, resume: bool) -> None:
+        """The weights to start from: the last committed round's, or a new run's first."""
+        self.folder.check_start(
+            resume,
+            occupied=f"{self.run_dir} already holds a federated run: resume it or "
+            "choose another run folder",
+            empty=f"nothing to resume in {self.run_dir}: start without --resume",
+        )
+        if resume:
+            self._restore()
+            return
+        self.weights: Weights = initial_weights(
+            self.model_config, self.tokenizer, self.cfg.seed, self.cfg.init_from
+        )
+        # fresh weights: the nodes draw them from the seed (unless they are a warm start's)
+        self.broadcaster.start_fresh(seeded=not self.cfg.init_from)
+
     def _restore(self) -> None:
-        if not (self.run_dir / LATEST).exists():
-            raise StepError(f"nothing to resume in {self.run_dir}: start without --resume")
-        ckpt = load_checkpoint(self.run_dir)
-        check_same_settings(self.cfg, ckpt.state)
+        """Continue after the run folder's last committed round (the folder drops the metrics
+        records of the rounds after it: they will be run again)."""
+        ckpt = self.folder.resume(lambda c: check_same_settings(self.cfg, c.state))
         self.weights = {k: v.clone() for k, v in ckpt.weights.items()}
-        optimizer = dict(ckpt.optimizer or {})
-        view = optimizer.pop(VIEW_KEY, None)  # the intN-delta view, kept with the checkpoint
-        self.strategy.load_state_dict(optimizer)
-        if self.broadcast is not None and view is not None:
-            self.broadcast = DeltaBroadcast(self.cfg.broadcast_encoding, view)
+        # the optimizer tree: the strategy's state, and the intN-delta view kept beside it
+        self.strategy.load_state_dict(self.broadcaster.restore(ckpt.optimizer))
         self.round = int(ckpt.state["round"])
         self.totals = Totals(**ckpt.state["totals"])
         self.history = list(ckpt.state["history"])
         self.elapsed_before = float(ckpt.state.get("wall_s", 0.0))
-        self._truncate_metrics()
         log.info("resuming after round %d", self.round)
-
-    def _truncate_metrics(self) -> None:
-        """Drop the records after the committed round (and any line torn by the crash)."""
-        path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            kept = [r for r in read_records(path) if r.get("round", 0) <= self.round]
-            atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
     def _save(self) -> None:
         state = {
@@ -157,11 +133,9 @@ class RoundRunner:
             "federation": self.cfg.to_dict(),
             "wall_s": self.wall_s(),
         }
-        optimizer = self.strategy.state_dict()
-        if self.broadcast is not None and self.broadcast.view is not None:
-            optimizer[VIEW_KEY] = self.broadcast.view
+        optimizer = self.broadcaster.with_view(self.strategy.state_dict())
         ckpt = Checkpoint(self.model_config, self.weights, self.tokenizer, state, optimizer)
-        save_in_run(self.run_dir, f"round-{self.round:06d}", ckpt, keep=self.cfg.keep_checkpoints)
+        self.folder.save(ckpt)
 
     def wall_s(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
@@ -214,58 +188,6 @@ class RoundRunner:
             return 0
         return SEEN_ROWS_LEVELS[c.seen_rows]
 
-    def _send(self, kind: Kind, config: P.RoundConfig) -> tuple[list[RawReply], int]:
-        """Send the round to every node; returns the replies and the payload bytes sent
-        (tensor bytes of the weights as encoded + the config's text, per node)."""
-        node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
-        self.resynced = []
-        if self.broadcast is not None:
-            raws, sent = self._send_delta(kind, config, node_ids)
-        else:
-            weights = encode(self.weights, config.broadcast_encoding)
-            raws = self.transport.send(kind, node_ids, weights, config.to_wire())
-            sent = len(node_ids) * _payload_bytes(weights, config)
-        for r in raws:  # an error reply carries no name: use the transport's
-            r.node = r.node or self._name(r.node_id)
-        replied = {r.node_id for r in raws}
-        self.missing = [self._name(n) for n in node_ids if n not in replied]
-        for name in self.missing:
-            log.warning("round %d: %s sent no reply within federation.round_timeout_s "
-                        "(%.0f s): dropped from the round", config.round, name,
-                        self.cfg.round_timeout_s)  # fmt: skip
-        return raws, sent
-
-    def _send_delta(
-        self, kind: Kind, config: P.RoundConfig, node_ids: list[int]
-    ) -> tuple[list[RawReply], int]:
-        """intN-delta (coordinator/broadcast.py): the change since the nodes' view to all; the
-        new view whole, in fp32, to those that answer that they lack the base."""
-        assert self.broadcast is not None
-        msg = self.broadcast.message(self.weights)
-        # A change goes only to nodes that kept the weights, and they kept the tokenizer with
-        # them: it travels only with whole weights (the first round, resyncs).
-        tokenizer = "" if msg.base else config.tokenizer
-        wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view,
-                       tokenizer=tokenizer)  # fmt: skip
-        raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
-        sent = len(node_ids) * _payload_bytes(msg.tensors, wire)
-        stale = [r.node_id for r in raws if r.error_code == P.ERR_STALE_VIEW]
-        if stale:
-            whole = self.broadcast.resync()
-            wire = replace(config, broadcast_encoding=whole.encoding, view=whole.view)
-            again = self.transport.send(kind, stale, whole.tensors, wire.to_wire())
-            raws = [r for r in raws if r.node_id not in stale] + again
-            sent += len(stale) * _payload_bytes(whole.tensors, wire)
-            self.resynced = [self._name(n) for n in stale]
-            log.info("round %d: sent the weights whole to %s (they lacked the base of the "
-                     "change)", config.round, ", ".join(self.resynced))  # fmt: skip
-        self.broadcast.commit()
-        return raws, sent
-
-    def _name(self, node_id: int) -> str:
-        """A node's name for reports: its enrolled name where the transport knows it."""
-        return self.transport.name_of(node_id) or f"node {node_id}"
-
     def train_round(self, round_: int) -> dict[str, Any]:
         return self._train_round(round_)[0]
 
@@ -273,7 +195,7 @@ class RoundRunner:
         t0 = time.monotonic()
         config = self.round_config(round_)
         self.transport.resent.clear()
-        raws, bytes_down = self._send("train", config)
+        raws, bytes_down = self.broadcaster.send("train", config, self.weights)
         ok, rejected, accepted = self._usable_updates(raws, config)
         # Every connected node is asked every round: sample rate 1 (no amplification).
         delta = self.strategy.aggregate(ok, self.cfg.token_rows, sample_rate=1.0)
@@ -348,7 +270,7 @@ class RoundRunner:
             "round": round_,
             "nodes": len(ok),
             "rejected": {r.node: r.reason for r in rejected},
-            "missing": self.missing,
+            "missing": self.broadcaster.missing,
             "dropped": list(self.strategy.dropped),
             "loss": loss,
             "tokens": sum(r.num_tokens for r in ok),
@@ -364,8 +286,8 @@ class RoundRunner:
                   for r in ok if r.epsilon_signature}  # fmt: skip
         if signed:
             record["epsilon_reports"] = signed
-        if self.broadcast is not None:
-            record["resynced"] = self.resynced
+        if self.broadcaster.delta is not None:
+            record["resynced"] = self.broadcaster.resynced
         if self.transport.resent:
             record["resent"] = sorted(set(self.transport.resent))
         if isinstance(self.strategy, CentralDP):
@@ -403,7 +325,7 @@ class RoundRunner:
 
     def evaluate(self, round_: int, final: bool) -> dict[str, Any]:
         config = self.round_config(round_, final_eval=final)
-        raws, bytes_down = self._send("evaluate", config)
+        raws, bytes_down = self.broadcaster.send("evaluate", config, self.weights)
         self.totals.bytes_down += bytes_down
         return {**self._eval_record(raws, round_, round_, final), "bytes_down": bytes_down}
 
@@ -430,10 +352,8 @@ class RoundRunner:
     # --- the run -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for folder in (self.run_dir, self.run_dir / "checkpoints"):
-            for p in remove_stale_temps(folder):
-                log.info("removed %s, left by an interrupted write", p.name)
+        for p in self.folder.prepare():
+            log.info("removed %s, left by an interrupted write", p.name)
         log.info(
             "federation: %s, %d rounds x %d inner steps, %s, %d parameters",
             self.cfg.strategy,
@@ -454,11 +374,11 @@ class RoundRunner:
             self.history.extend(records)
             self._save()
             for rec in records:
-                append_jsonl(self.run_dir / "metrics.jsonl", {**rec, "wall_total_s": self.wall_s()})
+                self.folder.log({**rec, "wall_total_s": self.wall_s()})
                 if self.on_round:
                     self.on_round(rec)
         summary = self.summary()
-        atomic_write_json(self.run_dir / "summary.json", summary)
+        self.folder.write_summary(summary)
         return summary
 
     def summary(self) -> dict[str, Any]:
@@ -495,8 +415,3 @@ class RoundRunner:
             out["delta_central"] = self.cfg.central_dp_delta
             out["central_privacy_unit"] = "one institution (all of its data)"
         return out
-
-
-def _payload_bytes(tensors: Weights, config: P.RoundConfig) -> int:
-    """What one message carries: the tensors as encoded and the config's text."""
-    return encoded_bytes(tensors) + len(config.tokenizer) + len(config.model_config)

@@ -11,7 +11,6 @@ and AdamW moments are restored bit for bit from the checkpoint.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -26,8 +25,8 @@ import torch
 from torch import nn
 
 from step_common.errors import StepError
-from step_common.fileio import append_jsonl, atomic_write_json, atomic_write_text
-from step_model.checkpoint import LATEST, Checkpoint, load_checkpoint, save_in_run
+from step_common.fileio import atomic_write_json
+from step_model.checkpoint import Checkpoint
 from step_model.config import ModelConfig, preset
 from step_model.corpus import (
     LanguageSelection,
@@ -39,6 +38,7 @@ from step_model.corpus import (
 from step_model.data import LanguageMixture, TokenStream, tokenize_texts
 from step_model.evaluate import bits_per_byte, mean_bpb
 from step_model.model import Transformer, autocast, next_token_loss
+from step_model.run_folder import RunFolder
 from step_model.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -241,17 +241,15 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, out: Path, resume: bool = False) -> None:
         self.cfg, self.out, self.resume = cfg, Path(out), resume
+        self.folder = RunFolder(self.out, "step", digits=8)
         self.device = pick_device(cfg.device)
-        if not resume and (self.out / LATEST).exists():
-            raise StepError(
-                f"{self.out} already holds a training run: pass --resume to continue "
-                "it, or choose another --out"
-            )
-        if resume and not (self.out / LATEST).exists():
-            raise StepError(
-                f"--resume: {self.out} holds no checkpoint to resume from: drop "
-                "--resume to start a new run"
-            )
+        self.folder.check_start(
+            resume,
+            occupied=f"{self.out} already holds a training run: pass --resume to continue "
+            "it, or choose another --out",
+            empty=f"--resume: {self.out} holds no checkpoint to resume from: drop "
+            "--resume to start a new run",
+        )
         self.data = load_run_data(cfg)
         self.model_config: ModelConfig = preset(cfg.preset).with_vocab(
             self.data.tokenizer.vocab_size
@@ -280,7 +278,16 @@ class Trainer:
         )
 
     def _restore(self) -> None:
-        ckpt = load_checkpoint(self.out)
+        """Continue from the run folder's latest checkpoint: weights, AdamW moments, counters
+        (the folder also drops the metrics logged after it: they will be logged again)."""
+        ckpt = self.folder.resume(self._check_resumable)
+        self.model.load_state_dict(ckpt.weights)
+        assert ckpt.optimizer is not None, "training checkpoints always carry the optimizer"
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.step, self.tokens = int(ckpt.state["step"]), int(ckpt.state["tokens"])
+
+    def _check_resumable(self, ckpt: Checkpoint) -> None:
+        """StepError unless ``ckpt`` was saved by a run with these settings and this model."""
         saved = TrainConfig(**ckpt.state["train_config"])
         changed = [
             f.name
@@ -298,22 +305,6 @@ class Trainer:
                 f"--resume: the checkpoint's model config differs from preset "
                 f"{self.cfg.preset}: start a new --out"
             )
-        self.model.load_state_dict(ckpt.weights)
-        assert ckpt.optimizer is not None, "training checkpoints always carry the optimizer"
-        self.optimizer.load_state_dict(ckpt.optimizer)
-        self.step, self.tokens = int(ckpt.state["step"]), int(ckpt.state["tokens"])
-        self._truncate_metrics(self.step)
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop metrics logged after the checkpoint we resume from (they will be redone)."""
-        path = self.out / "metrics.jsonl"
-        if path.exists():
-            kept = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and _record_step(line) <= step
-            ]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def save(self, extra: dict[str, Any] | None = None) -> Path:
         state = {
@@ -330,7 +321,7 @@ class Trainer:
             state,
             self.optimizer.state_dict(),
         )
-        return save_in_run(self.out, f"step-{self.step:08d}", ckpt)
+        return self.folder.save(ckpt)
 
     def evaluate(self, max_tokens: int | None) -> dict[str, float]:
         return bits_per_byte(
@@ -343,11 +334,11 @@ class Trainer:
         )
 
     def log(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.out / "metrics.jsonl", record)
+        self.folder.log(record)
 
     def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Train to ``cfg.steps``, evaluate on all held-out text, save; returns the summary."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.folder.prepare()  # the folder, less what a killed write left in it
         atomic_write_json(self.out / "train_config.json", asdict(self.cfg))
         train_seconds, window = 0.0, []
         self.model.train()
@@ -456,16 +447,9 @@ class Trainer:
                 }
             )
         self.save({"final": summary})
-        atomic_write_json(self.out / "summary.json", summary)
+        self.folder.write_summary(summary)
         return summary
 
     def tokens_per_s(self, train_seconds: float) -> float:
         """Training tokens per second of step time (evaluation and checkpoints excluded)."""
         return (self.tokens - self._tokens_at_start) / train_seconds if train_seconds else 0.0
-
-
-def _record_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,12 @@ from coordinator.config import FederationConfig
 from node.data import NodeData, load_node_data
 from node.trainer import node_seed
 from step_common.errors import StepError
-from step_common.fileio import append_jsonl, atomic_write_json
 from step_model.checkpoint import initial_weights
 from step_model.config import preset
 from step_model.data import LanguageMixture
 from step_model.evaluate import language_nll, mean_bpb, pooled_bpb
 from step_model.model import Transformer
+from step_model.run_folder import RunFolder
 from step_model.tokenizer import Tokenizer, load_tokenizer
 from step_model.train import lr_at, make_optimizer, train_step
 from step_sim.config import SimConfig
@@ -55,100 +56,161 @@ def evaluate_pooled(
     return pooled_bpb(parts)
 
 
+RecordFn = Callable[[dict[str, Any]], None]
+
+
 def run_centralized(
-    sim: SimConfig, run_dir: Path, on_record: Callable[[dict[str, Any]], None] | None = None
+    sim: SimConfig, run_dir: Path, on_record: RecordFn | None = None
 ) -> dict[str, Any]:
-    fed = sim.federation
+    """Train the pooled baseline for the federation's rounds x H steps; returns the summary
+    (also in ``run_dir/summary.json``; the per-round records go to ``run_dir/metrics.jsonl``
+    and to ``on_record``)."""
     t_start = time.monotonic()
-    tok = load_tokenizer(fed.tokenizer)
-    settings = sim.node_settings(run_dir)
-    nodes = {s.name: load_node_data(s, tok) for s in settings}
-    mixtures = {
-        name: LanguageMixture(
-            d.train, fed.seq_len, fed.alpha, tok.bos_id, node_seed(fed.seed, name)
+    baseline = PooledBaseline(sim, run_dir)
+    folder = RunFolder(run_dir, "round", digits=6)
+    for step in range(sim.federation.total_inner_steps):
+        baseline.train_step(step)
+        for rec in baseline.round_end_records(step):
+            folder.log(rec)
+            baseline.history.append(rec)
+            if on_record:
+                on_record(rec)
+    summary = baseline.summary(time.monotonic() - t_start)
+    folder.write_summary(summary)
+    return summary
+
+
+@dataclass
+class PooledData:
+    """Every institution's data, each drawn by the sampler its node would use."""
+
+    tok: Tokenizer
+    nodes: dict[str, NodeData]
+    mixtures: dict[str, LanguageMixture]
+
+    @classmethod
+    def load(cls, sim: SimConfig, run_dir: Path) -> PooledData:
+        fed = sim.federation
+        tok = load_tokenizer(fed.tokenizer)
+        nodes = {s.name: load_node_data(s, tok) for s in sim.node_settings(run_dir)}
+        mixtures = {
+            name: LanguageMixture(
+                d.train, fed.seq_len, fed.alpha, tok.bos_id, node_seed(fed.seed, name)
+            )
+            for name, d in nodes.items()
+        }
+        return cls(tok, nodes, mixtures)
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, y: (N * batch_size, T) int64, the N institutions' step-``step`` batches in name
+        order (each exactly what that node draws at that step)."""
+        parts = [self.mixtures[name].batch(step, batch_size) for name in sorted(self.mixtures)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+@dataclass
+class PooledBaseline:
+    """The model, its optimizer and the running tallies of one pooled run."""
+
+    sim: SimConfig
+    run_dir: Path
+    tokens: int = 0
+    train_s: float = 0.0
+    """Seconds spent in training steps (evaluations excluded)."""
+    rounds: int = 0
+    """Federation rounds' worth of steps completed."""
+    losses: list[float] = field(default_factory=list)
+    """The losses of the steps since the last round's end."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        fed = self.sim.federation
+        self.fed = fed
+        self.data = PooledData.load(self.sim, self.run_dir)
+        model_config = preset(fed.preset).with_vocab(self.data.tok.vocab_size)
+        self.model = Transformer(model_config)
+        # the coordinator's initial weights, exactly
+        self.model.load_state_dict(
+            initial_weights(model_config, self.data.tok, fed.seed, fed.init_from)
         )
-        for name, d in nodes.items()
-    }
-    model_config = preset(fed.preset).with_vocab(tok.vocab_size)
-    model = Transformer(model_config)
-    # the coordinator's initial weights, exactly
-    model.load_state_dict(initial_weights(model_config, tok, fed.seed, fed.init_from))
-    opt = make_optimizer(model, sim.baseline_lr, fed.weight_decay, (fed.beta1, fed.beta2))
-    total = fed.total_inner_steps
-    tokens = 0
-    train_s = 0.0
-    losses: list[float] = []
-    history: list[dict[str, Any]] = []
-    round_ = 0  # federation rounds completed
-    for step in range(total):
+        self.opt = make_optimizer(
+            self.model, self.sim.baseline_lr, fed.weight_decay, (fed.beta1, fed.beta2)
+        )
+
+    def train_step(self, step: int) -> None:
+        """One AdamW step on every institution's batch of ``step``, concatenated."""
+        fed = self.fed
         t0 = time.perf_counter()
-        parts = [mixtures[name].batch(step, fed.batch_size) for name in sorted(mixtures)]
-        x = torch.cat([p[0] for p in parts])
-        y = torch.cat([p[1] for p in parts])
+        x, y = self.data.batch(step, fed.batch_size)
         lr = lr_at(
             step,
-            peak=sim.baseline_lr,
+            peak=self.sim.baseline_lr,
             warmup=fed.warmup_steps,
-            total=total,
+            total=fed.total_inner_steps,
             min_ratio=fed.min_lr_ratio,
         )
-        loss = train_step(model, opt, x, y, fed.grad_clip, lr)
-        train_s += time.perf_counter() - t0
+        loss = train_step(self.model, self.opt, x, y, fed.grad_clip, lr)
+        self.train_s += time.perf_counter() - t0
         if not math.isfinite(loss):
             raise StepError(
                 f"centralized baseline: loss became {loss} at step {step}: lower "
                 "centralized_lr (or federation.inner_lr)"
             )
-        tokens += x.numel()
-        losses.append(loss)
-        if step + 1 == fed.step_offset(round_ + 2):  # the end of a "round" of the federation
-            round_ += 1
-            records = [
+        self.tokens += x.numel()
+        self.losses.append(loss)
+
+    def round_end_records(self, step: int) -> list[dict[str, Any]]:
+        """After the last step of a federation round: its train record, and its evaluation
+        where the federation evaluates (every eval_every rounds, and the last); else none."""
+        fed = self.fed
+        if step + 1 != fed.step_offset(self.rounds + 2):
+            return []
+        self.rounds += 1
+        loss = sum(self.losses) / len(self.losses)
+        self.losses = []
+        records: list[dict[str, Any]] = [
+            {
+                "kind": "round",
+                "round": self.rounds,
+                "loss": loss,
+                "tokens": self.tokens,
+                "nodes": len(self.data.nodes),
+            }
+        ]
+        last = self.rounds == fed.rounds
+        if last or self.rounds % fed.eval_every == 0:
+            bpb = evaluate_pooled(self.model, self.data.nodes, self.data.tok, fed, final=last)
+            records.append(
                 {
-                    "kind": "round",
-                    "round": round_,
-                    "loss": sum(losses) / len(losses),
-                    "tokens": tokens,
-                    "nodes": len(nodes),
+                    "kind": "eval",
+                    "round": self.rounds,
+                    "bpb": bpb,
+                    "mean_bpb": mean_bpb(bpb),
+                    "final": last,
                 }
-            ]
-            losses = []
-            last = round_ == fed.rounds
-            if last or round_ % fed.eval_every == 0:
-                bpb = evaluate_pooled(model, nodes, tok, fed, final=last)
-                records.append(
-                    {
-                        "kind": "eval",
-                        "round": round_,
-                        "bpb": bpb,
-                        "mean_bpb": mean_bpb(bpb),
-                        "final": last,
-                    }
-                )
-            for rec in records:
-                append_jsonl(run_dir / "metrics.jsonl", rec)
-                history.append(rec)
-                if on_record:
-                    on_record(rec)
-    final = history[-1]
-    params = model.num_params()
-    summary = {
-        "mode": "centralized",
-        "rounds": fed.rounds,
-        "nodes": len(nodes),
-        "mean_bpb": final["mean_bpb"],
-        "bpb": final["bpb"],
+            )
+        return records
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        final = self.history[-1]
+        params = self.model.num_params()
+        steps, nodes = self.fed.total_inner_steps, len(self.data.nodes)
         # What synchronous data parallelism moves: every step, every node sends its fp32 gradient
         # and receives the reduced one (model bytes x steps x nodes, each way).
-        "allreduce_bytes": params * 4 * total * len(nodes),
-        "bytes_up": params * 4 * total * len(nodes),
-        "bytes_down": params * 4 * total * len(nodes),
-        "tokens": tokens,
-        "params": params,
-        "steps": total,
-        "batch": fed.batch_size * len(nodes),
-        "tokens_per_s": tokens / train_s if train_s else 0.0,
-        "wall_s": time.monotonic() - t_start,
-    }
-    atomic_write_json(run_dir / "summary.json", summary)
-    return summary
+        allreduce = params * 4 * steps * nodes
+        return {
+            "mode": "centralized",
+            "rounds": self.fed.rounds,
+            "nodes": nodes,
+            "mean_bpb": final["mean_bpb"],
+            "bpb": final["bpb"],
+            "allreduce_bytes": allreduce,
+            "bytes_up": allreduce,
+            "bytes_down": allreduce,
+            "tokens": self.tokens,
+            "params": params,
+            "steps": steps,
+            "batch": self.fed.batch_size * nodes,
+            "tokens_per_s": self.tokens / self.train_s if self.train_s else 0.0,
+            "wall_s": wall_s,
+        }

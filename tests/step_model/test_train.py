@@ -47,11 +47,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
     tiny_corpus: Path, tmp_path: Path
 ) -> None:
     Trainer(config(tiny_corpus), tmp_path / "straight").run()
-    # A crash right after step 4 (its metrics logged, its checkpoint not yet written).
+    # A crash right after step 4 (its metrics logged, its checkpoint not yet written), killed
+    # mid-write: a line torn mid-append and a temporary of an atomic write left behind.
     _run_until(Trainer(config(tiny_corpus), tmp_path / "resumed"), 3)
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"kind": "train", "st')
+    stale = tmp_path / "resumed" / ".summary.json.x1y2.tmp"
+    stale.write_text("half")
     resumed = Trainer(config(tiny_corpus), tmp_path / "resumed", resume=True)
     assert resumed.step == 3
     resumed.run()
+    assert not stale.exists()
     a = load_checkpoint(tmp_path / "straight").weights
     b = load_checkpoint(tmp_path / "resumed").weights
     assert all(torch.equal(a[k], b[k]) for k in a)
