@@ -112,6 +112,7 @@ class FederationConfig(LocalSchedule):
     """C: every node's pseudo-gradient is clipped to this L2 norm (needed with central DP)."""
     central_dp_delta: YamlFloat = 1e-5
     """The delta at which the coordinator reports its epsilon (below 1 / number of nodes)."""
+
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         def bad(key: str, allowed: str) -> StepError:

@@ -43,7 +43,8 @@ def sim_doc() -> Doc:
 
 
 SIM_CASES: list[tuple[str, Edit, str]] = [
-    ("unknown top-level key", top(colour=1), "unknown key colour; allowed: centralized_lr, corpus, description"),
+    ("unknown top-level key", top(colour=1),
+     "unknown key colour; allowed: centralized_lr, corpus, description"),
     ("no institutions", top(institutions=[]),
      "institutions = []: list should have at least 1 item"),
     ("institutions missing", lambda d: d.pop("institutions"), "institutions is missing: add it"),
@@ -101,7 +102,8 @@ NODE_CASES: list[tuple[str, Edit, str]] = [
     ("backoff as text", top(resources={"max_backoff_s": "soon"}),
      "resources.max_backoff_s = 'soon': input should be a valid number"),
     ("unknown encoding", top(encoding="klingon"), "encoding = 'klingon': not a known text"),
-    ("languages a word", top(languages="de"), "languages = 'de': must be null (all) or a list of codes"),
+    ("languages a word", top(languages="de"),
+     "languages = 'de': must be null (all) or a list of codes"),
     ("languages and parts", top(languages=["de"], language_parts={
         "de": {"train": [0, 0.5], "valid": [0, 0.5]}}), "give languages or language_parts"),
     ("a part out of range", top(language_parts={"de": {"train": [0.5, 0.2], "valid": [0, 1]}}),
