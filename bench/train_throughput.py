@@ -25,7 +25,8 @@ import torch
 
 from step_model.config import preset
 from step_model.model import Transformer, autocast, next_token_loss
-from step_model.train import TrainConfig, Trainer, pick_device
+from step_model.train import Trainer, pick_device
+from step_model.train_config import TrainConfig
 
 
 def minimal_loop(
@@ -61,16 +62,10 @@ def trainer_loop(
     preset_name: str, batch: int, seq: int, steps: int, corpus: str | None, device: str
 ) -> float:
     """tokens/s of the Trainer between its 3rd step and its last, timed by its own callback."""
-    cfg = TrainConfig(
-        preset=preset_name,
-        corpus=corpus,
-        languages="eu",
-        steps=steps + 3,
-        batch_size=batch,
-        seq_len=seq,
-        checkpoint_every=10**9,
-        device=device,
-    )
+    cfg = TrainConfig.model_validate(
+        {"preset": preset_name, "corpus": corpus, "languages": "eu", "steps": steps + 3,
+         "batch_size": batch, "seq_len": seq, "checkpoint_every": 10**9, "device": device}
+    )  # fmt: skip
     stamps: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")

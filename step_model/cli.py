@@ -24,9 +24,11 @@ from step_common.cli_common import (
     user_errors,
 )
 from step_common.errors import StepError
+from step_common.model_options import options_from
 from step_model.config import PRESETS, preset
 from step_model.corpus import LanguageSelection, read_corpus, resolve_corpus
 from step_model.tokenizer import BPE_SAMPLE_CHARS
+from step_model.train_config import TrainConfig
 
 app = command_line(__doc__, "step-model")
 tokenizer_app = typer.Typer(help="Train byte-level BPE tokenizers.", no_args_is_help=True)
@@ -189,66 +191,19 @@ def _progress_bar(json_mode: bool) -> Progress:
 
 @app.command()
 @user_errors
+@options_from(TrainConfig, flags={"compile": "--compile"})
 def train(
     out: Annotated[
         Path, typer.Option(help="Run folder: metrics.jsonl, checkpoints/, summary.json.")
     ],
-    preset_name: Annotated[
-        str, typer.Option("--preset", help=f"One of: {', '.join(PRESETS)}.")
-    ] = "debug",
-    corpus: Annotated[
-        Path | None,
-        typer.Option(help="Corpus folder (default: $STEP_CORPUS, then ../shared/corpus/step35)."),
-    ] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1000,
-    languages: LanguagesOpt = None,
-    tokenizer: Annotated[str, typer.Option(help="'byte' or a tokenizer.json.")] = "byte",
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 64,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence.")] = 256,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-3,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps.")] = 100,
-    min_lr_ratio: Annotated[float, typer.Option(help="Final lr as a fraction of the peak.")] = 0.1,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.1,
-    grad_clip: Annotated[float, typer.Option(help="Global gradient-norm clip (0: off).")] = 1.0,
-    alpha: Annotated[
-        float,
-        typer.Option(help="Language sampling temperature (0 uniform, 1 proportional to bytes)."),
-    ] = 0.3,
-    seed: Annotated[int, typer.Option(help="Seed of init and data order.")] = 0,
-    eval_every: Annotated[
-        int, typer.Option(help="Quick evaluation every N steps (0: end only).")
-    ] = 0,
-    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    compile_model: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the model.")
-    ] = False,
+    config: TrainConfig,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Train a model on the pooled data of the selected languages (the centralized baseline)."""
-    from step_model.train import TrainConfig, Trainer
+    from step_model.train import Trainer
 
-    cfg = TrainConfig(
-        preset=preset_name,
-        tokenizer=tokenizer,
-        corpus=str(corpus) if corpus else None,
-        languages=languages,
-        steps=steps,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        min_lr_ratio=min_lr_ratio,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        alpha=alpha,
-        seed=seed,
-        eval_every=eval_every,
-        checkpoint_every=checkpoint_every,
-        device=device,
-        compile=compile_model,
-    )
+    cfg = config
     console = console_for(json_out)
     with console.status("reading and tokenizing the corpus"):
         trainer = Trainer(cfg, out, resume=resume)

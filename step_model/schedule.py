@@ -10,30 +10,61 @@ next to DiLoCo's ``outer_lr``) in a federation.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field
 
 from step_common.typed_config import STRICT, YamlFloat
 
+# Each setting once: its type, bounds and meaning. A trainer that needs another default (the
+# centralized one trains bigger batches than a node) re-states only the default, by this type.
+MinLrRatio = Annotated[
+    YamlFloat,
+    Field(
+        ge=0,
+        le=1,
+        description=("The cosine schedule ends at the peak learning rate x min_lr_ratio."),
+    ),
+]
+WarmupSteps = Annotated[int, Field(ge=0, description="Linear warmup, in optimizer steps.")]
+WeightDecay = Annotated[
+    YamlFloat,
+    Field(ge=0, description=("AdamW decoupled weight decay on matrices (not on norm weights).")),
+]
+Beta1 = Annotated[YamlFloat, Field(ge=0, lt=1, description="AdamW's first-moment decay.")]
+Beta2 = Annotated[YamlFloat, Field(ge=0, lt=1, description="AdamW's second-moment decay.")]
+GradClip = Annotated[
+    YamlFloat, Field(ge=0, description=("Clip the global gradient norm to this (0 disables)."))
+]
+BatchSize = Annotated[
+    int, Field(ge=1, description=("Sequences per optimizer step (per node in a federation)."))
+]
+SeqLen = Annotated[int, Field(ge=1, description="Tokens per sequence.")]
+Alpha = Annotated[
+    YamlFloat,
+    Field(
+        ge=0,
+        le=1,
+        description=(
+            "Language sampling temperature: p ~ bytes**alpha (0: uniform, 1: in proportion to the "
+            "text)."
+        ),
+    ),
+]
+Seed = Annotated[int, Field(description="Seeds the initial weights and the batches.")]
+
 
 class LocalSchedule(BaseModel):
+    """The shared settings, with a federation node's defaults."""
+
     model_config = STRICT
-    min_lr_ratio: YamlFloat = Field(default=0.1, ge=0, le=1)
-    """The cosine schedule ends at the peak learning rate x min_lr_ratio."""
-    warmup_steps: int = Field(default=50, ge=0)
-    """Linear warmup, in optimizer steps."""
-    weight_decay: YamlFloat = Field(default=0.1, ge=0)
-    """AdamW decoupled weight decay on matrices (not on norm weights)."""
-    beta1: YamlFloat = Field(default=0.9, ge=0, lt=1)
-    """AdamW's first-moment decay."""
-    beta2: YamlFloat = Field(default=0.95, ge=0, lt=1)
-    """AdamW's second-moment decay."""
-    grad_clip: YamlFloat = Field(default=1.0, ge=0)
-    """Clip the global gradient norm to this (0 disables)."""
-    batch_size: int = Field(default=8, ge=1)
-    """Sequences per optimizer step (per node in a federation)."""
-    seq_len: int = Field(default=128, ge=1)
-    """Tokens per sequence."""
-    alpha: YamlFloat = Field(default=0.3, ge=0, le=1)
-    """Language sampling temperature: p ~ bytes**alpha (1: in proportion to the text)."""
-    seed: int = 0
-    """Seeds the initial weights and the batches."""
+    min_lr_ratio: MinLrRatio = 0.1
+    warmup_steps: WarmupSteps = 50
+    weight_decay: WeightDecay = 0.1
+    beta1: Beta1 = 0.9
+    beta2: Beta2 = 0.95
+    grad_clip: GradClip = 1.0
+    batch_size: BatchSize = 8
+    seq_len: SeqLen = 128
+    alpha: Alpha = 0.3
+    seed: Seed = 0

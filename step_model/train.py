@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, cast
@@ -26,6 +26,7 @@ from torch import nn
 
 from step_common.errors import StepError
 from step_common.fileio import atomic_write_json
+from step_common.typed_config import parse_section
 from step_model.checkpoint import Checkpoint
 from step_model.config import ModelConfig, preset
 from step_model.corpus import (
@@ -40,87 +41,7 @@ from step_model.evaluate import bits_per_byte, mean_bpb
 from step_model.model import Transformer, autocast, next_token_loss
 from step_model.run_folder import RunFolder
 from step_model.tokenizer import Tokenizer, load_tokenizer
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one centralized training run (``step-model train`` flags)."""
-
-    preset: str = "debug"
-    """Model preset (config.py)."""
-    tokenizer: str = "byte"
-    """'byte' or the path of a tokenizer.json from `step-model tokenizer train`."""
-    corpus: str | None = None
-    """Corpus folder; None: $STEP_CORPUS, then the shared STEP-35."""
-    languages: str | None = None
-    """Comma-separated codes (strict), a group ('eu', 'all'), or None for every language present."""
-    steps: int = 1000
-    """Optimizer steps."""
-    batch_size: int = 64
-    """Sequences per step."""
-    seq_len: int = 256
-    """Tokens per sequence."""
-    lr: float = 3e-3
-    """Peak learning rate (after warmup)."""
-    min_lr_ratio: float = 0.1
-    """The cosine schedule ends at lr * min_lr_ratio."""
-    warmup_steps: int = 100
-    """Linear warmup steps."""
-    weight_decay: float = 0.1
-    """AdamW decoupled weight decay on matrices (not on norm weights)."""
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0 disables)."""
-    alpha: float = 0.3
-    """Language sampling temperature: p ~ bytes**alpha."""
-    seed: int = 0
-    eval_every: int = 0
-    """Quick evaluation every N steps (0: only at the end)."""
-    eval_tokens: int = 4096
-    """Tokens per language in the quick evaluations (the final one reads all held-out text)."""
-    checkpoint_every: int = 500
-    """Save a checkpoint every N steps (and always at the end and on Ctrl-C)."""
-    log_every: int = 10
-    """Write a train record to metrics.jsonl every N steps."""
-    device: str = "auto"
-    """'auto' (cuda if present), 'cpu' or 'cuda'."""
-    compile: bool = False
-    """torch.compile the model (faster steps after a compile of tens of seconds)."""
-
-    def __post_init__(self) -> None:
-        positive = (
-            "steps",
-            "batch_size",
-            "seq_len",
-            "log_every",
-            "checkpoint_every",
-            "eval_tokens",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise StepError(
-                    f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}"
-                )
-        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise StepError("--lr must be positive and --min-lr-ratio in [0, 1]")
-        if self.warmup_steps < 0 or self.eval_every < 0:
-            raise StepError("--warmup-steps and --eval-every must be >= 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise StepError(f"--device {self.device!r}: choose auto, cpu or cuda")
-
-    # Settings that may differ between a run and its --resume without changing its results.
-    RESUMABLE_CHANGES = (
-        "steps",
-        "eval_every",
-        "eval_tokens",
-        "checkpoint_every",
-        "log_every",
-        "device",
-        "compile",
-        "corpus",
-    )
-
+from step_model.train_config import TrainConfig
 
 # --- building blocks shared with the federation node ------------------------------------------
 
@@ -288,12 +209,12 @@ class Trainer:
 
     def _check_resumable(self, ckpt: Checkpoint) -> None:
         """StepError unless ``ckpt`` was saved by a run with these settings and this model."""
-        saved = TrainConfig(**ckpt.state["train_config"])
+        saved = parse_section(TrainConfig, ckpt.state["train_config"], "the checkpoint's state")
         changed = [
-            f.name
-            for f in fields(TrainConfig)
-            if f.name not in TrainConfig.RESUMABLE_CHANGES
-            and getattr(saved, f.name) != getattr(self.cfg, f.name)
+            name
+            for name in TrainConfig.model_fields
+            if name not in TrainConfig.RESUMABLE_CHANGES
+            and getattr(saved, name) != getattr(self.cfg, name)
         ]
         if changed:
             raise StepError(
@@ -310,7 +231,7 @@ class Trainer:
         state = {
             "step": self.step,
             "tokens": self.tokens,
-            "train_config": asdict(self.cfg),
+            "train_config": self.cfg.model_dump(),
             "languages": sorted(self.data.train),
             **(extra or {}),
         }
@@ -339,7 +260,7 @@ class Trainer:
     def run(self, progress: ProgressFn | None = None) -> dict[str, Any]:
         """Train to ``cfg.steps``, evaluate on all held-out text, save; returns the summary."""
         self.folder.prepare()  # the folder, less what a killed write left in it
-        atomic_write_json(self.out / "train_config.json", asdict(self.cfg))
+        atomic_write_json(self.out / "train_config.json", self.cfg.model_dump())
         train_seconds, window = 0.0, []
         self.model.train()
         with deferred_interrupt() as interrupted:

@@ -159,7 +159,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_there(
     import signal
     import time
 
-    from step_model.train import TrainConfig, Trainer
+    from step_model.train import Trainer
+    from step_model.train_config import TrainConfig
 
     out = tmp_path / "run"
     exe = Path(sys.executable).parent / "step-model"

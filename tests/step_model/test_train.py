@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from step_common.errors import StepError
+from step_common.model_options import build
 from step_model.checkpoint import load_checkpoint
-from step_model.train import TrainConfig, Trainer, lr_at
+from step_model.train import Trainer, lr_at
+from step_model.train_config import TrainConfig
 
 
 def config(corpus: Path, **overrides: object) -> TrainConfig:
@@ -104,8 +106,11 @@ def test_a_diverging_run_stops_with_advice(tiny_corpus: Path, tmp_path: Path) ->
         ).run()
 
 
-def test_bad_settings_are_refused(tiny_corpus: Path) -> None:
-    with pytest.raises(StepError, match="--steps"):
-        config(tiny_corpus, steps=0)
-    with pytest.raises(StepError, match="--device"):
-        config(tiny_corpus, device="tpu")
+def test_bad_settings_are_refused_naming_the_flag() -> None:
+    """As `step-model train` builds its config from its options (step_common/model_options)."""
+    with pytest.raises(StepError, match="--steps = 0: input should be greater than or equal"):
+        build(TrainConfig, {"steps": 0}, {})
+    with pytest.raises(StepError, match="--device = 'tpu': input should be 'auto', 'cpu'"):
+        build(TrainConfig, {"device": "tpu"}, {})
+    with pytest.raises(StepError, match=r"--min-lr-ratio = 2\.0: input should be less than"):
+        build(TrainConfig, {"min_lr_ratio": 2.0}, {})
