@@ -28,7 +28,7 @@ who did not reply.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -163,14 +163,16 @@ class Broadcaster:
         # A change goes only to nodes that kept the weights, and they kept the tokenizer with
         # them: it travels only with whole weights (the first round, resyncs).
         tokenizer = "" if msg.base else config.tokenizer
-        wire = replace(config, broadcast_encoding=msg.encoding, view_base=msg.base, view=msg.view,
-                       tokenizer=tokenizer)  # fmt: skip
+        wire = config.model_copy(update={"broadcast_encoding": msg.encoding, "view_base": msg.base,
+                                         "view": msg.view, "tokenizer": tokenizer})  # fmt: skip
         raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
         sent = len(node_ids) * payload_bytes(msg.tensors, wire)
         stale = [r.node_id for r in raws if r.error_code == ERR_STALE_VIEW]
         if stale:
             whole = self.delta.resync()
-            wire = replace(config, broadcast_encoding=whole.encoding, view=whole.view)
+            wire = config.model_copy(
+                update={"broadcast_encoding": whole.encoding, "view": whole.view}
+            )
             again = self.transport.send(kind, stale, whole.tensors, wire.to_wire())
             raws = [r for r in raws if r.node_id not in stale] + again
             sent += len(stale) * payload_bytes(whole.tensors, wire)
@@ -187,4 +189,4 @@ class Broadcaster:
 
 def payload_bytes(tensors: Weights, config: RoundConfig) -> int:
     """What one message carries: the tensors as encoded and the config's text."""
-    return encoded_bytes(tensors) + len(config.tokenizer) + len(config.model_config)
+    return encoded_bytes(tensors) + len(config.tokenizer) + len(config.model_json)

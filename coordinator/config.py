@@ -115,62 +115,89 @@ class FederationConfig(LocalSchedule):
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
-        def bad(key: str, allowed: str) -> StepError:
-            return StepError(f"federation.{key} = {getattr(self, key)!r}: {allowed}")
+        # One validator calling the groups in a fixed order: for a config with several
+        # mistakes, the first one reported is always the same.
+        self._check_positive()
+        self._check_choices()
+        self._check_local_steps()
+        self._check_aggregation()
+        self._check_central_dp()
+        self._check_other_ranges()
+        return self
 
+    def _bad(self, key: str, allowed: str) -> StepError:
+        """The error for ``federation.<key>``: its value and what is allowed."""
+        return StepError(f"federation.{key} = {getattr(self, key)!r}: {allowed}")
+
+    def _check_positive(self) -> None:
+        """Counts and rates that must be above zero."""
         for key in ("rounds", "inner_steps", "eval_every", "min_nodes", "keep_checkpoints"):
             if getattr(self, key) < 1:
-                raise bad(key, "must be a positive integer")
+                raise self._bad(key, "must be a positive integer")
         for key in ("inner_lr", "outer_lr", "round_timeout_s"):
-            if not getattr(self, key) > 0:
-                raise bad(key, "must be positive")
+            if not getattr(self, key) > 0:  # `not > 0` also refuses NaN
+                raise self._bad(key, "must be positive")
+
+    def _check_choices(self) -> None:
+        """Named settings: the model preset, the strategy and the two wire encodings."""
         if self.preset not in PRESETS:
-            raise bad("preset", f"choose one of {', '.join(PRESETS)}")
+            raise self._bad("preset", f"choose one of {', '.join(PRESETS)}")
         if self.strategy not in STRATEGIES:
-            raise bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
+            raise self._bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
         if self.update_encoding not in ENCODINGS:
-            raise bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
+            raise self._bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
         if self.broadcast_encoding not in BROADCAST_ENCODINGS:
-            raise bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
+            raise self._bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
+
+    def _check_local_steps(self) -> None:
+        """How nodes train within a round: early rounds and drift correction."""
         if self.early_rounds < 0:  # above federation.rounds (--rounds N): every round is early
-            raise bad("early_rounds", "must be >= 0")
+            raise self._bad("early_rounds", "must be >= 0")
         if self.early_rounds and self.early_inner_steps < 1:
-            raise bad("early_inner_steps", "must be a positive integer when early_rounds > 0")
+            raise self._bad("early_inner_steps", "must be a positive integer when early_rounds > 0")
         if self.drift_correction and self.strategy != "fedavg":
-            raise bad(
+            raise self._bad(
                 "drift_correction",
                 "needs strategy fedavg (nodes infer the global "
                 "update from two consecutive global models, which momentum would distort)",
             )
+
+    def _check_aggregation(self) -> None:
+        """Which rows nodes send, the aggregation rule and the robust rules' parameters."""
         if self.seen_rows not in SEEN_ROWS_LEVELS:
-            raise bad("seen_rows", f"choose one of {', '.join(SEEN_ROWS_LEVELS)}")
+            raise self._bad("seen_rows", f"choose one of {', '.join(SEEN_ROWS_LEVELS)}")
         if self.aggregation not in RULES:
-            raise bad("aggregation", f"choose one of {', '.join(RULES)}")
+            raise self._bad("aggregation", f"choose one of {', '.join(RULES)}")
         if not 0 <= self.trim_fraction < 0.5:
-            raise bad("trim_fraction", "must be in [0, 0.5)")
+            raise self._bad("trim_fraction", "must be in [0, 0.5)")
         if not -1 <= self.filter_cosine < 1:
-            raise bad("filter_cosine", "must be in [-1, 1)")
+            raise self._bad("filter_cosine", "must be in [-1, 1)")
         if self.aggregation_clip < 0:
-            raise bad("aggregation_clip", "must be >= 0 (0: the round's median update norm)")
+            raise self._bad("aggregation_clip", "must be >= 0 (0: the round's median update norm)")
+
+    def _check_central_dp(self) -> None:
+        """Central DP: its noise, clip and delta, and the aggregation it needs."""
         if self.central_dp_noise > 0 and self.aggregation != "mean":
-            raise bad(
+            raise self._bad(
                 "aggregation",
                 "central DP clips and averages the updates itself: use aggregation mean "
                 "with central_dp_noise > 0",
             )
         if self.central_dp_noise < 0:
-            raise bad("central_dp_noise", "must be >= 0 (0: no central DP)")
+            raise self._bad("central_dp_noise", "must be >= 0 (0: no central DP)")
         if self.central_dp_noise > 0 and not self.central_dp_clip > 0:
-            raise bad("central_dp_clip", "must be positive when central_dp_noise > 0")
+            raise self._bad("central_dp_clip", "must be positive when central_dp_noise > 0")
         if not 0 < self.central_dp_delta < 1:
-            raise bad("central_dp_delta", "must be in (0, 1), e.g. 1.0e-5")
+            raise self._bad("central_dp_delta", "must be in (0, 1), e.g. 1.0e-5")
+
+    def _check_other_ranges(self) -> None:
+        """The remaining bounds: outer momentum, evaluation size, update norm limit."""
         if not 0 <= self.outer_momentum < 1:
-            raise bad("outer_momentum", "must be in [0, 1)")
+            raise self._bad("outer_momentum", "must be in [0, 1)")
         if self.eval_max_tokens < 0:
-            raise bad("eval_max_tokens", "must be >= 0 (0: all)")
+            raise self._bad("eval_max_tokens", "must be >= 0 (0: all)")
         if self.max_update_norm < 0:
-            raise bad("max_update_norm", "must be >= 0 (0: no limit)")
-        return self
+            raise self._bad("max_update_norm", "must be >= 0 (0: no limit)")
 
     def steps_in_round(self, round_: int) -> int:
         """H of round ``round_`` (1-based)."""

@@ -27,6 +27,7 @@ from typing import Annotated
 
 import torch
 import typer
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from node.data import read_node_texts
 from node.keys import PUBLIC_KEY, create_key_pair, node_signer
@@ -66,6 +67,26 @@ def init(
     data: Annotated[str, typer.Option(help="Folder with this institution's text.")] = "data",
 ) -> None:
     """Create node.yaml and the node's ECDSA P-384 key pair; print the public key to send."""
+    signing = _check_init_inputs(
+        folder, coordinator=coordinator, ca=ca, federation_key=federation_key
+    )
+    node_name = name or folder.resolve().name
+    data_path = str(Path(data).resolve()) if Path(data).exists() else data
+    public = _create_node(
+        folder,
+        ca=ca,
+        signing=signing,
+        node_name=node_name,
+        coordinator=coordinator,
+        data_path=data_path,
+    )
+    _print_enrollment(folder, signing, public)
+
+
+def _check_init_inputs(
+    folder: Path, *, coordinator: str, ca: Path, federation_key: Path
+) -> ed25519.Ed25519PublicKey:
+    """Validate init's inputs before anything is written; return the federation signing key."""
     try:
         check_address(coordinator, "--coordinator")
     except ValueError as e:
@@ -80,15 +101,26 @@ def init(
             f"{folder} already holds a node: use it (`step-node start --dir {folder}`), or "
             "choose a new folder (init would replace the key the coordinator enrolled)"
         )
-    node_name = name or folder.resolve().name
-    data_path = str(Path(data).resolve()) if Path(data).exists() else data
+    return signing
+
+
+def _create_node(
+    folder: Path,
+    *,
+    ca: Path,
+    signing: ed25519.Ed25519PublicKey,
+    node_name: str,
+    coordinator: str,
+    data_path: str,
+) -> str:
+    """Write the node folder; return the node's public key line. All or nothing."""
     made_folder = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ca, folder / "ca.crt")
         atomic_write_text(folder / FEDERATION_KEY, public_line(signing) + "\n")
         write_node_file(folder, node_name, coordinator, data_path)
-        public = create_key_pair(folder, node_name)
+        return create_key_pair(folder, node_name)
     except OSError as e:  # unwritable place, full disk
         _undo_init(folder, made_folder)
         raise StepError(
@@ -98,6 +130,10 @@ def init(
     except StepError:  # e.g. a node name node.yaml cannot hold
         _undo_init(folder, made_folder)
         raise
+
+
+def _print_enrollment(folder: Path, signing: ed25519.Ed25519PublicKey, public: str) -> None:
+    """Tell the operator what was written and what to send to (and check with) the admin."""
     out = console_for(False)
     out.print(f"node folder {folder}: node.yaml, node.key (private, 0600), node.pub, ca.crt, "
               f"{FEDERATION_KEY}")  # fmt: skip

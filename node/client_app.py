@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +150,9 @@ def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[st
         if held is not None and held[0] == cfg.view and _same_tokenizer(cfg, held[2]):
             # A message sent again after this node restarted mid-round: it applied the change
             # (and kept the result) before it went down.
-            return replace(cfg, tokenizer=cfg.tokenizer or held[2], broadcast_encoding="fp32",
-                           view_base="", view=""), held[1]  # fmt: skip
+            whole = {"tokenizer": cfg.tokenizer or held[2], "broadcast_encoding": "fp32",
+                     "view_base": "", "view": ""}  # fmt: skip
+            return cfg.model_copy(update=whole), held[1]
         if held is None or held[0] != cfg.view_base or not _same_tokenizer(cfg, held[2]):
             raise StaleView(
                 f"node {settings.name} holds global weights {held[0] if held else '(none)'}; "
@@ -161,13 +161,15 @@ def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[st
         weights = apply_delta(
             held[1], received, cfg.broadcast_encoding.removesuffix(P.DELTA_SUFFIX)
         )
-        cfg = replace(cfg, tokenizer=cfg.tokenizer or held[2])
+        cfg = cfg.model_copy(update={"tokenizer": cfg.tokenizer or held[2]})
     else:
         weights = decode(received, cfg.broadcast_encoding, model_shapes(cfg))
     if view_id(weights) != cfg.view:
         raise ValueError("the received weights do not match their id: corrupted in transit")
     store.save(cfg.view, weights, cfg.tokenizer)
-    return replace(cfg, broadcast_encoding="fp32", view_base="", view=""), weights
+    return cfg.model_copy(
+        update={"broadcast_encoding": "fp32", "view_base": "", "view": ""}
+    ), weights
 
 
 def _same_tokenizer(cfg: P.RoundConfig, held: str) -> bool:

@@ -65,12 +65,12 @@ class TrainingDiverged(StepError):
 
 def model_sha(cfg: RoundConfig) -> str:
     """Identifies model shape + tokenizer: inner optimizer state only carries over within one."""
-    return hashlib.sha256((cfg.model_config + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
+    return hashlib.sha256((cfg.model_json + cfg.tokenizer_sha256).encode()).hexdigest()[:16]
 
 
 def model_config(cfg: RoundConfig) -> ModelConfig:
     """The round's model shape, as the coordinator sent it."""
-    return ModelConfig.from_dict(json.loads(cfg.model_config), source="round config")
+    return ModelConfig.from_dict(json.loads(cfg.model_json), source="round config")
 
 
 def model_shapes(cfg: RoundConfig) -> dict[str, torch.Size]:

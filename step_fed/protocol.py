@@ -17,8 +17,12 @@ coordinator can weight languages by each node's held-out bytes exactly).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, Final
+
+from pydantic import ValidationError
+
+from step_common.typed_config import STRICT, describe
+from step_model.schedule import LocalSchedule
 
 PROTOCOL_VERSION: Final = 1
 
@@ -114,27 +118,22 @@ def per_language(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
     return {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
-@dataclass(frozen=True)
-class RoundConfig:
-    """What a node needs to train or evaluate one round, as sent in the CONFIG record."""
+class RoundConfig(LocalSchedule):
+    """What a node needs to train or evaluate one round, as sent in the CONFIG record. The inner
+    optimizer's schedule and batches (``LocalSchedule``: min_lr_ratio, warmup_steps,
+    weight_decay, beta1, beta2, grad_clip, batch_size, seq_len, alpha, seed) are the
+    federation's, field for field."""
 
+    model_config = STRICT
     round: int
     total_rounds: int
     inner_steps: int
     inner_lr: float
-    min_lr_ratio: float
-    warmup_steps: int
-    weight_decay: float
-    beta1: float
-    beta2: float
-    grad_clip: float
-    batch_size: int
-    seq_len: int
-    alpha: float
-    seed: int
     update_encoding: str
-    model_config: str  # JSON of step_model.config.ModelConfig
-    tokenizer: str  # tokenizer.json text
+    model_json: str
+    """JSON of step_model.config.ModelConfig."""
+    tokenizer: str
+    """tokenizer.json text ('' in a change: the node holds it)."""
     tokenizer_sha256: str
     eval_max_tokens: int = 0
     broadcast_encoding: str = "fp32"
@@ -172,7 +171,7 @@ class RoundConfig:
         "alpha": CFG_ALPHA,
         "seed": CFG_SEED,
         "update_encoding": CFG_UPDATE_ENCODING,
-        "model_config": CFG_MODEL_CONFIG,
+        "model_json": CFG_MODEL_CONFIG,
         "tokenizer": CFG_TOKENIZER,
         "tokenizer_sha256": CFG_TOKENIZER_SHA256,
         "eval_max_tokens": CFG_EVAL_MAX_TOKENS,
@@ -185,38 +184,37 @@ class RoundConfig:
         "view": CFG_VIEW,
         "seen_rows": CFG_SEEN_ROWS,
     }
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset(
+        {"eval_max_tokens", "broadcast_encoding", "drift_correction", "eval_first",
+         "step_offset", "total_steps", "view_base", "view", "seen_rows"}
+    )  # fmt: skip
+    """Keys a message may lack (added after version 1 of the protocol): their defaults hold."""
 
     def to_wire(self) -> dict[str, int | float | str]:
         wire: dict[str, int | float | str] = {CFG_PROTOCOL: PROTOCOL_VERSION}
-        for f in fields(self):
-            wire[self._KEYS[f.name]] = getattr(self, f.name)
+        for name in self._KEYS:
+            wire[self._KEYS[name]] = getattr(self, name)
         return wire
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, object]) -> RoundConfig:
-        """Parse and type-check a received config; ValueError names what is wrong."""
+        """Parse and check a received config (types strict, bounds as the federation's);
+        ValueError names what is wrong."""
         if wire.get(CFG_PROTOCOL) != PROTOCOL_VERSION:
             raise ValueError(
                 f"protocol version {wire.get(CFG_PROTOCOL)!r} != {PROTOCOL_VERSION}: "
                 "coordinator and node run different step-federated versions"
             )
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = cls._KEYS[f.name]
-            if key not in wire:
-                if f.default is not MISSING:
-                    continue
+        for name, key in cls._KEYS.items():
+            if key in wire:
+                values[name] = wire[key]
+            elif name not in cls._OPTIONAL:
                 raise ValueError(f"round config lacks {key!r}")
-            want = {"int": int, "float": float, "str": str}[str(f.type)]
-            value = wire[key]
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or isinstance(value, bool):
-                raise ValueError(
-                    f"round config {key!r} is {type(value).__name__}, expected {want.__name__}"
-                )
-            values[f.name] = value
-        return cls(**values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            raise ValueError(f"round config: {describe(e, cls, '')}") from None
 
 
 # --- run config (pyproject [tool.flwr.app.config], overridden by step-sim / step-coord) ---

@@ -10,7 +10,7 @@ next to DiLoCo's ``outer_lr``) in a federation.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
@@ -68,3 +68,8 @@ class LocalSchedule(BaseModel):
     seq_len: SeqLen = 128
     alpha: Alpha = 0.3
     seed: Seed = 0
+
+    def shared_schedule(self) -> dict[str, Any]:
+        """The values of the fields declared here (e.g. to build a round config from the
+        federation's settings)."""
+        return {name: getattr(self, name) for name in LocalSchedule.model_fields}

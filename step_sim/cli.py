@@ -181,6 +181,18 @@ def main(
     t0 = time.monotonic()
     console = console_for(json_out)
     mode = "centralized" if centralized else "federated"
+    _check_resume(out, resume=resume, centralized=centralized)
+    out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sim = _load_sim(config, rounds=rounds, preset=preset, init_from=init_from)
+    sim, out = _start_run_folder(sim, out, resume=resume, console=console)
+    console.print(_headline(sim, out, mode))
+    summary = _train(sim, out, centralized=centralized, resume=resume, console=console)
+    summary["wall_s"] = time.monotonic() - t0
+    _report(summary, out=out, title=f"{config.stem}: {mode}", console=console, json_out=json_out)
+
+
+def _check_resume(out: Path | None, *, resume: bool, centralized: bool) -> None:
+    """Refuse a --resume that has nothing to continue."""
     if resume and out is None:
         raise StepError("--resume needs --out: the run folder to continue")
     if resume and centralized:
@@ -188,17 +200,36 @@ def main(
             "--resume continues federated runs; a centralized baseline reruns in "
             "minutes: drop --resume"
         )
-    out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _load_sim(
+    config: Path, *, rounds: int | None, preset: str | None, init_from: Path | None
+) -> SimConfig:
+    """The simulation config with the command line's overrides applied."""
     init = str(init_from.resolve()) if init_from else None
     if init_from:  # a damaged checkpoint must stop the run before anything is written
         verify_checkpoint(resolve_checkpoint(init_from))
-    sim = load_sim_config(config).with_overrides(rounds=rounds, preset=preset, init_from=init)
+    return load_sim_config(config).with_overrides(rounds=rounds, preset=preset, init_from=init)
+
+
+def _start_run_folder(
+    sim: SimConfig, out: Path, *, resume: bool, console: Console
+) -> tuple[SimConfig, Path]:
+    """Make (or reopen) the run folder, put the tokenizer there and, for a new run, sim.yaml.
+
+    Returns the config pointing at that tokenizer and the folder's absolute path.
+    """
     _prepare_run_folder(out, resume)
     out = out.resolve()
     with console.status("preparing the tokenizer"):
         sim = _resolve_tokenizer(sim, out)
-    if not resume:
+    if not resume:  # a resumed run keeps the sim.yaml it was started with
         atomic_write_text(out / "sim.yaml", yaml.safe_dump(sim.to_yaml_dict(), sort_keys=False))
+    return sim, out
+
+
+def _headline(sim: SimConfig, out: Path, mode: str) -> str:
+    """One line on what is about to run: institutions, languages, optimizer, rounds, folder."""
     fed = sim.federation
     early = min(fed.early_rounds, fed.rounds)
     schedule = f"{fed.rounds} rounds x {fed.inner_steps} steps"
@@ -207,23 +238,28 @@ def main(
             f"{fed.rounds} rounds ({early} x {fed.early_inner_steps} steps, then "
             f"{fed.rounds - early} x {fed.inner_steps})"
         )
-    console.print(
+    optimizer = "AdamW" if mode == "centralized" else fed.strategy
+    return (
         f"{mode}: {len(sim.names)} institutions, {len(sim.languages())} languages, "
-        f"{fed.strategy if not centralized else 'AdamW'}, {schedule}, preset {fed.preset}; "
-        f"run folder {out}"
+        f"{optimizer}, {schedule}, preset {fed.preset}; run folder {out}"
     )
-    summary = (
-        _run_centralized(sim, out, console)
-        if centralized
-        else _run_federated(sim, out, resume, console)
-    )
-    summary["wall_s"] = time.monotonic() - t0
-    plot = plot_bpb(out / "metrics.jsonl", out / "bpb.png", f"{config.stem}: {mode}")
-    bpb = summary.get("bpb") or {}
-    rows = [(lang, f"{v:.4f}") for lang, v in sorted(bpb.items())]
-    if bpb:
-        rows.append(("mean", f"{mean_bpb(bpb):.4f}"))
-        console.print(table("held-out bits per byte", ["lang", "bpb"], rows))
+
+
+def _train(
+    sim: SimConfig, out: Path, *, centralized: bool, resume: bool, console: Console
+) -> dict[str, Any]:
+    """Run the federation, or the centralized baseline; return the run's summary."""
+    if centralized:
+        return _run_centralized(sim, out, console)
+    return _run_federated(sim, out, resume, console)
+
+
+def _report(
+    summary: dict[str, Any], *, out: Path, title: str, console: Console, json_out: bool
+) -> None:
+    """Print the results: held-out bpb, traffic, privacy, the plot; with --json, the summary."""
+    plot = plot_bpb(out / "metrics.jsonl", out / "bpb.png", title)
+    _print_bpb(summary, console)
     console.print(
         f"{summary['tokens']:,} training tokens; up {summary['bytes_up'] / 1e6:,.1f} MB, "
         f"down {summary['bytes_down'] / 1e6:,.1f} MB; {summary['wall_s']:.0f} s"
@@ -233,6 +269,15 @@ def main(
         console.print(f"plot: {plot}")
     if json_out:
         emit_json({**summary, "run_dir": str(out), "plot": str(plot) if plot else None})
+
+
+def _print_bpb(summary: dict[str, Any], console: Console) -> None:
+    """The held-out bits per byte per language and their mean (nothing before an evaluation)."""
+    bpb = summary.get("bpb") or {}
+    rows = [(lang, f"{v:.4f}") for lang, v in sorted(bpb.items())]
+    if bpb:
+        rows.append(("mean", f"{mean_bpb(bpb):.4f}"))
+        console.print(table("held-out bits per byte", ["lang", "bpb"], rows))
 
 
 def _print_privacy(summary: dict[str, Any], console: Console) -> None:

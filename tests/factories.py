@@ -26,7 +26,7 @@ def round_config(**overrides: Any) -> RoundConfig:
         "alpha": 0.3,
         "seed": 0,
         "update_encoding": "fp32",
-        "model_config": "{}",
+        "model_json": "{}",
         "tokenizer": "",
         "tokenizer_sha256": "",
     }

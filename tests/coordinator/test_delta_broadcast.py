@@ -68,7 +68,7 @@ def test_int8_delta_halves_the_download_and_trains_like_bf16(
     delta = run(tmp_path, tiny_corpus, "delta", rounds=3, broadcast_encoding="int8-delta")
     a, b = bf16.run(), delta.run()
     rounds = [[h for h in r.history if h["kind"] == "round"] for r in (bf16, delta)]
-    text = len(delta.round_config(2).model_config)  # a change comes without the tokenizer
+    text = len(delta.round_config(2).model_json)  # a change comes without the tokenizer
     tokenizer = len(delta.round_config(1).tokenizer)
     # round 1: bf16 sends the weights whole, the delta broadcast none (the nodes draw them)
     assert rounds[0][0]["bytes_down"] == 2 * (2 * delta.params + tokenizer + text)

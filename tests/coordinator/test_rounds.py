@@ -144,7 +144,7 @@ def test_compressed_traffic_is_counted_as_sent(tiny_corpus: Path, tmp_path: Path
     rows = sum(s[0] if len(s) >= 2 else 1 for s in runner.shapes.values())
     vocab = runner.tokenizer.vocab_size
     config = runner.round_config(1)
-    text = len(config.tokenizer) + len(config.model_config)
+    text = len(config.tokenizer) + len(config.model_json)
     # per node: int8 update + one bf16 scale per row + int32 token counts up; bf16 weights down
     assert summary["bytes_up"] == 2 * (runner.params + 2 * rows + 4 * vocab)
     assert summary["bytes_down"] == 2 * 2 * (2 * runner.params + text)  # train + final eval

@@ -103,5 +103,10 @@ def test_round_config_survives_the_wire_and_refuses_bad_values() -> None:
         RoundConfig.from_wire({**wire, "protocol-version": 99})
     with pytest.raises(ValueError, match="lacks 'inner-steps'"):
         RoundConfig.from_wire({k: v for k, v in wire.items() if k != "inner-steps"})
-    with pytest.raises(ValueError, match="'round' is str"):
+    with pytest.raises(ValueError, match="round = '3': input should be a valid integer"):
         RoundConfig.from_wire({**wire, "round": "3"})
+    with pytest.raises(ValueError, match="batch_size = True: input should be a valid integer"):
+        RoundConfig.from_wire({**wire, "batch-size": True})
+    # the bounds are the federation's (step_model/schedule.py), checked by the node too
+    with pytest.raises(ValueError, match="beta2 = 1.5: input should be less than 1"):
+        RoundConfig.from_wire({**wire, "beta2": 1.5})
