@@ -108,5 +108,5 @@ def test_round_config_survives_the_wire_and_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="batch_size = True: input should be a valid integer"):
         RoundConfig.from_wire({**wire, "batch-size": True})
     # the bounds are the federation's (step_model/schedule.py), checked by the node too
-    with pytest.raises(ValueError, match="beta2 = 1.5: input should be less than 1"):
+    with pytest.raises(ValueError, match=r"beta2 = 1\.5: input should be less than 1"):
         RoundConfig.from_wire({**wire, "beta2": 1.5})
