@@ -28,6 +28,7 @@ from node.settings import NodeSettings
 from node.state import NodeStateStore
 from node.trainer import (
     PrivateRound,
+    RoundResult,
     TrainingDiverged,
     evaluate_round,
     model_config,
@@ -204,23 +205,7 @@ def train(msg: Message, context: Context) -> Message:
         return _error_reply(msg, exc)
     counts = {} if result.token_counts is None else {P.TOKEN_COUNTS: result.token_counts}
     arrays = ArrayRecord({**result.update, **counts})
-    metrics: dict[str, Any] = {
-        P.M_ROUND: cfg.round,
-        P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
-        P.M_BYTES_RECEIVED: _received_bytes(msg),
-        P.M_BYTES_SENT: arrays.count_bytes(),
-    }
-    if spent is None:
-        metrics[P.M_TRAIN_LOSS] = result.mean_loss
-        metrics[P.M_WALL_S] = result.wall_s
-    else:  # neither the loss on private data nor the time (it grows with the Poisson-drawn
-        # batches) is covered by DP: both stay in the node's log
-        log.info("round %d: DP-SGD mean loss %.4f, %.1f s", cfg.round, result.mean_loss,
-                 result.wall_s)  # fmt: skip
-        metrics[P.M_EPSILON] = spent.epsilon
-        metrics[P.M_DELTA] = spent.delta
-    for lang, n in result.tokens_per_language.items():
-        metrics[P.M_TOKENS_PREFIX + lang] = n
+    metrics = _train_metrics(msg, cfg, result, arrays.count_bytes(), spent)
     _add_eval_metrics(metrics, evaluated)
     info = _node_info(settings)
     if spent is not None and signer is not None:
@@ -233,6 +218,30 @@ def train(msg: Message, context: Context) -> Message:
          f"{result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "
          f"{_mb(metrics[P.M_BYTES_SENT])}{privacy}")  # fmt: skip
     return Message(content, reply_to=msg)
+
+
+def _train_metrics(
+    msg: Message, cfg: P.RoundConfig, result: RoundResult, sent: int, spent: LedgerEntry | None
+) -> dict[str, Any]:
+    """A train reply's metrics: tokens, bytes, and the loss and time unless DP trained."""
+    metrics: dict[str, Any] = {
+        P.M_ROUND: cfg.round,
+        P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
+        P.M_BYTES_RECEIVED: _received_bytes(msg),
+        P.M_BYTES_SENT: sent,
+    }
+    if spent is None:
+        metrics[P.M_TRAIN_LOSS] = result.mean_loss
+        metrics[P.M_WALL_S] = result.wall_s
+    else:  # neither the loss on private data nor the time (it grows with the Poisson-drawn
+        # batches) is covered by DP: both stay in the node's log
+        log.info("round %d: DP-SGD mean loss %.4f, %.1f s", cfg.round, result.mean_loss,
+                 result.wall_s)  # fmt: skip
+        metrics[P.M_EPSILON] = spent.epsilon
+        metrics[P.M_DELTA] = spent.delta
+    for lang, n in result.tokens_per_language.items():
+        metrics[P.M_TOKENS_PREFIX + lang] = n
+    return metrics
 
 
 def _say(context: Context, line: str) -> None:
