@@ -7,21 +7,21 @@ and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import model_validator
 
 from step_common.errors import StepError
 from step_common.fileio import read_yaml
 from step_common.typed_config import STRICT, YamlFloat, parse_section
-from step_fed.protocol import BROADCAST_ENCODINGS, ENCODINGS
+from step_fed.protocol import BroadcastEncoding, UpdateEncoding
 from step_model.config import PRESETS
 from step_model.corpus import resolve_corpus
 from step_model.schedule import LocalSchedule
 
-RULES = ("mean", "trimmed_mean", "median", "norm_clip", "filtered_mean")
+Rule = Literal["mean", "trimmed_mean", "median", "norm_clip", "filtered_mean"]
 
-STRATEGIES = ("diloco", "fedavg")
+Strategy = Literal["diloco", "fedavg"]
 
 SEEN_ROWS_LEVELS = {"none": 0, "embedding": 1, "embedding+head": 2}
 """federation.seen_rows -> the round config's ``seen_rows`` (step_fed.protocol.SEEN_ROWS)."""
@@ -38,7 +38,7 @@ class FederationConfig(LocalSchedule):
     """'byte' or the path of a tokenizer.json (step-sim also takes 'bpe:N' and trains one)."""
     rounds: int = 20
     """Outer rounds."""
-    strategy: str = "diloco"
+    strategy: Strategy = "diloco"
     """'diloco' (outer SGD with Nesterov momentum) or 'fedavg' (mean of the node weights)."""
     inner_steps: int = 50
     """H: local AdamW steps per node per round."""
@@ -58,18 +58,18 @@ class FederationConfig(LocalSchedule):
     stays away."""
     round_timeout_s: YamlFloat = 600.0
     """How long a round waits for replies."""
-    update_encoding: str = "fp32"
+    update_encoding: UpdateEncoding = "fp32"
     """How nodes send their update: fp32, bf16, or quantised per row with error feedback at the
     node: int8 (absmax, 1 byte per parameter), int4 (half a byte), int3 (7 levels, 3/8 of a
     byte), int2 (ternary at the row's mean magnitude, a fifth of a byte)."""
-    broadcast_encoding: str = "fp32"
+    broadcast_encoding: BroadcastEncoding = "fp32"
     """How the global weights go to the nodes: whole in fp32 or bf16 (the coordinator keeps
     fp32), or int8-delta / int4-delta / int3-delta / int2-delta: only the change since the
     weights the nodes hold (coordinator/broadcast.py)."""
     token_rows: bool = True
     """Average each token's embedding and output rows over the nodes that saw the token (in
     proportion to how often), instead of over all nodes (see coordinator/replies.py)."""
-    seen_rows: str = "embedding"
+    seen_rows: Literal["none", "embedding", "embedding+head"] = "embedding"
     """With token rows and the mean aggregation, each node sends only the rows of the tokens
     it saw in the round (about half the vocabulary for a regional node; the other rows would be
     weighed 0) of: 'embedding' (the input embedding: rows no node saw have no gradient and
@@ -94,7 +94,7 @@ class FederationConfig(LocalSchedule):
     """Committed rounds kept on disk (the oldest is deleted only after the new one is durable)."""
     max_update_norm: YamlFloat = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
-    aggregation: str = "mean"
+    aggregation: Rule = "mean"
     """How updates are combined: mean (token-weighted), trimmed_mean, median or norm_clip
     (robust rules against nodes that send wrong updates; coordinator/strategy/robust.py)."""
     trim_fraction: YamlFloat = 0.25
@@ -139,15 +139,9 @@ class FederationConfig(LocalSchedule):
                 raise self._bad(key, "must be positive")
 
     def _check_choices(self) -> None:
-        """Named settings: the model preset, the strategy and the two wire encodings."""
+        """The model preset (presets are code; the other choices are Literal fields)."""
         if self.preset not in PRESETS:
             raise self._bad("preset", f"choose one of {', '.join(PRESETS)}")
-        if self.strategy not in STRATEGIES:
-            raise self._bad("strategy", f"choose one of {', '.join(STRATEGIES)}")
-        if self.update_encoding not in ENCODINGS:
-            raise self._bad("update_encoding", f"choose one of {', '.join(ENCODINGS)}")
-        if self.broadcast_encoding not in BROADCAST_ENCODINGS:
-            raise self._bad("broadcast_encoding", f"choose one of {', '.join(BROADCAST_ENCODINGS)}")
 
     def _check_local_steps(self) -> None:
         """How nodes train within a round: early rounds and drift correction."""
@@ -164,10 +158,6 @@ class FederationConfig(LocalSchedule):
 
     def _check_aggregation(self) -> None:
         """Which rows nodes send, the aggregation rule and the robust rules' parameters."""
-        if self.seen_rows not in SEEN_ROWS_LEVELS:
-            raise self._bad("seen_rows", f"choose one of {', '.join(SEEN_ROWS_LEVELS)}")
-        if self.aggregation not in RULES:
-            raise self._bad("aggregation", f"choose one of {', '.join(RULES)}")
         if not 0 <= self.trim_fraction < 0.5:
             raise self._bad("trim_fraction", "must be in [0, 0.5)")
         if not -1 <= self.filter_cosine < 1:

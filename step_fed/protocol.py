@@ -17,7 +17,7 @@ coordinator can weight languages by each node's held-out bytes exactly).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal, get_args
 
 from pydantic import ValidationError
 
@@ -94,16 +94,11 @@ ERR_PRIVACY_BUDGET: Final = 1004  # the round would exceed the node's privacy bu
 ERR_STALE_VIEW: Final = 1005  # intN-delta: the node lacks the weights the change applies to
 
 # --- update encodings (see update_codec.py) ---
-ENCODINGS: Final = ("fp32", "bf16", "int8", "int4", "int3", "int2")
+UpdateEncoding = Literal["fp32", "bf16", "int8", "int4", "int3", "int2"]
+ENCODINGS: Final[tuple[str, ...]] = get_args(UpdateEncoding)
 DELTA_SUFFIX: Final = "-delta"
-BROADCAST_ENCODINGS: Final = (
-    "fp32",
-    "bf16",
-    "int8-delta",
-    "int4-delta",
-    "int3-delta",
-    "int2-delta",
-)
+BroadcastEncoding = Literal["fp32", "bf16", "int8-delta", "int4-delta", "int3-delta", "int2-delta"]
+BROADCAST_ENCODINGS: Final[tuple[str, ...]] = get_args(BroadcastEncoding)
 """Weights down: whole (fp32, bf16; quantised weights would lose too much), or ``intN-delta``:
 the change since the weights the nodes already hold, quantised per row, with error feedback
 (coordinator/broadcast.py)."""

@@ -43,11 +43,12 @@ CASES: list[tuple[str, Callable[[Doc], None], str]] = [
      "unknown key federation.roundz (did you mean rounds?); allowed: aggregation"),
     ("unknown coordinator key", listen(port=1), "unknown key coordinator.port; allowed: "
      "control_port, fleet_address, start_timeout_s"),
-    ("strategy", fed(strategy="magic"), "federation.strategy = 'magic': choose one of diloco"),
+    ("strategy", fed(strategy="magic"),
+     "federation.strategy = 'magic': input should be 'diloco' or 'fedavg'"),
     ("preset", fed(preset="huge"), "federation.preset = 'huge': choose one of debug"),
     ("update encoding", fed(update_encoding="int9"), "federation.update_encoding = 'int9'"),
     ("broadcast encoding", fed(broadcast_encoding="int8"),
-     "federation.broadcast_encoding = 'int8': choose one of"),
+     "federation.broadcast_encoding = 'int8': input should be 'fp32', 'bf16'"),
     ("negative lr", fed(inner_lr=-1.0), "federation.inner_lr = -1.0: must be positive"),
     ("lr as a word", fed(inner_lr="fast"), "federation.inner_lr = 'fast': input should be a valid"),
     ("bool as text", fed(token_rows="yes"),
@@ -69,7 +70,8 @@ CASES: list[tuple[str, Callable[[Doc], None], str]] = [
     ("central dp without clip", fed(central_dp_noise=1.0),
      "federation.central_dp_clip = 0.0: must be positive when central_dp_noise > 0"),
     ("drift correction with diloco", fed(drift_correction=True), "needs strategy fedavg"),
-    ("seen rows", fed(seen_rows="all"), "federation.seen_rows = 'all': choose one of none"),
+    ("seen rows", fed(seen_rows="all"),
+     "federation.seen_rows = 'all': input should be 'none', 'embedding'"),
     ("early rounds", fed(early_rounds=-1), "federation.early_rounds = -1: must be >= 0"),
 ]  # fmt: skip
 

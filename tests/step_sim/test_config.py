@@ -40,7 +40,7 @@ def write(tmp: Path, doc: dict[str, object]) -> Path:
                 "federation": {"strategy": "magic"},
                 "institutions": [{"name": "a", "languages": {"de": 1}}],
             },
-            "choose one of diloco, fedavg",
+            "input should be 'diloco' or 'fedavg'",
         ),
         (
             {
