@@ -9,15 +9,17 @@ differ from the model's, non-finite values, or an update norm over the configure
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
+from coordinator.encoded_update import EncodedUpdate
 from step_fed import protocol as P
 from step_fed.protocol import EMBEDDING_WEIGHT as EMBEDDING
 from step_fed.protocol import OUTPUT_WEIGHT as OUTPUT
 from step_fed.transport import RawReply, Weights
-from step_fed.update_codec import decode, encoded_bytes
+from step_fed.update_codec import encoded_bytes
 from step_model.evaluate import pooled_bpb
 
 
@@ -35,7 +37,8 @@ class TrainReply:
     num_tokens: int
     loss: float
     tokens_per_language: dict[str, int]
-    delta: Weights
+    delta: Mapping[str, torch.Tensor]
+    """The update, decoded tensor by tensor when read (encoded_update.py)."""
     bytes_up: int
     wall_s: float
     norm: float
@@ -89,12 +92,11 @@ def check_train_reply(
     try:
         num_tokens = _checked_num_tokens(raw, round_, max_tokens)
         delta, counts = _decoded_delta(raw, encoding, shapes, seen_rows)
+        bad, norm = _finite_norm(delta)  # reads every tensor: a malformed one is refused here
     except ValueError as e:
         return _rejection(raw, str(e))
-    bad = [k for k, t in delta.items() if not torch.isfinite(t).all()]
     if bad:
         return _rejection(raw, f"update has non-finite values in {bad[:3]}")
-    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in delta.values()))
     if max_norm and norm > max_norm:
         shown = f" {norm:.3g}" if exact_norms else ""
         return _rejection(
@@ -121,9 +123,9 @@ def _checked_num_tokens(raw: RawReply, round_: int, max_tokens: int) -> int:
 
 def _decoded_delta(
     raw: RawReply, encoding: str, shapes: dict[str, torch.Size], seen_rows: int
-) -> tuple[Weights, torch.Tensor | None]:
-    """(the decoded update with seen rows put back in place, the token counts if sent);
-    ValueError (the rejection's reason) if either is malformed."""
+) -> tuple[EncodedUpdate, torch.Tensor | None]:
+    """(the update, read tensor by tensor with seen rows put back in place; the token counts if
+    sent); ValueError (the rejection's reason) if either is malformed."""
     arrays = dict(raw.arrays)
     counts = arrays.pop(P.TOKEN_COUNTS, None)
     vocab = shapes[EMBEDDING][0]
@@ -133,20 +135,26 @@ def _decoded_delta(
         raise ValueError(f"{P.TOKEN_COUNTS} must be ({vocab},) non-negative int32")
     names = P.SEEN_ROWS[seen_rows] if counts is not None else ()  # DP nodes send no counts
     if counts is not None and names:
-        seen = counts > 0
-        delta = decode(arrays, encoding, seen_shapes(shapes, seen, names))
-        for name in names:
-            delta[name] = scatter_rows(delta[name], seen)
-    else:
-        delta = decode(arrays, encoding, shapes)
-    return delta, counts
+        return EncodedUpdate(arrays, encoding, shapes, counts > 0, names), counts
+    return EncodedUpdate(arrays, encoding, shapes), counts
+
+
+def _finite_norm(delta: EncodedUpdate) -> tuple[list[str], float]:
+    """The tensors with non-finite values, and the update's L2 norm: one decode per tensor."""
+    bad, squares = [], []
+    for name in delta:
+        t = delta[name]
+        if not torch.isfinite(t).all():
+            bad.append(name)
+        squares.append(float(t.double().pow(2).sum()))
+    return bad, math.sqrt(sum(squares))
 
 
 def _accepted(
     raw: RawReply,
     *,
     num_tokens: int,
-    delta: Weights,
+    delta: Mapping[str, torch.Tensor],
     counts: torch.Tensor | None,
     norm: float,
 ) -> TrainReply | Rejection:
@@ -185,22 +193,6 @@ def check_epsilon(reply: TrainReply, previous: float | None) -> Rejection | None
         "before: its privacy ledger was reset or edited; its operator must explain it (the "
         "admin accepts a reset with `step-coord accept-reset NODE`)",
     )
-
-
-def seen_shapes(
-    shapes: dict[str, torch.Size], seen: torch.Tensor, names: tuple[str, ...]
-) -> dict[str, torch.Size]:
-    """The update's shapes when of the tensors ``names`` only the rows of ``seen`` (vocab,)
-    bool travel."""
-    n_seen = int(seen.sum())
-    return {**shapes, **{n: torch.Size((n_seen, *shapes[n][1:])) for n in names}}
-
-
-def scatter_rows(rows: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-    """(seen rows, dim) -> (vocab, dim), zeros where ``seen`` is False."""
-    full = rows.new_zeros((seen.numel(), *rows.shape[1:]))
-    full[seen] = rows
-    return full
 
 
 def check_eval_reply(raw: RawReply, round_: int) -> EvalReply | Rejection:

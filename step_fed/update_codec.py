@@ -138,6 +138,14 @@ def decode(
     encoded: dict[str, torch.Tensor], encoding: str, shapes: dict[str, torch.Size]
 ) -> dict[str, torch.Tensor]:
     """fp32 tensors of ``shapes``; raises ValueError (for the caller to reject) on any mismatch."""
+    check_keys(encoded, encoding, shapes)
+    return {name: decode_one(encoded, encoding, name, shape) for name, shape in shapes.items()}
+
+
+def check_keys(
+    encoded: dict[str, torch.Tensor], encoding: str, shapes: dict[str, torch.Size]
+) -> None:
+    """ValueError unless ``encoded`` holds exactly the tensors (and row scales) of ``shapes``."""
     _check(encoding)
     quantised = encoding in QUANTISED
     expected = set(shapes) | ({n + SCALE_SUFFIX for n in shapes} if quantised else set())
@@ -146,17 +154,20 @@ def decode(
         raise ValueError(
             f"update keys differ from the model's: missing {missing[:3]}, extra {extra[:3]}"
         )
-    out = {}
-    for name, shape in shapes.items():
-        t = encoded[name]
-        _check_wire_shape(name, t, encoding, shape)
-        if quantised:
-            out[name] = _dequantise(name, t, encoded[name + SCALE_SUFFIX], encoding, shape)
-        elif encoding == "bf16":
-            out[name] = t.view(torch.bfloat16).float()
-        else:
-            out[name] = t.float()
-    return out
+
+
+def decode_one(
+    encoded: dict[str, torch.Tensor], encoding: str, name: str, shape: torch.Size
+) -> torch.Tensor:
+    """The fp32 tensor ``name`` of an encoded update (its keys checked by ``check_keys``): one
+    tensor at a time, so a holder of many encoded updates never holds them all decoded."""
+    t = encoded[name]
+    _check_wire_shape(name, t, encoding, shape)
+    if encoding in QUANTISED:
+        return _dequantise(name, t, encoded[name + SCALE_SUFFIX], encoding, shape)
+    if encoding == "bf16":
+        return t.view(torch.bfloat16).float()
+    return t.float()
 
 
 def _check_wire_shape(name: str, t: torch.Tensor, encoding: str, shape: torch.Size) -> None:

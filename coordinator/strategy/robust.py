@@ -23,12 +23,17 @@ also discard honest outliers, such as the only node holding a language, which co
 from __future__ import annotations
 
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
 
+from coordinator.encoded_update import EncodedUpdate
 from coordinator.replies import TrainReply, weighted_mean_delta
 from step_fed.transport import Weights
+
+Update = Mapping[str, torch.Tensor]
+"""A node's update, read tensor by tensor (coordinator/encoded_update.py)."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,11 @@ class Aggregation:
         return weighted_mean_delta(ordered, token_rows=token_rows), []
 
 
-def _stacked(deltas: list[Weights], name: str) -> torch.Tensor:
+def _stacked(deltas: list[Update], name: str) -> torch.Tensor:
     return torch.stack([d[name] for d in deltas])  # (nodes, *shape)
 
 
-def trimmed_mean(deltas: list[Weights], trim_fraction: float) -> Weights:
+def trimmed_mean(deltas: list[Update], trim_fraction: float) -> Weights:
     n = len(deltas)
     k = min(int(trim_fraction * n), (n - 1) // 2)  # keep at least one value per coordinate
     out = {}
@@ -69,7 +74,7 @@ def trimmed_mean(deltas: list[Weights], trim_fraction: float) -> Weights:
     return out
 
 
-def coordinate_median(deltas: list[Weights]) -> Weights:
+def coordinate_median(deltas: list[Update]) -> Weights:
     """The mean of the two middle values for an even node count (torch.median takes the lower)."""
     n = len(deltas)
     out = {}
@@ -110,13 +115,18 @@ def clip_scale(norm: float, bound: float) -> float:
 
 
 def clip_to(replies: list[TrainReply], bound: float) -> list[TrainReply]:
-    """The replies with every update scaled to L2 norm at most ``bound``."""
+    """The replies with every update scaled to L2 norm at most ``bound`` (read scaled, tensor
+    by tensor: nothing is decoded here)."""
     return [
-        replace(r, delta={k: t * clip_scale(r.norm, bound) for k, t in r.delta.items()})
-        if r.norm > bound
-        else r
+        replace(r, delta=_scaled(r.delta, clip_scale(r.norm, bound))) if r.norm > bound else r
         for r in replies
     ]
+
+
+def _scaled(delta: Update, scale: float) -> Update:
+    if isinstance(delta, EncodedUpdate):
+        return delta.scaled(scale)
+    return {k: t * scale for k, t in delta.items()}
 
 
 def norm_clipped_mean(replies: list[TrainReply], clip_norm: float) -> Weights:
