@@ -31,7 +31,8 @@ class Strategy(ABC):
         return delta
 
     @abstractmethod
-    def step(self, weights: Weights, delta: Weights) -> Weights: ...
+    def step(self, weights: Weights, delta: Weights) -> Weights:
+        """theta_{t+1}; may update ``weights`` in place (the round loop owns them)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -24,14 +24,16 @@ class DiLoCo(Strategy):
         self.buffers: Weights = {}
 
     def step(self, weights: Weights, delta: Weights) -> Weights:
-        out = {}
+        """In place: ``weights`` is the round loop's own copy, and a second one would be one
+        more model's worth of memory at the coordinator's peak (same arithmetic: ``w.sub_(x)``
+        gives the bits of ``w - x``)."""
         for k, w in weights.items():
             d = delta[k]
             b = self.buffers.get(k)
             b = d.clone() if b is None else b.mul_(self.momentum).add_(d)
             self.buffers[k] = b
-            out[k] = w - self.lr * (d + self.momentum * b)
-        return out
+            w.sub_(self.lr * (d + self.momentum * b))
+        return weights
 
     def state_dict(self) -> dict[str, Any]:
         return {"lr": self.lr, "momentum": self.momentum, "buffers": dict(self.buffers)}

@@ -13,4 +13,7 @@ class FedAvg(Strategy):
     name = "fedavg"
 
     def step(self, weights: Weights, delta: Weights) -> Weights:
-        return {k: weights[k] - delta[k] for k in weights}
+        """In place, as DiLoCo's step (the round loop owns ``weights``)."""
+        for k, w in weights.items():
+            w.sub_(delta[k])
+        return weights

@@ -31,10 +31,25 @@ def test_diloco_matches_torch_sgd_with_nesterov() -> None:
 
 def test_diloco_state_round_trips() -> None:
     a, b = DiLoCo(), DiLoCo()
-    w = {"x": torch.ones(2)}
-    a.step(w, {"x": torch.ones(2)})
+    a.step({"x": torch.ones(2)}, {"x": torch.ones(2)})
     b.load_state_dict(a.state_dict())
-    assert torch.equal(a.step(w, {"x": torch.ones(2)})["x"], b.step(w, {"x": torch.ones(2)})["x"])
+    # the step is in place: each gets its own copy of the weights
+    after_a = a.step({"x": torch.ones(2)}, {"x": torch.ones(2)})["x"]
+    after_b = b.step({"x": torch.ones(2)}, {"x": torch.ones(2)})["x"]
+    assert torch.equal(after_a, after_b) and not torch.equal(after_a, torch.ones(2))
+
+
+def test_the_outer_steps_update_the_weights_in_place_with_the_same_bits() -> None:
+    """In place saves a model copy at the coordinator's peak; the bits are those of w - x."""
+    torch.manual_seed(0)
+    w, d = {"x": torch.randn(64)}, {"x": torch.randn(64)}
+    expected = w["x"] - 0.7 * (d["x"] + 0.9 * d["x"])
+    held = w["x"]
+    assert DiLoCo(lr=0.7, momentum=0.9).step(w, d)["x"] is held
+    assert torch.equal(held, expected)
+    w2 = {"x": torch.randn(64)}
+    expected = w2["x"] - d["x"]
+    assert torch.equal(FedAvg().step(w2, d)["x"], expected)
 
 
 def test_fedavg_of_token_weighted_deltas_is_the_weighted_mean_of_models() -> None:
