@@ -44,7 +44,7 @@ def options_from(
 
     def decorate(fn: F) -> F:
         signature = inspect.signature(fn, eval_str=True)  # the typer.Option objects, not text
-        own = [
+        declared = [
             p.replace(kind=inspect.Parameter.KEYWORD_ONLY)  # the wrapper takes keywords only
             for p in signature.parameters.values()
             if p.name != "config"
@@ -56,7 +56,7 @@ def options_from(
             return fn(config=build(model, values, names), **kwargs)
 
         derived = [_parameter(model, name, names.get(name)) for name in fields]
-        params = sorted(derived + own, key=lambda p: p.default is not inspect.Parameter.empty)
+        params = sorted(derived + declared, key=lambda p: p.default is not inspect.Parameter.empty)
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}  # Typer reads both
         return command  # type: ignore[return-value]
