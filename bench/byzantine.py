@@ -27,6 +27,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +80,13 @@ class AttackedTransport:
 
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
-    ) -> list[RawReply]:
+    ) -> Iterator[RawReply]:
         if self.attack == "absent" and kind == "train":  # still evaluated on all held-out text
             node_ids = [n for n in node_ids if n not in self.attacker_ids]
-        raws = self.inner.send(kind, node_ids, weights, config)
-        if kind == "train":
-            for r in raws:
-                if r.node_id in self.attacker_ids and r.error is None:
-                    r.arrays = corrupt(r.arrays, self.attack, self.generator)
-        return raws
+        for r in self.inner.send(kind, node_ids, weights, config):
+            if kind == "train" and r.node_id in self.attacker_ids and r.error is None:
+                r.arrays = corrupt(r.arrays, self.attack, self.generator)
+            yield r
 
 
 def run(sim: SimConfig, run_dir: Path, attack: str | None, cache: Path) -> dict[str, Any]:

@@ -7,8 +7,11 @@ token counts), so no training time is spent and nothing but the coordinator is m
 process reports its peak resident memory (``ru_maxrss``) minus what it held before the runner
 existed (the interpreter and torch), as a multiple of the fp32 model's bytes.
 
-    python bench/coordinator_memory.py [--presets small,base] [--nodes 2,4,8,16]
-        [--rules mean,filtered_mean] [--encoding int8]
+    python bench/coordinator_memory.py [--presets small,base,1b] [--nodes 2,4,8,16]
+        [--rules mean,filtered_mean] [--encoding int8] [--order sorted|reversed|shuffled]
+
+"most waiting": the most updates that waited, encoded, for their turn at once (they arrived
+before a node ahead of them in name order; coordinator/in_order.py).
 
 The model's vocabulary is the byte tokenizer's (259 rows): the parameter counts are the
 presets' minus their embedding and head rows (e.g. `small` 38.2M instead of 50.5M).
@@ -18,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import resource
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 
 class EncodedNodes:
-    """A Transport whose ``n`` nodes reply to a train message with an encoded update each."""
+    """A Transport whose ``n`` nodes reply to a train message with an encoded update each, one
+    reply at a time in the arrival order ``order``: ``sorted`` (node-name order, the order the
+    coordinator adds them in), ``reversed`` (the worst case: every update but the last waits
+    for the first) or ``shuffled`` (seeded)."""
 
-    def __init__(self, n: int, shapes: dict[str, Any], encoding: str) -> None:
-        self.n, self.shapes, self.encoding = n, shapes, encoding
+    def __init__(self, n: int, shapes: dict[str, Any], encoding: str, order: str) -> None:
+        self.n, self.shapes, self.encoding, self.order = n, shapes, encoding, order
         self.resent: list[str] = []
 
     def node_ids(self, minimum: int, timeout_s: float) -> list[int]:
@@ -46,7 +54,17 @@ class EncodedNodes:
         from step_fed.transport import RawReply
 
         assert kind == "train", "the bench runs train rounds only"
-        return [RawReply(n, self.name_of(n) or "", *self._reply(n, config)) for n in node_ids]
+        for n in self._arrival(node_ids):  # each reply made when the round loop asks for it
+            yield RawReply(n, self.name_of(n) or "", *self._reply(n, config))
+
+    def _arrival(self, node_ids: list[int]) -> list[int]:
+        if self.order == "reversed":
+            return sorted(node_ids, reverse=True)
+        if self.order == "shuffled":
+            ids = list(node_ids)
+            random.Random(len(ids)).shuffle(ids)
+            return ids
+        return sorted(node_ids)
 
     def _reply(self, node_id: int, config: dict[str, Any]) -> tuple[dict[str, float], Any]:
         import torch
@@ -72,7 +90,7 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def cell(preset: str, nodes: int, rule: str, encoding: str) -> dict[str, Any]:
+def cell(preset: str, nodes: int, rule: str, encoding: str, order: str) -> dict[str, Any]:
     """Two rounds of the real round loop; the memory it needed above the bare process."""
     import torch
 
@@ -89,14 +107,17 @@ def cell(preset: str, nodes: int, rule: str, encoding: str) -> dict[str, Any]:
     )  # fmt: skip
     shapes = {k: v.shape for k, v in _shapes(model_preset(preset).with_vocab(259)).items()}
     model_bytes = 4 * sum(torch.Size(s).numel() for s in shapes.values())
+    waiting, t0 = 0, time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        runner = RoundRunner(cfg, Path(tmp) / "run", EncodedNodes(nodes, shapes, encoding))
+        runner = RoundRunner(cfg, Path(tmp) / "run", EncodedNodes(nodes, shapes, encoding, order))
         for r in (1, 2):
             runner.train_round(r)
+            waiting = max(waiting, runner.most_waiting)
     peak = rss_mib() - before
     return {"preset": preset, "nodes": nodes, "rule": rule, "encoding": encoding,
-            "model_mib": round(model_bytes / 2**20, 1), "peak_mib": round(peak, 1),
-            "ratio": round(peak * 2**20 / model_bytes, 2)}  # fmt: skip
+            "order": order, "model_mib": round(model_bytes / 2**20, 1),
+            "peak_mib": round(peak, 1), "ratio": round(peak * 2**20 / model_bytes, 2),
+            "waiting": waiting, "s": round(time.monotonic() - t0, 1)}  # fmt: skip
 
 
 def _shapes(config: Any) -> dict[str, Any]:
@@ -109,12 +130,12 @@ def _shapes(config: Any) -> dict[str, Any]:
         return dict(Transformer(config).state_dict())
 
 
-def run_cell(preset: str, nodes: int, rule: str, encoding: str) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--cell", preset, str(nodes), rule, encoding]
+def run_cell(preset: str, nodes: int, rule: str, encoding: str, order: str) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--cell", preset, str(nodes), rule, encoding, order]
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return {"preset": preset, "nodes": nodes, "rule": rule, "encoding": encoding,
-                "error": (done.stderr.strip().splitlines() or ["killed"])[-1]}  # fmt: skip
+        why = (done.stderr.strip().splitlines() or [f"killed (exit {done.returncode})"])[-1]
+        return {"preset": preset, "nodes": nodes, "rule": rule, "error": why}
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -134,23 +155,28 @@ def main() -> None:
     p.add_argument("--nodes", default="2,4,8,16")
     p.add_argument("--rules", default="mean,filtered_mean")
     p.add_argument("--encoding", default="int8")
-    p.add_argument("--cell", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--order", default="sorted", choices=["sorted", "reversed", "shuffled"])
+    p.add_argument("--cell", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cell:
-        preset, nodes, rule, encoding = args.cell
-        print(json.dumps(cell(preset, int(nodes), rule, encoding)))
+        preset, nodes, rule, encoding, order = args.cell
+        print(json.dumps(cell(preset, int(nodes), rule, encoding, order)))
         return
-    print("| preset | rule | nodes | fp32 model MiB | peak MiB | peak / model |")
-    print("|---|---|---|---|---|---|")
+    print(f"arrival order: {args.order}, updates: {args.encoding}")
+    print("| preset | rule | nodes | fp32 model MiB | peak MiB | peak / model | most waiting | s |")
+    print("|---|---|---|---|---|---|---|---|")
     for preset in args.presets.split(","):
         for rule in args.rules.split(","):
-            rows = [run_cell(preset, int(n), rule, args.encoding) for n in args.nodes.split(",")]
-            for r in rows:
-                shown = (f"{r['model_mib']} | {r['peak_mib']} | {r['ratio']}x" if "peak_mib" in r
-                         else f"- | - | failed: {r['error']}")  # fmt: skip
-                print(f"| {preset} | {rule} | {r['nodes']} | {shown} |", flush=True)
+            rows = []
+            for n in args.nodes.split(","):
+                r = run_cell(preset, int(n), rule, args.encoding, args.order)
+                rows.append(r)
+                shown = (f"{r['model_mib']:,} | {r['peak_mib']:,.0f} | {r['ratio']}x | "
+                         f"{r['waiting']} | {r['s']}" if "peak_mib" in r
+                         else f"- | - | failed: {r['error']} | | ")  # fmt: skip
+                print(f"| {preset} | {rule} | {n} | {shown} |", flush=True)
             print(f"| {preset} | {rule} | slope | per added node: {slope(rows):+.1%} "
-                  "of the smallest cell's peak | | |", flush=True)  # fmt: skip
+                  "of the smallest cell's peak | | | | |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

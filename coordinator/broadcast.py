@@ -28,6 +28,7 @@ who did not reply.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +110,8 @@ class Broadcaster:
         """Nodes sent the weights whole in the last message round (intN-delta: no base)."""
         self.missing: list[str] = []
         """Nodes asked in the last message round that did not reply in time (stragglers)."""
+        self.sent = 0
+        """Payload bytes sent in the last message round."""
 
     def start_fresh(self, seeded: bool) -> None:
         """A fresh run: ``seeded`` when its first weights are drawn from the run's seed (the
@@ -132,32 +135,40 @@ class Broadcaster:
             tree[VIEW_KEY] = self.delta.view
         return tree
 
-    def send(self, kind: Kind, config: RoundConfig, weights: Weights) -> tuple[list[RawReply], int]:
-        """Send the round to every node; returns the replies and the payload bytes sent
-        (tensor bytes of the weights as encoded + the config's text, per node)."""
-        node_ids = self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
-        self.resynced = []
+    def nodes(self) -> list[int]:
+        """The nodes a message round goes to: every connected one (at least ``min_nodes``)."""
+        return self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
+
+    def send(
+        self, kind: Kind, config: RoundConfig, weights: Weights, node_ids: list[int]
+    ) -> Iterator[RawReply]:
+        """Send the round to ``node_ids``; the replies as they arrive. Once they are read to
+        the end, ``sent`` holds the payload bytes sent (tensor bytes of the weights as encoded +
+        the config's text, per node) and ``missing`` the nodes that did not reply."""
+        self.resynced, self.sent = [], 0
+        replied: set[int] = set()
+        raws: Iterable[RawReply]
         if self.delta is not None:
-            raws, sent = self._send_delta(kind, config, node_ids, weights)
+            raws = self._send_delta(kind, config, node_ids, weights)
         else:
             encoded = encode(weights, config.broadcast_encoding)
+            self.sent = len(node_ids) * payload_bytes(encoded, config)
             raws = self.transport.send(kind, node_ids, encoded, config.to_wire())
-            sent = len(node_ids) * payload_bytes(encoded, config)
-        for r in raws:  # an error reply carries no name: use the transport's
-            r.node = r.node or self.name(r.node_id)
-        replied = {r.node_id for r in raws}
+        for r in raws:
+            r.node = r.node or self.name(r.node_id)  # an error reply carries no name
+            replied.add(r.node_id)
+            yield r
         self.missing = [self.name(n) for n in node_ids if n not in replied]
         for name in self.missing:
             log.warning("round %d: %s sent no reply within federation.round_timeout_s "
                         "(%.0f s): dropped from the round", config.round, name,
                         self.cfg.round_timeout_s)  # fmt: skip
-        return raws, sent
 
     def _send_delta(
         self, kind: Kind, config: RoundConfig, node_ids: list[int], weights: Weights
-    ) -> tuple[list[RawReply], int]:
+    ) -> Iterator[RawReply]:
         """intN-delta: the change since the nodes' view to all; the new view whole, in fp32, to
-        those that answer that they lack the base."""
+        those that answer that they lack the base (after the others' replies)."""
         assert self.delta is not None
         msg = self.delta.message(weights)
         # A change goes only to nodes that kept the weights, and they kept the tokenizer with
@@ -165,22 +176,24 @@ class Broadcaster:
         tokenizer = "" if msg.base else config.tokenizer
         wire = config.model_copy(update={"broadcast_encoding": msg.encoding, "view_base": msg.base,
                                          "view": msg.view, "tokenizer": tokenizer})  # fmt: skip
-        raws = self.transport.send(kind, node_ids, msg.tensors, wire.to_wire())
-        sent = len(node_ids) * payload_bytes(msg.tensors, wire)
-        stale = [r.node_id for r in raws if r.error_code == ERR_STALE_VIEW]
+        self.sent = len(node_ids) * payload_bytes(msg.tensors, wire)
+        stale = []
+        for r in self.transport.send(kind, node_ids, msg.tensors, wire.to_wire()):
+            if r.error_code == ERR_STALE_VIEW:
+                stale.append(r.node_id)
+            else:
+                yield r
         if stale:
             whole = self.delta.resync()
             wire = config.model_copy(
                 update={"broadcast_encoding": whole.encoding, "view": whole.view}
             )
-            again = self.transport.send(kind, stale, whole.tensors, wire.to_wire())
-            raws = [r for r in raws if r.node_id not in stale] + again
-            sent += len(stale) * payload_bytes(whole.tensors, wire)
+            self.sent += len(stale) * payload_bytes(whole.tensors, wire)
             self.resynced = [self.name(n) for n in stale]
-            log.info("round %d: sent the weights whole to %s (they lacked the base of the "
+            log.info("round %d: sending the weights whole to %s (they lacked the base of the "
                      "change)", config.round, ", ".join(self.resynced))  # fmt: skip
+            yield from self.transport.send(kind, stale, whole.tensors, wire.to_wire())
         self.delta.commit()
-        return raws, sent
 
     def name(self, node_id: int) -> str:
         """A node's name for reports: its enrolled name where the transport knows it."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from flwr.app import Message
@@ -57,25 +57,35 @@ class Delivery:
     lost: dict[int, Message | None] = field(default_factory=dict)
     """Node id -> its NODE_UNAVAILABLE reply (None: seen by a new session): waiting for it."""
     resends: dict[int, int] = field(default_factory=dict)
-    replies: dict[int, Message] = field(default_factory=dict)
+    arrived: list[tuple[int, Message]] = field(default_factory=list)
+    """Replies pulled and not yet handed on."""
     seen: dict[int, str] = field(default_factory=dict)
     """Node id -> its session when last looked at (or when its message was last sent)."""
 
-    def run(self, node_ids: list[int]) -> dict[int, Message]:
-        """Node id -> its reply (or the error Flower made for it); absent: no reply in time."""
+    def run(self, node_ids: list[int]) -> Iterator[tuple[int, Message]]:
+        """(node id, its reply or the error Flower made for it), as the replies arrive; a node
+        with no reply in time is absent. Each reply is handed on as soon as it is pulled, so
+        at most one poll's worth of replies is held here."""
         self.seen = self._look() or {}
         self._push(node_ids)
         checked = time.monotonic()
         while self.pending or self.lost:
             self._pull()
+            while self.arrived:  # pull the others while replies keep coming
+                yield from self._hand_on()
+                self._pull()
             if self.sessions and time.monotonic() - checked >= SESSION_CHECK_S:
                 self._restarts()
                 checked = time.monotonic()
             self._resend_returned()
             self._give_up()
+            yield from self._hand_on()
             if self.pending or self.lost:
                 time.sleep(POLL_S)
-        return dict(sorted(self.replies.items()))
+
+    def _hand_on(self) -> Iterator[tuple[int, Message]]:
+        while self.arrived:
+            yield self.arrived.pop(0)
 
     def _push(self, node_ids: list[int]) -> None:
         ids = list(self.grid.push_messages([self.make(n) for n in node_ids]))
@@ -85,16 +95,19 @@ class Delivery:
                 self.due[node] = time.monotonic() + self.timeout_s
 
     def _pull(self) -> None:
-        if not self.pending:
-            return
-        for msg in self.grid.pull_messages(list(self.pending)):
-            node = self.pending.pop(msg.metadata.reply_to_message_id, None)
-            if node is None:
-                continue
-            if _unavailable(msg) and self.resends.get(node, 0) < RESENDS:
-                self._lose(node, msg, "stopped sending heartbeats")
-            else:
-                self.replies[node] = msg
+        """One reply at a time (Flower's ``pull_messages`` inflates every ready reply it is
+        asked for at once: a whole update per node)."""
+        for message_id in list(self.pending):
+            for msg in self.grid.pull_messages([message_id]):
+                node = self.pending.pop(msg.metadata.reply_to_message_id, None)
+                if node is None:
+                    continue
+                if _unavailable(msg) and self.resends.get(node, 0) < RESENDS:
+                    self._lose(node, msg, "stopped sending heartbeats")
+                else:
+                    self.arrived.append((node, msg))
+            if self.arrived:
+                return  # hand this one on before pulling the next
 
     def _look(self) -> dict[int, str] | None:
         return self.sessions() if self.sessions is not None else None
@@ -138,7 +151,7 @@ class Delivery:
             if now > self.due[node]:
                 del self.lost[node]
                 if reply is not None:
-                    self.replies[node] = reply
+                    self.arrived.append((node, reply))
         for message_id, node in list(self.pending.items()):
             if now > self.due[node]:
                 del self.pending[message_id]

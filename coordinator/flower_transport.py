@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -111,7 +111,10 @@ class GridTransport:
 
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
-    ) -> list[RawReply]:
+    ) -> Iterator[RawReply]:
+        """The replies as they arrive. One message content for every node: the serialized
+        weights exist once in this process however many nodes they go to (Flower pushes an
+        object once per content id)."""
         content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.CONFIG: ConfigRecord(config)})
         message_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
         delivery = Delivery(
@@ -122,11 +125,11 @@ class GridTransport:
             self.sessions,
             lambda n: self.name_of(n) or f"node {n}",
         )
-        replies = delivery.run(node_ids)
+        for n, message in delivery.run(node_ids):
+            if self._usable(n):
+                yield raw_from_message(message, n, self.enrolled)
+            del message  # the next reply is pulled only after this one is handed on
         self.resent += [self.name_of(n) or f"node {n}" for n in delivery.resends]
-        return [
-            raw_from_message(m, n, self.enrolled) for n, m in replies.items() if self._usable(n)
-        ]
 
     def _usable(self, node_id: int) -> bool:
         """Only replies from nodes still enrolled (one revoked mid-round is not used)."""

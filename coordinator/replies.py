@@ -17,8 +17,7 @@ import torch
 from coordinator.encoded_update import EncodedUpdate
 from step_fed import protocol as P
 from step_fed.protocol import EMBEDDING_WEIGHT as EMBEDDING
-from step_fed.protocol import OUTPUT_WEIGHT as OUTPUT
-from step_fed.transport import RawReply, Weights
+from step_fed.transport import RawReply
 from step_fed.update_codec import encoded_bytes
 from step_model.evaluate import pooled_bpb
 
@@ -206,39 +205,6 @@ def check_eval_reply(raw: RawReply, round_: int) -> EvalReply | Rejection:
     if raw.metrics.get(P.M_ROUND) != round_:
         return Rejection(raw.node_id, name, f"evaluation reply is not for round {round_}")
     return EvalReply(raw.node_id, name, nll, n_bytes)
-
-
-TOKEN_ROWS = (EMBEDDING, OUTPUT)
-
-
-def weighted_mean_delta(replies: list[TrainReply], token_rows: bool = False) -> Weights:
-    """Token-weighted mean of the updates, summed in node-name order (bitwise reproducible).
-
-    With ``token_rows``, row k of the input embedding and of the output head is instead averaged
-    over the nodes in proportion to how often each saw token k. A language held by one node
-    would otherwise have its script's rows moved at 1/N speed by the plain mean, where the
-    centralized AdamW gives them full steps (Adam normalises per coordinate). Rows that no node
-    saw fall back to the plain mean (for the input embedding sent as seen rows, a mean of
-    zeros: its rows get no gradient from tokens nobody trained on).
-    """
-    ordered = sorted(replies, key=lambda r: (r.node, r.node_id))
-    total = sum(r.num_tokens for r in ordered)
-    out: Weights = {}
-    for r in ordered:
-        w = r.num_tokens / total
-        for k, t in r.delta.items():
-            out[k] = out[k].add_(t, alpha=w) if k in out else t * w
-    counts = [r.token_counts for r in ordered]
-    if token_rows and all(c is not None for c in counts):
-        stacked = torch.stack([c.double() for c in counts if c is not None])  # (nodes, vocab)
-        seen = stacked.sum(dim=0)  # (vocab,)
-        share = (stacked / seen.clamp_min(1)).float()  # (nodes, vocab), columns sum to 1
-        for name in TOKEN_ROWS:
-            rows = torch.zeros_like(out[name])
-            for r, s in zip(ordered, share, strict=True):
-                rows.add_(r.delta[name] * s[:, None])
-            out[name] = torch.where((seen > 0)[:, None], rows, out[name])
-    return out
 
 
 def bits_per_byte(replies: list[EvalReply]) -> dict[str, float]:

@@ -19,12 +19,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from coordinator.broadcast import Broadcaster
 from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_settings
+from coordinator.in_order import InOrder
 from coordinator.privacy_reports import ReportPolicy
 from coordinator.records import latest_epsilons
 from coordinator.replies import (
@@ -37,6 +38,7 @@ from coordinator.replies import (
     check_train_reply,
 )
 from coordinator.strategy import CentralDP, make_strategy
+from coordinator.strategy.fold import RoundAggregate, node_order
 from step_common.errors import StepError
 from step_fed import protocol as P
 from step_fed.transport import RawReply, Transport, Weights
@@ -92,6 +94,9 @@ class RoundRunner:
         self._start(resume)
         self.shapes = {k: v.shape for k, v in self.weights.items()}
         self.params = sum(v.numel() for v in self.weights.values())
+        self.most_waiting = 0
+        """The most updates that waited for their turn at once in the last round (they
+        overtook a node before them in name order; bench/coordinator_memory.py reports it)."""
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -183,53 +188,79 @@ class RoundRunner:
         return self._train_round(round_)[0]
 
     def _train_round(self, round_: int) -> tuple[dict[str, Any], list[RawReply]]:
+        """One round: each reply is checked and folded into the aggregate when it arrives (in
+        node-name order, in_order.py), then dropped; the replies kept are metrics only."""
         t0 = time.monotonic()
         config = self.round_config(round_)
         self.transport.resent.clear()
-        raws, bytes_down = self.broadcaster.send("train", config, self.weights)
-        ok, rejected, accepted = self._usable_updates(raws, config)
+        asked = self.broadcaster.nodes()
+        turns: InOrder[TrainReply] = InOrder(self._fold_order(asked), key=node_order)
         # Every connected node is asked every round: sample rate 1 (no amplification).
-        delta = self.strategy.aggregate(ok, self.cfg.token_rows, sample_rate=1.0)
+        aggregate = self.strategy.start(self.cfg.token_rows, sample_rate=1.0)
+        ok: list[TrainReply] = []
+        rejected: list[Rejection] = []
+        accepted: dict[str, str] = {}
+        raws: list[RawReply] = []
+        spent = latest_epsilons(self.history)  # each DP node's last report (eval records: none)
+        for raw in self.broadcaster.send("train", config, self.weights, asked):
+            raws.append(replace(raw, arrays={}))  # the metrics (interim evaluation) only
+            checked = self._checked(raw, config, spent, accepted)
+            del raw  # the next reply is pulled while only this one's update waits its turn
+            usable = checked if isinstance(checked, TrainReply) else None
+            if isinstance(checked, TrainReply):
+                ok.append(replace(checked, delta={}))
+            else:
+                rejected.append(checked)
+                log.warning("round %d: rejected %s: %s", round_, checked.node, checked.reason)
+            _add_all(aggregate, turns.put(checked.node_id, usable))
+            del checked, usable
+        _add_all(aggregate, turns.rest())
+        self.most_waiting = turns.most_waiting
+        self._enough(round_, ok, rejected)
+        delta = self.strategy.finish(aggregate)
         self.weights = self.strategy.step(self.weights, delta)
+        del delta
+        bytes_down = self.broadcaster.sent
         self._count(ok, bytes_down)
         record = self._round_record(round_, ok, rejected, bytes_down, time.monotonic() - t0)
         if accepted:
             record["privacy_reset_accepted"] = accepted
         return record, raws
 
-    def _usable_updates(
-        self, raws: list[RawReply], config: P.RoundConfig
-    ) -> tuple[list[TrainReply], list[Rejection], dict[str, str]]:
-        """The replies that pass every check, those that do not (logged), and the ledger
-        resets accepted on the way; StepError when fewer than min_nodes pass."""
-        round_ = config.round
-        checked = [
-            check_train_reply(
-                r,
-                round_,
-                self.cfg.update_encoding,
-                self.shapes,
-                self.cfg.max_update_norm,
-                max_tokens=config.inner_steps * config.batch_size * config.seq_len,
-                seen_rows=config.seen_rows,
-                exact_norms=not isinstance(self.strategy, CentralDP),
-            )
-            for r in raws
-        ]
-        spent = latest_epsilons(self.history)  # each DP node's last report (eval records: none)
-        accepted: dict[str, str] = {}
-        checked = [self._check_privacy(c, round_, spent, accepted) for c in checked]
-        ok = [c for c in checked if isinstance(c, TrainReply)]
-        rejected = [c for c in checked if isinstance(c, Rejection)]
-        for rej in rejected:
-            log.warning("round %d: rejected %s: %s", round_, rej.node, rej.reason)
+    def _fold_order(self, asked: list[int]) -> list[int] | None:
+        """The node ids in the order their updates are added (node name, then id), when the
+        transport knows every name up front; None: sorted at the end of the round."""
+        names = {n: self.transport.name_of(n) for n in asked}
+        if any(name is None for name in names.values()):
+            return None
+        return sorted(asked, key=lambda n: (names[n], n))
+
+    def _checked(
+        self, raw: RawReply, config: P.RoundConfig, spent: dict[str, float],
+        accepted: dict[str, str],
+    ) -> TrainReply | Rejection:  # fmt: skip
+        """One reply checked: the update (keys, shapes, finite, norm) and the privacy report;
+        a ledger reset the admin accepted and used here is noted in ``accepted``."""
+        checked = check_train_reply(
+            raw,
+            config.round,
+            self.cfg.update_encoding,
+            self.shapes,
+            self.cfg.max_update_norm,
+            max_tokens=config.inner_steps * config.batch_size * config.seq_len,
+            seen_rows=config.seen_rows,
+            exact_norms=not isinstance(self.strategy, CentralDP),
+        )
+        return self._check_privacy(checked, config.round, spent, accepted)
+
+    def _enough(self, round_: int, ok: list[TrainReply], rejected: list[Rejection]) -> None:
+        """StepError when fewer than min_nodes updates passed."""
         if len(ok) < self.cfg.min_nodes:
             reasons = "; ".join(f"{rej.node}: {rej.reason}" for rej in rejected) or "no replies"
             raise StepError(
                 f"round {round_}: {len(ok)} usable updates, federation.min_nodes is "
                 f"{self.cfg.min_nodes} ({reasons})"
             )
-        return ok, rejected, accepted
 
     def _count(self, ok: list[TrainReply], bytes_down: int) -> None:
         """Add the round's traffic and tokens to the run's totals."""
@@ -316,7 +347,9 @@ class RoundRunner:
 
     def evaluate(self, round_: int, final: bool) -> dict[str, Any]:
         config = self.round_config(round_, final_eval=final)
-        raws, bytes_down = self.broadcaster.send("evaluate", config, self.weights)
+        asked = self.broadcaster.nodes()
+        raws = list(self.broadcaster.send("evaluate", config, self.weights, asked))
+        bytes_down = self.broadcaster.sent
         self.totals.bytes_down += bytes_down
         return {**self._eval_record(raws, round_, round_, final), "bytes_down": bytes_down}
 
@@ -406,3 +439,9 @@ class RoundRunner:
             out["delta_central"] = self.cfg.central_dp_delta
             out["central_privacy_unit"] = "one institution (all of its data)"
         return out
+
+
+def _add_all(aggregate: RoundAggregate, replies: list[TrainReply]) -> None:
+    """Fold the updates whose turn has come (their references end with this call)."""
+    for reply in replies:
+        aggregate.add(reply)

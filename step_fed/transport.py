@@ -1,11 +1,14 @@
 """What the round loop talks through: a ``Transport`` delivers one message per node and hands
-back the replies as plain Python (``RawReply``). Flower's Grid in a deployment and in
-step-sim (coordinator/flower_transport.py), a function call per node in tests and sweeps
-(step_sim/local_transport.py); the round loop (coordinator/rounds.py) knows only this.
+back the replies as plain Python (``RawReply``), one at a time as they arrive, so that the
+round loop can fold each update and drop it before the next one comes. Flower's Grid in a
+deployment and in step-sim (coordinator/flower_transport.py), a function call per node in
+tests and sweeps (step_sim/local_transport.py); the round loop (coordinator/rounds.py) knows
+only this.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -38,8 +41,9 @@ class Transport(Protocol):
 
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
-    ) -> list[RawReply]:
-        """Send one message per node and collect the replies (missing ones are simply absent)."""
+    ) -> Iterable[RawReply]:
+        """Send one message per node; the replies as they arrive, in any order (missing ones
+        are simply absent). The caller reads them to the end."""
         ...
 
     def name_of(self, node_id: int) -> str | None:

@@ -8,6 +8,7 @@ it starts in a second and runs the nodes one after another in one process.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ class LocalTransport:
 
     def send(
         self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
-    ) -> list[RawReply]:
-        replies = []
+    ) -> Iterator[RawReply]:
+        """Each node's reply, one after the other, as it is made."""
         for n in node_ids:
             if n in self.drop:
                 continue
@@ -65,5 +66,4 @@ class LocalTransport:
             mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
             msg = Message(content, dst_node_id=n, message_type=mtype)
             handler = client_app.train if kind == "train" else client_app.evaluate
-            replies.append(raw_from_message(handler(msg, self.contexts[n]), n))
-        return replies
+            yield raw_from_message(handler(msg, self.contexts[n]), n)

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from coordinator.replies import TrainReply
+from coordinator.strategy.fold import RoundAggregate, node_order
 from coordinator.strategy.robust import Aggregation
 from step_fed.transport import Weights as Weights
 
@@ -23,12 +24,24 @@ class Strategy(ABC):
     dropped: tuple[str, ...] = ()
     """Nodes whose update the robust rule dropped in the last round (reported per round)."""
 
-    def aggregate(self, replies: list[TrainReply], token_rows: bool, sample_rate: float) -> Weights:
-        """The round's pseudo-gradient from the checked updates (the token-weighted mean or a
-        robust rule). ``sample_rate``: the share of connected nodes asked (privacy wrappers)."""
-        delta, dropped = self.aggregation.apply(replies, token_rows)
-        self.dropped = tuple(dropped)
+    def start(self, token_rows: bool, sample_rate: float) -> RoundAggregate:
+        """A round's aggregation, fed the checked updates one at a time in node-name order (the
+        token-weighted mean or a robust rule). ``sample_rate``: the share of connected nodes
+        asked (privacy wrappers)."""
+        return self.aggregation.start(token_rows)
+
+    def finish(self, aggregate: RoundAggregate) -> Weights:
+        """The round's pseudo-gradient; notes the nodes the rule dropped."""
+        delta = aggregate.result()
+        self.dropped = tuple(aggregate.dropped)
         return delta
+
+    def aggregate(self, replies: list[TrainReply], token_rows: bool, sample_rate: float) -> Weights:
+        """The same from updates all at hand (sorted here)."""
+        aggregate = self.start(token_rows, sample_rate)
+        for r in sorted(replies, key=node_order):
+            aggregate.add(r)
+        return self.finish(aggregate)
 
     @abstractmethod
     def step(self, weights: Weights, delta: Weights) -> Weights:

@@ -26,6 +26,7 @@ from opacus.accountants import RDPAccountant
 
 from coordinator.replies import TrainReply
 from coordinator.strategy.base import Strategy, Weights
+from coordinator.strategy.fold import MeanFold, RoundAggregate
 from coordinator.strategy.robust import clip_scale
 from step_fed.secret_rng import secret_generator
 
@@ -48,24 +49,10 @@ class CentralDP(Strategy):
         self.clipped: list[str] = []
         """Nodes whose update was clipped in the last round (reported per round)."""
 
-    def aggregate(self, replies: list[TrainReply], token_rows: bool, sample_rate: float) -> Weights:
-        ordered = sorted(replies, key=lambda r: (r.node, r.node_id))
-        total: Weights = {}
+    def start(self, token_rows: bool, sample_rate: float) -> RoundAggregate:
+        """Equal weights, no token rows: ``token_rows`` is not used (see above)."""
         self.clipped = []
-        for r in ordered:
-            scale = clip_scale(r.norm, self.clip_norm)
-            if scale < 1.0:
-                self.clipped.append(r.node)
-            for k, t in r.delta.items():
-                total[k] = total[k].add_(t, alpha=scale) if k in total else t * scale
-        std = self.noise_multiplier * self.clip_norm
-        n = len(ordered)
-        out = {}
-        for k in sorted(total):
-            noise = torch.normal(0.0, std, total[k].shape, generator=self.generator)
-            out[k] = (total[k] + noise) / n
-        self.history.append((self.noise_multiplier, sample_rate, 1))
-        return out
+        return NoisyMean(self, sample_rate)
 
     def epsilon(self) -> float:
         if not self.history:
@@ -84,3 +71,32 @@ class CentralDP(Strategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.inner.load_state_dict(state.get("inner", {}))
         self.history = [(float(s), float(q), int(n)) for s, q, n in state.get("dp_history", [])]
+
+
+class NoisyMean:
+    """A round of central DP: each update clipped to C and added to the sum as it comes (in
+    node-name order); at the end the noise, and the division by the node count."""
+
+    def __init__(self, dp: CentralDP, sample_rate: float) -> None:
+        self.dp, self.sample_rate = dp, sample_rate
+        self.fold = MeanFold()
+        self.nodes = 0
+        self.dropped: list[str] = []
+
+    def add(self, reply: TrainReply) -> None:
+        scale = clip_scale(reply.norm, self.dp.clip_norm)
+        if scale < 1.0:
+            self.dp.clipped.append(reply.node)
+        self.fold.add(reply.delta, scale)
+        self.nodes += 1
+
+    def result(self) -> Weights:
+        if not self.nodes:
+            raise ValueError("no update was added")
+        total = self.fold.total()
+        std = self.dp.noise_multiplier * self.dp.clip_norm
+        for k in sorted(total):  # the generator's draws in a fixed order
+            noise = torch.normal(0.0, std, total[k].shape, generator=self.dp.generator)
+            total[k] = (total[k] + noise) / self.nodes
+        self.dp.history.append((self.dp.noise_multiplier, self.sample_rate, 1))  # one release
+        return total

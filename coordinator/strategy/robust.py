@@ -22,6 +22,7 @@ also discard honest outliers, such as the only node holding a language, which co
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -29,7 +30,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from coordinator.encoded_update import EncodedUpdate
-from coordinator.replies import TrainReply, weighted_mean_delta
+from coordinator.replies import TrainReply
+from coordinator.strategy.fold import MeanAggregate, RoundAggregate, node_order, weighted_mean_delta
 from step_fed.transport import Weights
 
 Update = Mapping[str, torch.Tensor]
@@ -46,9 +48,16 @@ class Aggregation:
     filter_cosine: float = 0.1
     """filtered_mean: the least cosine similarity with the coordinate-wise median kept."""
 
+    def start(self, token_rows: bool) -> RoundAggregate:
+        """A round's aggregation: the mean folds each update as it comes; the robust rules
+        need every update at once and keep them (encoded) until the end of the round."""
+        if self.rule == "mean":
+            return MeanAggregate(token_rows)
+        return KeepAll(self, token_rows)
+
     def apply(self, replies: list[TrainReply], token_rows: bool) -> tuple[Weights, list[str]]:
         """The aggregate and the names of the nodes whose update the rule dropped."""
-        ordered = sorted(replies, key=lambda r: (r.node, r.node_id))  # reproducible sums
+        ordered = sorted(replies, key=node_order)  # reproducible sums
         if self.rule == "trimmed_mean":
             return trimmed_mean([r.delta for r in ordered], self.trim_fraction), []
         if self.rule == "median":
@@ -58,6 +67,26 @@ class Aggregation:
         if self.rule == "filtered_mean":
             return filtered_mean(ordered, self.filter_cosine, self.clip_norm, token_rows)
         return weighted_mean_delta(ordered, token_rows=token_rows), []
+
+
+class KeepAll:
+    """A robust rule's round: the updates kept as they came (encoded), combined at the end one
+    tensor at a time across the nodes."""
+
+    def __init__(self, aggregation: Aggregation, token_rows: bool) -> None:
+        self.aggregation, self.token_rows = aggregation, token_rows
+        self.replies: list[TrainReply] = []
+        self.dropped: list[str] = []
+
+    def add(self, reply: TrainReply) -> None:
+        self.replies.append(reply)
+
+    def result(self) -> Weights:
+        if not self.replies:
+            raise ValueError("no update was added")
+        delta, self.dropped = self.aggregation.apply(self.replies, self.token_rows)
+        self.replies = []
+        return delta
 
 
 def _stacked(deltas: list[Update], name: str) -> torch.Tensor:
@@ -75,25 +104,34 @@ def trimmed_mean(deltas: list[Update], trim_fraction: float) -> Weights:
 
 
 def coordinate_median(deltas: list[Update]) -> Weights:
-    """The mean of the two middle values for an even node count (torch.median takes the lower)."""
-    n = len(deltas)
-    out = {}
-    for name in deltas[0]:
-        values = _stacked(deltas, name).sort(dim=0).values
-        out[name] = (values[(n - 1) // 2] + values[n // 2]) / 2
-    return out
+    return {name: _median(_stacked(deltas, name)) for name in deltas[0]}
+
+
+def _median(stacked: torch.Tensor) -> torch.Tensor:
+    """(nodes, *shape) -> (*shape): per coordinate, the mean of the two middle values for an
+    even node count (torch.median takes the lower)."""
+    n = stacked.shape[0]
+    values = stacked.sort(dim=0).values
+    return (values[(n - 1) // 2] + values[n // 2]) / 2
 
 
 def cosine_to_median(replies: list[TrainReply]) -> list[float]:
-    """Each update's cosine similarity with the coordinate-wise median of all of them."""
-    median = coordinate_median([r.delta for r in replies])
-    names = sorted(median)
-    m = torch.cat([median[k].flatten() for k in names]).double()
+    """Each update's cosine similarity with the coordinate-wise median of all of them, summed
+    tensor by tensor (float64): the median is never whole in memory."""
+    dots = [0.0] * len(replies)
+    norms = [0.0] * len(replies)
+    median_sq = 0.0
+    for name in replies[0].delta:
+        stacked = _stacked([r.delta for r in replies], name)  # (nodes, *shape)
+        median = _median(stacked).double()
+        median_sq += float(median.pow(2).sum())
+        for i, d in enumerate(stacked.double()):
+            dots[i] += float((d * median).sum())
+            norms[i] += float(d.pow(2).sum())
     out = []
-    for r in replies:
-        d = torch.cat([r.delta[k].flatten() for k in names]).double()
-        denom = float(d.norm() * m.norm())
-        out.append(float(d @ m) / denom if denom > 0 else 0.0)
+    for dot, sq in zip(dots, norms, strict=True):
+        denom = math.sqrt(sq) * math.sqrt(median_sq)
+        out.append(dot / denom if denom > 0 else 0.0)
     return out
 
 

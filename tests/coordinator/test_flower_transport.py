@@ -99,7 +99,7 @@ def test_unenrolled_nodes_are_never_addressed() -> None:
     transport = GridTransport(grid, timeout_s=5, enrolled=_name_of)  # type: ignore[arg-type]
     ids = transport.node_ids(minimum=2, timeout_s=5)
     assert ids == [11, 22]
-    replies = transport.send("train", ids, {"w": torch.zeros(1)}, {})
+    replies = list(transport.send("train", ids, {"w": torch.zeros(1)}, {}))
     assert MALLORY not in grid.addressed
     assert sorted(r.node for r in replies) == ["athens", "tallinn"]  # enrolled names, not claims
 
@@ -109,7 +109,7 @@ def test_reply_of_a_node_revoked_mid_round_is_dropped() -> None:
     ENROLLED_NOW.update(ENROLLED)
     grid = FakeGrid([11, 22], revoke_during_round=22)
     transport = GridTransport(grid, timeout_s=5, enrolled=_name_of)  # type: ignore[arg-type]
-    replies = transport.send("train", [11, 22], {"w": torch.zeros(1)}, {})
+    replies = list(transport.send("train", [11, 22], {"w": torch.zeros(1)}, {}))
     assert [r.node for r in replies] == ["athens"]
 
 
@@ -134,7 +134,7 @@ def test_a_node_that_lost_its_message_is_sent_it_again(quick: None, fate: str) -
     grid = FakeGrid([11, 22], crash={22: fate})
     transport = GridTransport(grid, timeout_s=5, enrolled=_name_of,  # type: ignore[arg-type]
                               sessions=lambda: dict(grid.sessions))  # fmt: skip
-    replies = transport.send("train", [11, 22], {"w": torch.zeros(1)}, {})
+    replies = list(transport.send("train", [11, 22], {"w": torch.zeros(1)}, {}))
     assert grid.addressed == [11, 22, 22]
     assert transport.resent == ["tallinn"]  # the round record names it (`resent`)
     assert [(r.node, r.error) for r in replies] == [("athens", None), ("tallinn", None)]
@@ -145,7 +145,7 @@ def test_a_node_that_does_not_come_back_is_reported_unavailable(quick: None) -> 
     ENROLLED_NOW.update(ENROLLED)
     grid = FakeGrid([11, 22], crash={22: "offline"}, never_back=True)
     transport = GridTransport(grid, timeout_s=0.2, enrolled=_name_of)  # type: ignore[arg-type]
-    replies = transport.send("train", [11, 22], {"w": torch.zeros(1)}, {})
+    replies = list(transport.send("train", [11, 22], {"w": torch.zeros(1)}, {}))
     assert grid.addressed == [11, 22]
     assert replies[1].node == "tallinn"  # named, although the SuperLink sent the reply
     assert replies[1].error_code == ErrorCode.NODE_UNAVAILABLE

@@ -9,6 +9,7 @@ import torch
 from coordinator.config import load_federation_config
 from coordinator.replies import TrainReply
 from coordinator.rounds import RoundRunner
+from coordinator.strategy.fold import RoundAggregate
 from step_common.errors import StepError
 from tests.local_federation import LocalTransport, write_sim_config
 
@@ -73,15 +74,25 @@ def test_fedavg_is_the_token_weighted_mean_of_local_models(
     runner = run(tmp_path, tiny_corpus, "f", strategy="fedavg", rounds=1, token_rows=False)
     before = {k: v.clone() for k, v in runner.weights.items()}
     seen: list[TrainReply] = []
-    aggregate = runner.strategy.aggregate
+    start = runner.strategy.start
 
-    def spy(replies: list[TrainReply], *args: Any, **kw: Any) -> dict[str, torch.Tensor]:
-        # Both nodes trained on as many tokens; claim 3x for the second so that the weighting
-        # shows (a plain mean would miss the expected weights by a quarter of the difference).
-        seen.extend([replies[0], replace(replies[1], num_tokens=3 * replies[1].num_tokens)])
-        return aggregate(seen, *args, **kw)
+    def spy(*args: Any, **kw: Any) -> RoundAggregate:
+        aggregate = start(*args, **kw)
+        add = aggregate.add
 
-    runner.strategy.aggregate = spy  # type: ignore[method-assign]
+        def add_spied(reply: TrainReply) -> None:
+            # Both nodes trained on as many tokens; claim 3x for the second so that the
+            # weighting shows (a plain mean would miss the expected weights by a quarter of the
+            # difference).
+            if seen:
+                reply = replace(reply, num_tokens=3 * reply.num_tokens)
+            seen.append(reply)
+            add(reply)
+
+        aggregate.add = add_spied  # type: ignore[method-assign]
+        return aggregate
+
+    runner.strategy.start = spy  # type: ignore[method-assign]
     runner.train_round(1)
     assert len(seen) == 2 and seen[1].num_tokens == 3 * seen[0].num_tokens > 0
     total = sum(r.num_tokens for r in seen)

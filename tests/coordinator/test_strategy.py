@@ -1,13 +1,9 @@
 import pytest
 import torch
 
-from coordinator.replies import (
-    Rejection,
-    TrainReply,
-    check_train_reply,
-    weighted_mean_delta,
-)
+from coordinator.replies import Rejection, TrainReply, check_train_reply
 from coordinator.strategy import DiLoCo, FedAvg
+from coordinator.strategy.fold import weighted_mean_delta
 from step_fed import protocol as P
 from step_fed.protocol import EMBEDDING_WEIGHT, OUTPUT_WEIGHT
 from step_fed.transport import RawReply

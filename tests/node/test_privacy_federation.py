@@ -62,7 +62,7 @@ def test_a_dp_reply_reveals_nothing_about_the_drawn_batches(
     transport = LocalTransport(cfg_file, run, 2)
     runner = RoundRunner(load_federation_config(cfg_file), run, transport)
     config = runner.round_config(1).to_wire()
-    raws = transport.send("train", [100, 101], runner.weights, config)
+    raws = list(transport.send("train", [100, 101], runner.weights, config))
     dp, plain = raws
     assert dp.error is None and plain.error is None
     assert P.TOKEN_COUNTS not in dp.arrays and P.TOKEN_COUNTS in plain.arrays
@@ -71,7 +71,7 @@ def test_a_dp_reply_reveals_nothing_about_the_drawn_batches(
     assert 0 < dp.metrics[P.M_EPSILON] <= 3.0 and dp.metrics[P.M_DELTA] == 1e-6
     assert P.M_EPSILON not in plain.metrics
     # tokens are the expected count (steps x q x sequences x T), the same on a second draw
-    again = transport.send("train", [100], runner.weights, {**config, P.CFG_ROUND: 2})[0]
+    again = next(iter(transport.send("train", [100], runner.weights, {**config, P.CFG_ROUND: 2})))
     assert again.metrics[P.M_NUM_TOKENS] == dp.metrics[P.M_NUM_TOKENS]
 
 
@@ -86,7 +86,7 @@ def test_a_damaged_ledger_stops_the_node_and_is_left_alone(
     ledger.write_text(ledger.read_text().replace('"steps": 3', '"steps": 1'))
     before = tree(run / "nodes" / "a")
     runner = RoundRunner(load_federation_config(cfg_file), run, transport, resume=True)
-    raws = transport.send("train", [100], runner.weights, runner.round_config(2).to_wire())
+    raws = list(transport.send("train", [100], runner.weights, runner.round_config(2).to_wire()))
     assert raws[0].error is not None and "SHA-256 mismatch" in raws[0].error
     assert tree(run / "nodes" / "a") == before  # nothing trained, nothing overwritten
 
@@ -97,7 +97,7 @@ def test_a_budget_one_round_cannot_meet_trains_nothing(tiny_corpus: Path, tmp_pa
     run = tmp_path / "r"
     transport = LocalTransport(cfg_file, run, 2)
     runner = RoundRunner(load_federation_config(cfg_file), run, transport)
-    raws = transport.send("train", [100], runner.weights, runner.round_config(1).to_wire())
+    raws = list(transport.send("train", [100], runner.weights, runner.round_config(1).to_wire()))
     assert raws[0].error is not None and "cannot be met by even one round" in raws[0].error
     assert not (run / "nodes" / "a" / "rounds").exists()
     assert not (run / "nodes" / "a" / "privacy").exists()
