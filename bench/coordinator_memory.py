@@ -96,9 +96,11 @@ def cell(preset: str, nodes: int, rule: str, encoding: str, order: str) -> dict[
 
     from coordinator.config import FederationConfig
     from coordinator.rounds import RoundRunner
+    from step_common.malloc import return_freed_memory
     from step_model.config import preset as model_preset
 
     torch.set_num_threads(2)
+    return_freed_memory()  # as the coordinator's ServerApp does
     before = rss_mib()
     cfg = FederationConfig.model_validate(
         {"preset": preset, "rounds": 2, "inner_steps": 1, "batch_size": 1, "seq_len": 64,

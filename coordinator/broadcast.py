@@ -28,6 +28,7 @@ who did not reply.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -66,34 +67,35 @@ class DeltaBroadcast:
         a fresh run without ``init_from``)."""
         self.view = view
         self.id = view_id(view) if view is not None else ""
-        self._next: Weights | None = None
-        self._next_id = ""
 
     def message(self, weights: Weights) -> Message:
         """The message that brings every node holding the current view to ``weights`` (up to
-        rounding); ``commit()`` makes its result the view once it has been sent."""
+        rounding); its result becomes the view at once (the old one is needed only to compute
+        the change: a node that did not get the message is resynced from the new one)."""
+        base = self.id
         if self.view is None and self.seeded:
-            self._next = {k: v.float().clone() for k, v in weights.items()}
-            self._next_id = view_id(self._next)
-            return Message({}, SEED_BROADCAST, "", self._next_id)
+            self._take({k: v.float().clone() for k, v in weights.items()})
+            return Message({}, SEED_BROADCAST, "", self.id)
         if self.view is None:
-            self._next = {k: v.to(torch.bfloat16).float() for k, v in weights.items()}
-            self._next_id = view_id(self._next)
-            return Message(encode(self._next, "bf16"), "bf16", "", self._next_id)
+            view = {k: v.to(torch.bfloat16).float() for k, v in weights.items()}
+            self._take(view)
+            return Message(encode(view, "bf16"), "bf16", "", self.id)
         quantised = self.encoding.removesuffix(DELTA_SUFFIX)
-        change = encode({k: weights[k] - self.view[k] for k in weights}, quantised)
-        self._next = apply_delta(self.view, change, quantised)
-        self._next_id = view_id(self._next)
-        return Message(change, self.encoding, self.id, self._next_id)
+        change: Weights = {}
+        for k, held in self.view.items():  # one tensor at a time: no whole-model temporaries
+            part = encode({k: weights[k] - held}, quantised)
+            held.copy_(apply_delta({k: held}, part, quantised)[k])  # the nodes' arithmetic
+            change.update(part)
+        self.id = view_id(self.view)
+        return Message(change, self.encoding, base, self.id)
+
+    def _take(self, view: Weights) -> None:
+        self.view, self.id = view, view_id(view)
 
     def resync(self) -> Message:
-        """The pending view whole, in fp32 (exact), for a node that lacks the base."""
-        assert self._next is not None, "message() first"
-        return Message(encode(self._next, "fp32"), "fp32", "", self._next_id)
-
-    def commit(self) -> None:
-        assert self._next is not None, "message() first"
-        self.view, self.id, self._next = self._next, self._next_id, None
+        """The view whole, in fp32 (exact), for a node that lacks the base of the change."""
+        assert self.view is not None, "message() first"
+        return Message(encode(self.view, "fp32"), "fp32", "", self.id)
 
 
 class Broadcaster:
@@ -112,6 +114,8 @@ class Broadcaster:
         """Nodes asked in the last message round that did not reply in time (stragglers)."""
         self.sent = 0
         """Payload bytes sent in the last message round."""
+        self.encode_s = 0.0
+        """Seconds spent encoding the last message round's weights."""
 
     def start_fresh(self, seeded: bool) -> None:
         """A fresh run: ``seeded`` when its first weights are drawn from the run's seed (the
@@ -146,6 +150,7 @@ class Broadcaster:
         the end, ``sent`` holds the payload bytes sent (tensor bytes of the weights as encoded +
         the config's text, per node) and ``missing`` the nodes that did not reply."""
         self.resynced, self.sent = [], 0
+        start = time.monotonic()
         replied: set[int] = set()
         raws: Iterable[RawReply]
         if self.delta is not None:
@@ -154,10 +159,12 @@ class Broadcaster:
             encoded = encode(weights, config.broadcast_encoding)
             self.sent = len(node_ids) * payload_bytes(encoded, config)
             raws = self.transport.send(kind, node_ids, encoded, config.to_wire())
+        self.encode_s = time.monotonic() - start  # _send_delta adds the change's when made
         for r in raws:
             r.node = r.node or self.name(r.node_id)  # an error reply carries no name
             replied.add(r.node_id)
             yield r
+            del r  # not held while the next reply is pulled
         self.missing = [self.name(n) for n in node_ids if n not in replied]
         for name in self.missing:
             log.warning("round %d: %s sent no reply within federation.round_timeout_s "
@@ -170,7 +177,9 @@ class Broadcaster:
         """intN-delta: the change since the nodes' view to all; the new view whole, in fp32, to
         those that answer that they lack the base (after the others' replies)."""
         assert self.delta is not None
+        start = time.monotonic()
         msg = self.delta.message(weights)
+        self.encode_s += time.monotonic() - start
         # A change goes only to nodes that kept the weights, and they kept the tokenizer with
         # them: it travels only with whole weights (the first round, resyncs).
         tokenizer = "" if msg.base else config.tokenizer
@@ -183,6 +192,7 @@ class Broadcaster:
                 stale.append(r.node_id)
             else:
                 yield r
+            del r
         if stale:
             whole = self.delta.resync()
             wire = config.model_copy(
@@ -193,7 +203,6 @@ class Broadcaster:
             log.info("round %d: sending the weights whole to %s (they lacked the base of the "
                      "change)", config.round, ", ".join(self.resynced))  # fmt: skip
             yield from self.transport.send(kind, stale, whole.tensors, wire.to_wire())
-        self.delta.commit()
 
     def name(self, node_id: int) -> str:
         """A node's name for reports: its enrolled name where the transport knows it."""

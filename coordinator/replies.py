@@ -139,14 +139,26 @@ def _decoded_delta(
 
 
 def _finite_norm(delta: EncodedUpdate) -> tuple[list[str], float]:
-    """The tensors with non-finite values, and the update's L2 norm: one decode per tensor."""
+    """The tensors with non-finite values, and the update's L2 norm: one decode per tensor.
+    A tensor's sum of squares (float64: an fp32 square cannot overflow it) is finite exactly
+    when all its values are."""
     bad, squares = [], []
     for name in delta:
-        t = delta[name]
-        if not torch.isfinite(t).all():
+        square = sum_of_squares(delta[name])
+        if not math.isfinite(square):
             bad.append(name)
-        squares.append(float(t.double().pow(2).sum()))
+        squares.append(square)
     return bad, math.sqrt(sum(squares))
+
+
+CHUNK = 1 << 20
+"""Elements squared in float64 at once (8 MiB): no float64 copy of a whole tensor."""
+
+
+def sum_of_squares(t: torch.Tensor) -> float:
+    flat = t.reshape(-1)
+    chunks = (flat[i : i + CHUNK] for i in range(0, len(flat), CHUNK))
+    return sum(float(c.double().pow_(2).sum()) for c in chunks)
 
 
 def _accepted(

@@ -26,6 +26,7 @@ from typing import Any
 from coordinator.broadcast import Broadcaster
 from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_settings
 from coordinator.in_order import InOrder
+from coordinator.phases import Phases
 from coordinator.privacy_reports import ReportPolicy
 from coordinator.records import latest_epsilons
 from coordinator.replies import (
@@ -121,7 +122,7 @@ class RoundRunner:
         """Continue after the run folder's last committed round (the folder drops the metrics
         records of the rounds after it: they will be run again)."""
         ckpt = self.folder.resume(lambda c: check_same_settings(self.cfg, c.state))
-        self.weights = {k: v.clone() for k, v in ckpt.weights.items()}
+        self.weights = dict(ckpt.weights)  # loaded for us: no copy (one model less)
         # the optimizer tree: the strategy's state, and the intN-delta view kept beside it
         self.strategy.load_state_dict(self.broadcaster.restore(ckpt.optimizer))
         self.round = int(ckpt.state["round"])
@@ -202,9 +203,11 @@ class RoundRunner:
         accepted: dict[str, str] = {}
         raws: list[RawReply] = []
         spent = latest_epsilons(self.history)  # each DP node's last report (eval records: none)
-        for raw in self.broadcaster.send("train", config, self.weights, asked):
+        clock = Phases()
+        for raw in clock.timed(self.broadcaster.send("train", config, self.weights, asked), "wait"):
             raws.append(replace(raw, arrays={}))  # the metrics (interim evaluation) only
-            checked = self._checked(raw, config, spent, accepted)
+            with clock("check"):
+                checked = self._checked(raw, config, spent, accepted)
             del raw  # the next reply is pulled while only this one's update waits its turn
             usable = checked if isinstance(checked, TrainReply) else None
             if isinstance(checked, TrainReply):
@@ -212,17 +215,24 @@ class RoundRunner:
             else:
                 rejected.append(checked)
                 log.warning("round %d: rejected %s: %s", round_, checked.node, checked.reason)
-            _add_all(aggregate, turns.put(checked.node_id, usable))
+            with clock("aggregate"):
+                _add_all(aggregate, turns.put(checked.node_id, usable))
             del checked, usable
-        _add_all(aggregate, turns.rest())
+        with clock("aggregate"):
+            _add_all(aggregate, turns.rest())
         self.most_waiting = turns.most_waiting
         self._enough(round_, ok, rejected)
-        delta = self.strategy.finish(aggregate)
-        self.weights = self.strategy.step(self.weights, delta)
+        with clock("aggregate"):
+            delta = self.strategy.finish(aggregate)
+        with clock("step"):
+            self.weights = self.strategy.step(self.weights, delta)
         del delta
+        clock.add("encode", self.broadcaster.encode_s)
+        clock.add("wait", -self.broadcaster.encode_s)  # the encoding ran inside the first wait
         bytes_down = self.broadcaster.sent
         self._count(ok, bytes_down)
         record = self._round_record(round_, ok, rejected, bytes_down, time.monotonic() - t0)
+        record["phase_s"] = clock.record()
         if accepted:
             record["privacy_reset_accepted"] = accepted
         return record, raws
@@ -396,7 +406,9 @@ class RoundRunner:
                 records.append(self.evaluate(r, final=True))
             self.round = r
             self.history.extend(records)
+            start = time.monotonic()
             self._save()
+            record["phase_s"]["checkpoint"] = round(time.monotonic() - start, 3)
             for rec in records:
                 self.folder.log({**rec, "wall_total_s": self.wall_s()})
                 if self.on_round:

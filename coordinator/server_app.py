@@ -24,6 +24,7 @@ from coordinator.registry import Registry
 from coordinator.rounds import RoundRunner
 from coordinator.tls import TlsFiles
 from step_common.errors import StepError
+from step_common.malloc import return_freed_memory
 from step_fed import protocol as P
 
 app = ServerApp()
@@ -32,6 +33,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return_freed_memory()  # the round loop's memory stays flat in the number of nodes
     config_file = context.run_config.get(P.RUN_CONFIG_FILE)
     run_dir = context.run_config.get(P.RUN_DIR)
     if not config_file or not run_dir:

@@ -49,11 +49,10 @@ class MeanFold:
         for name, t in update.items():  # one decode per tensor
             if self.token_rows and name in TOKEN_ROWS and counts is not None:
                 self._add_rows(name, t, counts)
-            weighted = t * weight  # a new tensor: the update's own one is not changed
             if name in self.sums:
-                self.sums[name].add_(weighted)
+                self.sums[name].add_(t, alpha=weight)
             else:
-                self.sums[name] = weighted
+                self.sums[name] = t * weight  # a new tensor: the update's own is not changed
         self.weight += weight
         if self.token_rows and counts is not None:
             c = counts.to(torch.int64)

@@ -104,15 +104,18 @@ def trimmed_mean(deltas: list[Update], trim_fraction: float) -> Weights:
 
 
 def coordinate_median(deltas: list[Update]) -> Weights:
-    return {name: _median(_stacked(deltas, name)) for name in deltas[0]}
+    return {name: median_of(_stacked(deltas, name)) for name in deltas[0]}
 
 
-def _median(stacked: torch.Tensor) -> torch.Tensor:
+def median_of(stacked: torch.Tensor) -> torch.Tensor:
     """(nodes, *shape) -> (*shape): per coordinate, the mean of the two middle values for an
     even node count (torch.median takes the lower)."""
     n = stacked.shape[0]
-    values = stacked.sort(dim=0).values
-    return (values[(n - 1) // 2] + values[n // 2]) / 2
+    # the k-th smallest (1-based) without sorting the whole stack: no (nodes, *shape) copies
+    low = stacked.kthvalue((n + 1) // 2, dim=0).values  # sorted index (n - 1) // 2
+    if n % 2:
+        return low
+    return (low + stacked.kthvalue(n // 2 + 1, dim=0).values) / 2  # and sorted index n // 2
 
 
 def cosine_to_median(replies: list[TrainReply]) -> list[float]:
@@ -123,11 +126,12 @@ def cosine_to_median(replies: list[TrainReply]) -> list[float]:
     median_sq = 0.0
     for name in replies[0].delta:
         stacked = _stacked([r.delta for r in replies], name)  # (nodes, *shape)
-        median = _median(stacked).double()
+        median = median_of(stacked).double()
         median_sq += float(median.pow(2).sum())
-        for i, d in enumerate(stacked.double()):
+        for i in range(len(replies)):  # one node's tensor in float64 at a time
+            d = stacked[i].double()
             dots[i] += float((d * median).sum())
-            norms[i] += float(d.pow(2).sum())
+            norms[i] += float(d.pow_(2).sum())
     out = []
     for dot, sq in zip(dots, norms, strict=True):
         denom = math.sqrt(sq) * math.sqrt(median_sq)

@@ -26,7 +26,6 @@ def test_error_feedback_keeps_the_view_within_one_rounding_of_the_weights(encodi
     quantised = encoding.removesuffix("-delta")
     first = b.message(weights)
     assert first.encoding == "bf16" and first.base == ""
-    b.commit()
     held = decode(first.tensors, "bf16", {"w": torch.Size([64, 32])})  # what a node keeps
     assert view_id(held) == b.id
     for _ in range(20):  # small steps, each rounded on the way down
@@ -34,7 +33,6 @@ def test_error_feedback_keeps_the_view_within_one_rounding_of_the_weights(encodi
         msg = b.message(weights)
         assert msg.encoding == encoding and msg.base == view_id(held)
         held = apply_delta(held, msg.tensors, quantised)  # the node's side
-        b.commit()
         assert view_id(held) == msg.view == b.id  # both sides hold the same bits
         step = (weights["w"] - held["w"]).abs().amax(dim=1)
         # the residual is at most half a step of the last change: errors do not pile up
@@ -48,12 +46,10 @@ def test_ternary_error_feedback_does_not_pile_up() -> None:
     weights = {"w": torch.randn(64, 32)}
     b = DeltaBroadcast("int2-delta")
     b.message(weights)
-    b.commit()
     gaps = []
     for _ in range(60):
         weights = {"w": weights["w"] - 1e-3 * torch.randn(64, 32)}
         b.message(weights)
-        b.commit()
         assert b.view is not None
         gaps.append(float((weights["w"] - b.view["w"]).norm()))
     one_step = 1e-3 * (64 * 32) ** 0.5

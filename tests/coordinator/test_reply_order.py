@@ -142,6 +142,9 @@ def test_a_rejected_update_takes_its_turn_without_holding_up_the_others(tmp_path
     record = r.train_round(1)
     assert list(record["rejected"]) == ["inst-2"] and record["nodes"] == NODES - 1
     assert r.most_waiting == 0
+    phases = record["phase_s"]  # where the round's time went
+    assert set(phases) == {"encode", "wait", "check", "aggregate", "step"}
+    assert all(v >= 0 for v in phases.values()) and phases["check"] > 0
 
 
 def test_in_order_hands_items_on_when_their_turn_comes() -> None:

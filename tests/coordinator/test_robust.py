@@ -8,6 +8,7 @@ import torch
 from coordinator.config import federation_from_dict
 from coordinator.replies import TrainReply, check_train_reply
 from coordinator.strategy import Aggregation, make_strategy
+from coordinator.strategy.robust import median_of
 from step_common.errors import StepError
 from step_fed.transport import RawReply
 
@@ -84,3 +85,12 @@ def test_config_picks_the_rule_and_refuses_bad_combinations() -> None:
         federation_from_dict(
             {"aggregation": "median", "central_dp_noise": 1.0, "central_dp_clip": 1.0}, "f.yaml"
         )
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 4, 7, 16])
+def test_the_median_is_the_middle_of_the_sorted_values_bit_for_bit(nodes: int) -> None:
+    """kthvalue (no sorted copy of every node's tensor) gives the sort's median exactly."""
+    stacked = torch.randn(nodes, 40, 3, generator=torch.Generator().manual_seed(nodes))
+    values = stacked.sort(dim=0).values
+    expected = (values[(nodes - 1) // 2] + values[nodes // 2]) / 2
+    assert torch.equal(median_of(stacked), expected)
