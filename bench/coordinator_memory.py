@@ -9,9 +9,11 @@ existed (the interpreter and torch), as a multiple of the fp32 model's bytes.
 
     python bench/coordinator_memory.py [--presets small,base,1b] [--nodes 2,4,8,16]
         [--rules mean,filtered_mean] [--encoding int8] [--order sorted|reversed|shuffled]
+        [--update-memory-mib 2048]
 
 "most waiting": the most updates that waited, encoded, for their turn at once (they arrived
-before a node ahead of them in name order; coordinator/in_order.py).
+before a node ahead of them in name order; coordinator/in_order.py); "on disk": how many of
+the waiting or kept updates went to disk (beyond ``--update-memory-mib``; coordinator/spill.py).
 
 The model's vocabulary is the byte tokenizer's (259 rows): the parameter counts are the
 presets' minus their embedding and head rows (e.g. `small` 38.2M instead of 50.5M).
@@ -90,7 +92,9 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def cell(preset: str, nodes: int, rule: str, encoding: str, order: str) -> dict[str, Any]:
+def cell(
+    preset: str, nodes: int, rule: str, encoding: str, order: str, memory_mib: int
+) -> dict[str, Any]:
     """Two rounds of the real round loop; the memory it needed above the bare process."""
     import torch
 
@@ -105,21 +109,23 @@ def cell(preset: str, nodes: int, rule: str, encoding: str, order: str) -> dict[
     cfg = FederationConfig.model_validate(
         {"preset": preset, "rounds": 2, "inner_steps": 1, "batch_size": 1, "seq_len": 64,
          "update_encoding": encoding, "aggregation": rule, "seen_rows": "none",
-         "min_nodes": nodes}
+         "min_nodes": nodes, "update_memory_mib": memory_mib}
     )  # fmt: skip
     shapes = {k: v.shape for k, v in _shapes(model_preset(preset).with_vocab(259)).items()}
     model_bytes = 4 * sum(torch.Size(s).numel() for s in shapes.values())
-    waiting, t0 = 0, time.monotonic()
+    waiting, spilled, t0 = 0, 0, time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         runner = RoundRunner(cfg, Path(tmp) / "run", EncodedNodes(nodes, shapes, encoding, order))
         for r in (1, 2):
             runner.train_round(r)
             waiting = max(waiting, runner.most_waiting)
+            spilled = max(spilled, runner.spilled)
     peak = rss_mib() - before
     return {"preset": preset, "nodes": nodes, "rule": rule, "encoding": encoding,
             "order": order, "model_mib": round(model_bytes / 2**20, 1),
             "peak_mib": round(peak, 1), "ratio": round(peak * 2**20 / model_bytes, 2),
-            "waiting": waiting, "s": round(time.monotonic() - t0, 1)}  # fmt: skip
+            "waiting": waiting, "on_disk": spilled,
+            "s": round(time.monotonic() - t0, 1)}  # fmt: skip
 
 
 def _shapes(config: Any) -> dict[str, Any]:
@@ -132,8 +138,11 @@ def _shapes(config: Any) -> dict[str, Any]:
         return dict(Transformer(config).state_dict())
 
 
-def run_cell(preset: str, nodes: int, rule: str, encoding: str, order: str) -> dict[str, Any]:
-    argv = [sys.executable, __file__, "--cell", preset, str(nodes), rule, encoding, order]
+def run_cell(
+    preset: str, nodes: int, rule: str, encoding: str, order: str, memory_mib: int
+) -> dict[str, Any]:
+    argv = [sys.executable, __file__, "--cell", preset, str(nodes), rule, encoding, order,
+            str(memory_mib)]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"killed (exit {done.returncode})"])[-1]
@@ -158,27 +167,32 @@ def main() -> None:
     p.add_argument("--rules", default="mean,filtered_mean")
     p.add_argument("--encoding", default="int8")
     p.add_argument("--order", default="sorted", choices=["sorted", "reversed", "shuffled"])
-    p.add_argument("--cell", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--update-memory-mib", type=int, default=2048, help="as in coordinator.yaml")
+    p.add_argument("--cell", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.cell:
-        preset, nodes, rule, encoding, order = args.cell
-        print(json.dumps(cell(preset, int(nodes), rule, encoding, order)))
+        preset, nodes, rule, encoding, order, *memory = args.cell
+        mib = int(memory[0]) if memory else 2048
+        print(json.dumps(cell(preset, int(nodes), rule, encoding, order, mib)))
         return
-    print(f"arrival order: {args.order}, updates: {args.encoding}")
-    print("| preset | rule | nodes | fp32 model MiB | peak MiB | peak / model | most waiting | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"arrival order: {args.order}, updates: {args.encoding}, "
+          f"update_memory_mib: {args.update_memory_mib}")  # fmt: skip
+    print("| preset | rule | nodes | fp32 model MiB | peak MiB | peak / model | most waiting | "
+          "on disk | s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for preset in args.presets.split(","):
         for rule in args.rules.split(","):
             rows = []
             for n in args.nodes.split(","):
-                r = run_cell(preset, int(n), rule, args.encoding, args.order)
+                r = run_cell(preset, int(n), rule, args.encoding, args.order,
+                             args.update_memory_mib)  # fmt: skip
                 rows.append(r)
                 shown = (f"{r['model_mib']:,} | {r['peak_mib']:,.0f} | {r['ratio']}x | "
-                         f"{r['waiting']} | {r['s']}" if "peak_mib" in r
-                         else f"- | - | failed: {r['error']} | | ")  # fmt: skip
+                         f"{r['waiting']} | {r['on_disk']} | {r['s']}" if "peak_mib" in r
+                         else f"- | - | failed: {r['error']} | | | ")  # fmt: skip
                 print(f"| {preset} | {rule} | {n} | {shown} |", flush=True)
             print(f"| {preset} | {rule} | slope | per added node: {slope(rows):+.1%} "
-                  "of the smallest cell's peak | | | | |", flush=True)  # fmt: skip
+                  "of the smallest cell's peak | | | | | |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

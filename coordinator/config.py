@@ -94,6 +94,10 @@ class FederationConfig(LocalSchedule):
     """Committed rounds kept on disk (the oldest is deleted only after the new one is durable)."""
     max_update_norm: YamlFloat = 0.0
     """Reject an update whose L2 norm exceeds this (0: no limit)."""
+    update_memory_mib: int = 2048
+    """Memory for updates that wait for their turn or that a robust rule keeps until the end
+    of the round; beyond it they wait on disk in the run folder (coordinator/spill.py): the
+    coordinator's memory then stays flat in the number of nodes."""
     aggregation: Rule = "mean"
     """How updates are combined: mean (token-weighted), trimmed_mean, median or norm_clip
     (robust rules against nodes that send wrong updates; coordinator/strategy/robust.py)."""
@@ -181,7 +185,10 @@ class FederationConfig(LocalSchedule):
             raise self._bad("central_dp_delta", "must be in (0, 1), e.g. 1.0e-5")
 
     def _check_other_ranges(self) -> None:
-        """The remaining bounds: outer momentum, evaluation size, update norm limit."""
+        """The remaining bounds: outer momentum, evaluation size, update norm limit, memory for
+        waiting updates."""
+        if self.update_memory_mib < 0:
+            raise self._bad("update_memory_mib", "must be >= 0 (0: every waiting update on disk)")
         if not 0 <= self.outer_momentum < 1:
             raise self._bad("outer_momentum", "must be in [0, 1)")
         if self.eval_max_tokens < 0:
@@ -231,7 +238,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-RESUMABLE = ("rounds", "eval_every", "round_timeout_s", "keep_checkpoints")
+RESUMABLE = ("rounds", "eval_every", "round_timeout_s", "keep_checkpoints", "update_memory_mib")
 """Settings a resumed run may change; any other change would make it another run."""
 
 

@@ -27,7 +27,7 @@ class EncodedUpdate(Mapping[str, torch.Tensor]):
 
     def __init__(
         self,
-        arrays: dict[str, torch.Tensor],
+        arrays: Mapping[str, torch.Tensor],
         encoding: str,
         shapes: dict[str, torch.Size],
         seen: torch.Tensor | None = None,
@@ -58,9 +58,20 @@ class EncodedUpdate(Mapping[str, torch.Tensor]):
 
     def scaled(self, scale: float) -> EncodedUpdate:
         """The same update with every tensor read multiplied by ``scale``."""
+        out = self._copy()
+        out.scale = scale if self.scale is None else self.scale * scale
+        return out
+
+    def with_arrays(self, arrays: Mapping[str, torch.Tensor]) -> EncodedUpdate:
+        """The same update read from ``arrays`` (the same encoded tensors, held elsewhere:
+        coordinator/spill.py)."""
+        out = self._copy()
+        out.arrays = arrays
+        return out
+
+    def _copy(self) -> EncodedUpdate:
         out = EncodedUpdate.__new__(EncodedUpdate)
         out.__dict__.update(self.__dict__)
-        out.scale = scale if self.scale is None else self.scale * scale
         return out
 
 

@@ -20,12 +20,18 @@ T = TypeVar("T")
 
 
 class InOrder(Generic[T]):
-    def __init__(self, order: list[int] | None, key: Callable[[T], Any]) -> None:
+    def __init__(
+        self,
+        order: list[int] | None,
+        key: Callable[[T], Any],
+        park: Callable[[T], T] = lambda item: item,
+    ) -> None:
         """``order``: the node ids asked, in the order their items are handed on (None: not
         known before the replies); ``key``: the sort key of an item, for the ones handed on at
-        the end when the order is not known."""
+        the end when the order is not known; ``park``: what an item that has to wait is kept
+        as (coordinator/spill.py: on disk beyond a memory budget)."""
         self.order = deque(order) if order is not None else None
-        self.key = key
+        self.key, self.park = key, park
         self.waiting: dict[int, T | None] = {}
         """Node id -> its item (None: the node answered, but nothing of it is handed on)."""
         self.most_waiting = 0
@@ -40,6 +46,8 @@ class InOrder(Generic[T]):
             done = self.waiting.pop(self.order.popleft())
             if done is not None:
                 ready.append(done)
+        if item is not None and node_id in self.waiting:
+            self.waiting[node_id] = self.park(item)
         held = sum(v is not None for v in self.waiting.values())
         self.most_waiting = max(self.most_waiting, held)
         return ready

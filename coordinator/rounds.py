@@ -38,6 +38,7 @@ from coordinator.replies import (
     check_eval_reply,
     check_train_reply,
 )
+from coordinator.spill import Spill
 from coordinator.strategy import CentralDP, make_strategy
 from coordinator.strategy.fold import RoundAggregate, node_order
 from step_common.errors import StepError
@@ -58,6 +59,19 @@ class Totals:
     bytes_up: int = 0
     tokens: int = 0
     tokens_per_language: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Tally:
+    """What a round keeps of its replies: no updates (they are folded and dropped)."""
+
+    ok: list[TrainReply] = field(default_factory=list)
+    """The accepted replies, without their updates."""
+    rejected: list[Rejection] = field(default_factory=list)
+    accepted: dict[str, str] = field(default_factory=dict)
+    """Node -> the ledger reset the admin accepted, used this round."""
+    raws: list[RawReply] = field(default_factory=list)
+    """Every reply's metrics (an interim evaluation rides on them), without arrays."""
 
 
 class RoundRunner:
@@ -86,6 +100,7 @@ class RoundRunner:
             )
         self.strategy = make_strategy(cfg)
         self.broadcaster = Broadcaster(cfg, transport)
+        self.spill = Spill(self.run_dir, cfg.update_memory_mib * 2**20)
         self.folder = RunFolder(self.run_dir, "round", digits=6, keep=cfg.keep_checkpoints)
         self.round = 0
         self.totals = Totals()
@@ -98,6 +113,8 @@ class RoundRunner:
         self.most_waiting = 0
         """The most updates that waited for their turn at once in the last round (they
         overtook a node before them in name order; bench/coordinator_memory.py reports it)."""
+        self.spilled = 0
+        """Updates that waited on disk in the last round (beyond update_memory_mib)."""
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -194,48 +211,63 @@ class RoundRunner:
         t0 = time.monotonic()
         config = self.round_config(round_)
         self.transport.resent.clear()
-        asked = self.broadcaster.nodes()
-        turns: InOrder[TrainReply] = InOrder(self._fold_order(asked), key=node_order)
-        # Every connected node is asked every round: sample rate 1 (no amplification).
-        aggregate = self.strategy.start(self.cfg.token_rows, sample_rate=1.0)
-        ok: list[TrainReply] = []
-        rejected: list[Rejection] = []
-        accepted: dict[str, str] = {}
-        raws: list[RawReply] = []
-        spent = latest_epsilons(self.history)  # each DP node's last report (eval records: none)
         clock = Phases()
-        for raw in clock.timed(self.broadcaster.send("train", config, self.weights, asked), "wait"):
-            raws.append(replace(raw, arrays={}))  # the metrics (interim evaluation) only
-            with clock("check"):
-                checked = self._checked(raw, config, spent, accepted)
-            del raw  # the next reply is pulled while only this one's update waits its turn
-            usable = checked if isinstance(checked, TrainReply) else None
-            if isinstance(checked, TrainReply):
-                ok.append(replace(checked, delta={}))
-            else:
-                rejected.append(checked)
-                log.warning("round %d: rejected %s: %s", round_, checked.node, checked.reason)
+        # Every connected node is asked every round: sample rate 1 (no amplification).
+        aggregate = self.strategy.start(self.cfg.token_rows, 1.0, park=self.spill.park)
+        try:
+            tally = self._take_replies(config, aggregate, clock)
+            self._enough(round_, tally.ok, tally.rejected)
             with clock("aggregate"):
-                _add_all(aggregate, turns.put(checked.node_id, usable))
-            del checked, usable
-        with clock("aggregate"):
-            _add_all(aggregate, turns.rest())
-        self.most_waiting = turns.most_waiting
-        self._enough(round_, ok, rejected)
-        with clock("aggregate"):
-            delta = self.strategy.finish(aggregate)
+                delta = self.strategy.finish(aggregate)
+        finally:
+            self.spilled = self.spill.written
+            self.spill.clear()
         with clock("step"):
             self.weights = self.strategy.step(self.weights, delta)
         del delta
         clock.add("encode", self.broadcaster.encode_s)
         clock.add("wait", -self.broadcaster.encode_s)  # the encoding ran inside the first wait
         bytes_down = self.broadcaster.sent
-        self._count(ok, bytes_down)
-        record = self._round_record(round_, ok, rejected, bytes_down, time.monotonic() - t0)
+        self._count(tally.ok, bytes_down)
+        record = self._round_record(
+            round_, tally.ok, tally.rejected, bytes_down, time.monotonic() - t0
+        )
         record["phase_s"] = clock.record()
-        if accepted:
-            record["privacy_reset_accepted"] = accepted
-        return record, raws
+        if tally.accepted:
+            record["privacy_reset_accepted"] = tally.accepted
+        return record, tally.raws
+
+    def _take_replies(
+        self, config: P.RoundConfig, aggregate: RoundAggregate, clock: Phases
+    ) -> Tally:
+        """Send the round; check each reply as it comes and hand its update to ``aggregate`` in
+        its turn."""
+        asked = self.broadcaster.nodes()
+        turns: InOrder[TrainReply] = InOrder(
+            self._fold_order(asked), key=node_order, park=self.spill.park
+        )
+        tally = Tally()
+        spent = latest_epsilons(self.history)  # each DP node's last report (eval records: none)
+        replies = self.broadcaster.send("train", config, self.weights, asked)
+        for raw in clock.timed(replies, "wait"):
+            tally.raws.append(replace(raw, arrays={}))  # the metrics (interim evaluation) only
+            with clock("check"):
+                checked = self._checked(raw, config, spent, tally.accepted)
+            del raw  # the next reply is pulled while only this one's update waits its turn
+            usable = checked if isinstance(checked, TrainReply) else None
+            if isinstance(checked, TrainReply):
+                tally.ok.append(replace(checked, delta={}))
+            else:
+                tally.rejected.append(checked)
+                log.warning("round %d: rejected %s: %s", config.round, checked.node,
+                            checked.reason)  # fmt: skip
+            with clock("aggregate"):
+                _add_all(aggregate, turns.put(checked.node_id, usable))
+            del checked, usable
+        with clock("aggregate"):
+            _add_all(aggregate, turns.rest())
+        self.most_waiting = turns.most_waiting
+        return tally
 
     def _fold_order(self, asked: list[int]) -> list[int] | None:
         """The node ids in the order their updates are added (node name, then id), when the
@@ -388,6 +420,7 @@ class RoundRunner:
     def run(self) -> dict[str, Any]:
         for p in self.folder.prepare():
             log.info("removed %s, left by an interrupted write", p.name)
+        self.spill.clear()  # updates a crashed round left waiting on disk
         log.info(
             "federation: %s, %d rounds x %d inner steps, %s, %d parameters",
             self.cfg.strategy,

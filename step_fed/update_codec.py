@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Mapping
 
 import torch
 
@@ -78,7 +79,7 @@ def _pack(values: torch.Tensor, base: int, per: int, width: int) -> torch.Tensor
 
 
 def _unpack(packed: torch.Tensor, base: int, per: int, width: int, numel: int) -> torch.Tensor:
-    """The values of ``_pack``, flat, as int64; raises ValueError on a group no encoder writes.
+    """The values of ``_pack``, flat, as int8; raises ValueError on a group no encoder writes.
     Digits are looked up in tables (a decode runs several times a round): a byte's at once,
     a wider group's in two halves."""
     if width == 1:
@@ -101,10 +102,11 @@ def _unpack(packed: torch.Tensor, base: int, per: int, width: int, numel: int) -
 
 @functools.cache
 def _digits(base: int, per: int, count: int) -> torch.Tensor:
-    """(count, per) int64: the ``per`` base-``base`` digits of 0..count-1, least significant
-    first."""
+    """(count, per) int8 (a digit is < 7): the ``per`` base-``base`` digits of 0..count-1, least
+    significant first. int8, so that a decoded update is one byte per value until it becomes
+    fp32."""
     powers = base ** torch.arange(per)
-    return (torch.arange(count)[:, None] // powers) % base
+    return ((torch.arange(count)[:, None] // powers) % base).to(torch.int8)
 
 
 def _packed_len(numel: int, encoding: str) -> int:
@@ -143,7 +145,7 @@ def decode(
 
 
 def check_keys(
-    encoded: dict[str, torch.Tensor], encoding: str, shapes: dict[str, torch.Size]
+    encoded: Mapping[str, torch.Tensor], encoding: str, shapes: dict[str, torch.Size]
 ) -> None:
     """ValueError unless ``encoded`` holds exactly the tensors (and row scales) of ``shapes``."""
     _check(encoding)
@@ -157,7 +159,7 @@ def check_keys(
 
 
 def decode_one(
-    encoded: dict[str, torch.Tensor], encoding: str, name: str, shape: torch.Size
+    encoded: Mapping[str, torch.Tensor], encoding: str, name: str, shape: torch.Size
 ) -> torch.Tensor:
     """The fp32 tensor ``name`` of an encoded update (its keys checked by ``check_keys``): one
     tensor at a time, so a holder of many encoded updates never holds them all decoded."""
@@ -195,8 +197,9 @@ def _dequantise(
             values = _unpack(t, 2 * level + 1, *_PACKING[encoding], shape.numel())
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-        q = values.float().reshape(n_rows, -1) - level
-    return (q * (row_scales(scale)[:, None] / level)).reshape(shape)
+        q = values.float().reshape(n_rows, -1).sub_(level)
+    # in place: q is this call's own tensor (one fp32 copy of the update, not two)
+    return q.mul_(row_scales(scale)[:, None] / level).reshape(shape)
 
 
 def row_scales(wire: torch.Tensor) -> torch.Tensor:

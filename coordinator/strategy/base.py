@@ -7,7 +7,7 @@ from typing import Any
 
 from coordinator.replies import TrainReply
 from coordinator.strategy.fold import RoundAggregate, node_order
-from coordinator.strategy.robust import Aggregation
+from coordinator.strategy.robust import Aggregation, Park, as_is
 from step_fed.transport import Weights as Weights
 
 
@@ -24,11 +24,11 @@ class Strategy(ABC):
     dropped: tuple[str, ...] = ()
     """Nodes whose update the robust rule dropped in the last round (reported per round)."""
 
-    def start(self, token_rows: bool, sample_rate: float) -> RoundAggregate:
+    def start(self, token_rows: bool, sample_rate: float, park: Park = as_is) -> RoundAggregate:
         """A round's aggregation, fed the checked updates one at a time in node-name order (the
         token-weighted mean or a robust rule). ``sample_rate``: the share of connected nodes
-        asked (privacy wrappers)."""
-        return self.aggregation.start(token_rows)
+        asked (privacy wrappers); ``park``: how updates a rule keeps are held."""
+        return self.aggregation.start(token_rows, park)
 
     def finish(self, aggregate: RoundAggregate) -> Weights:
         """The round's pseudo-gradient; notes the nodes the rule dropped."""

@@ -27,7 +27,7 @@ from opacus.accountants import RDPAccountant
 from coordinator.replies import TrainReply
 from coordinator.strategy.base import Strategy, Weights
 from coordinator.strategy.fold import MeanFold, RoundAggregate
-from coordinator.strategy.robust import clip_scale
+from coordinator.strategy.robust import Park, as_is, clip_scale
 from step_fed.secret_rng import secret_generator
 
 
@@ -49,7 +49,7 @@ class CentralDP(Strategy):
         self.clipped: list[str] = []
         """Nodes whose update was clipped in the last round (reported per round)."""
 
-    def start(self, token_rows: bool, sample_rate: float) -> RoundAggregate:
+    def start(self, token_rows: bool, sample_rate: float, park: Park = as_is) -> RoundAggregate:
         """Equal weights, no token rows: ``token_rows`` is not used (see above)."""
         self.clipped = []
         return NoisyMean(self, sample_rate)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,6 +36,12 @@ from step_fed.transport import Weights
 
 Update = Mapping[str, torch.Tensor]
 """A node's update, read tensor by tensor (coordinator/encoded_update.py)."""
+Park = Callable[[TrainReply], TrainReply]
+"""How a reply that waits is kept (coordinator/spill.py)."""
+
+
+def as_is(reply: TrainReply) -> TrainReply:
+    return reply
 
 
 @dataclass(frozen=True)
@@ -48,12 +54,13 @@ class Aggregation:
     filter_cosine: float = 0.1
     """filtered_mean: the least cosine similarity with the coordinate-wise median kept."""
 
-    def start(self, token_rows: bool) -> RoundAggregate:
+    def start(self, token_rows: bool, park: Park = as_is) -> RoundAggregate:
         """A round's aggregation: the mean folds each update as it comes; the robust rules
-        need every update at once and keep them (encoded) until the end of the round."""
+        need every update at once and keep them (encoded, as ``park`` makes them: on disk
+        beyond a memory budget, coordinator/spill.py) until the end of the round."""
         if self.rule == "mean":
             return MeanAggregate(token_rows)
-        return KeepAll(self, token_rows)
+        return KeepAll(self, token_rows, park)
 
     def apply(self, replies: list[TrainReply], token_rows: bool) -> tuple[Weights, list[str]]:
         """The aggregate and the names of the nodes whose update the rule dropped."""
@@ -73,13 +80,13 @@ class KeepAll:
     """A robust rule's round: the updates kept as they came (encoded), combined at the end one
     tensor at a time across the nodes."""
 
-    def __init__(self, aggregation: Aggregation, token_rows: bool) -> None:
-        self.aggregation, self.token_rows = aggregation, token_rows
+    def __init__(self, aggregation: Aggregation, token_rows: bool, park: Park) -> None:
+        self.aggregation, self.token_rows, self.park = aggregation, token_rows, park
         self.replies: list[TrainReply] = []
         self.dropped: list[str] = []
 
     def add(self, reply: TrainReply) -> None:
-        self.replies.append(reply)
+        self.replies.append(self.park(reply))
 
     def result(self) -> Weights:
         if not self.replies:

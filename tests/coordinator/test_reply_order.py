@@ -72,10 +72,12 @@ def update(
     return metrics, encode(values, "int8")
 
 
-def runner(tmp: Path, transport: ShuffledNodes, resume: bool = False) -> RoundRunner:
+def runner(
+    tmp: Path, transport: ShuffledNodes, resume: bool = False, **federation: Any
+) -> RoundRunner:
     cfg = FederationConfig.model_validate(
         {"preset": "debug", "rounds": 3, "inner_steps": 1, "batch_size": 2, "seq_len": 16,
-         "update_encoding": "int8", "token_rows": False, "min_nodes": NODES - 1}
+         "update_encoding": "int8", "token_rows": False, "min_nodes": NODES - 1, **federation}
     )  # fmt: skip
     r = RoundRunner(cfg, tmp, transport, resume=resume)
     transport.shapes = r.shapes
@@ -159,3 +161,22 @@ def test_in_order_hands_items_on_when_their_turn_comes() -> None:
     unknown: InOrder[str] = InOrder(None, key=str)
     assert unknown.put(2, "z") == [] and unknown.put(1, "y") == []
     assert unknown.rest() == ["y", "z"]
+
+
+@pytest.mark.parametrize("rule", ["mean", "filtered_mean"])
+def test_updates_beyond_the_memory_budget_wait_on_disk_with_the_same_bits(
+    tmp_path: Path, rule: str
+) -> None:
+    """update_memory_mib 0: every update that waits (reverse order; a robust rule: all) goes
+    to the run folder and is read back tensor by tensor; the weights are those of a run that
+    held them in memory, and nothing is left on disk after the round."""
+    held = runner(tmp_path / "held", ShuffledNodes("reversed"), aggregation=rule)
+    held.train_round(1)
+    assert held.spilled == 0
+    disk = runner(tmp_path / "disk", ShuffledNodes("reversed"), aggregation=rule,
+                  update_memory_mib=0)  # fmt: skip
+    disk.train_round(1)
+    assert disk.spilled == (NODES - 1 if rule == "mean" else NODES)
+    assert not (tmp_path / "disk" / ".updates").exists()
+    for k, v in held.weights.items():
+        assert torch.equal(v, disk.weights[k]), k

@@ -1,15 +1,18 @@
-"""One round of the `small` preset (~50M parameters) in deployment mode on loopback.
+"""One round of a preset (default `base`) in deployment mode on loopback.
 
 Sets up a federation exactly as an admin and two operators would (step-coord init / enroll /
 start, step-node init / start: SuperLink and SuperNodes as separate processes, gRPC over TLS,
 node authentication), runs one round with one inner step per node and a final evaluation, and
-measures the wall time of the run, the bytes it moved, and the peak resident memory (VmHWM) of
-every process of each side, sampled from /proc while they run.
+measures the wall time of the run, the bytes it moved, the time of each phase of the training
+round (the round record's ``phase_s``, coordinator/phases.py) and the peak resident memory
+(VmHWM) of every process of each side, sampled from /proc while they run.
 
-    python bench/deploy_small.py --tokenizer TOKENIZER.json [--encoding fp32] [--out DIR]
+    python bench/deploy_round.py [--preset base] [--tokenizer TOKENIZER.json]
+        [--encoding fp32] [--out DIR]
 
-The tokenizer fixes the vocabulary and hence the parameter count: a 12,288-token BPE gives the
-preset's full 50.5M parameters (`step-model tokenizer train --vocab-size 12288 ...`).
+The tokenizer fixes the vocabulary and hence the parameter count (default: the byte
+tokenizer); the preset's own vocabulary needs a BPE of its size, e.g. 24,576 tokens for `base`
+(`step-model tokenizer train --vocab-size 24576 ...`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from step_model.config import preset
 from step_model.model import Transformer
-from step_model.tokenizer import load_tokenizer
+from step_model.tokenizer import ByteTokenizer, load_tokenizer
 
 BIN = Path(sys.executable).parent
 ROLES = ("coord", "uni-a", "uni-b")
@@ -106,10 +109,11 @@ class MemorySampler(threading.Thread):
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokenizer", type=Path, required=True)
+    ap.add_argument("--preset", default="base")
+    ap.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: bytes)")
     ap.add_argument("--corpus", type=Path, default=Path("../shared/corpus/step35"))
     ap.add_argument("--encoding", default="fp32", choices=("fp32", "bf16", "int8"))
-    ap.add_argument("--out", type=Path, default=Path("runs/bench-deploy-small"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench-deploy-round"))
     return ap.parse_args()
 
 
@@ -119,12 +123,13 @@ def down_encoding(up: str) -> str:
 
 def init_federation(fed: Path, fleet: int, control: int, args: argparse.Namespace) -> None:
     """step-coord init, then the bench's settings in coordinator.yaml."""
-    cli("step-coord", "init", fed, "--host", "127.0.0.1", "--preset", "small", "--rounds", "1",
+    cli("step-coord", "init", fed, "--host", "127.0.0.1", "--preset", args.preset, "--rounds", "1",
         "--inner-steps", "1", "--min-nodes", "2", "--fleet-address", f"127.0.0.1:{fleet}",
         "--control-port", str(control))  # fmt: skip
     cfg = fed / "coordinator.yaml"
     text = cfg.read_text()
-    text = text.replace("tokenizer: byte ", f"tokenizer: {args.tokenizer.resolve()} ")
+    if args.tokenizer:
+        text = text.replace("tokenizer: byte ", f"tokenizer: {args.tokenizer.resolve()} ")
     text = text.replace("batch_size: 8 ", "batch_size: 2 ")
     text = text.replace("update_encoding: int8 ", f"update_encoding: {args.encoding} ")
     enc_down = down_encoding(args.encoding)
@@ -182,14 +187,15 @@ def report(
     args: argparse.Namespace, fed: Path, wall: float, peaks: dict[str, int]
 ) -> dict[str, Any]:
     """What the run measured, with the model's size and the machine."""
-    vocab = load_tokenizer(args.tokenizer).vocab_size
+    vocab = (load_tokenizer(args.tokenizer) if args.tokenizer else ByteTokenizer()).vocab_size
     status = json.loads(cli("step-coord", "status", "--dir", fed, "--json").splitlines()[-1])
     rounds = [json.loads(x) for x in (fed / "run" / "metrics.jsonl").read_text().splitlines()]
     train = next(r for r in rounds if r.get("kind") == "round")
     return {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "params": sum(
-            v.numel() for v in Transformer(preset("small").with_vocab(vocab)).state_dict().values()
+            v.numel()
+            for v in Transformer(preset(args.preset).with_vocab(vocab)).state_dict().values()
         ),
         "encoding_up": args.encoding,
         "encoding_down": down_encoding(args.encoding),
@@ -197,6 +203,7 @@ def report(
         "wall_s_start_to_completed": round(wall, 1),
         "round_wall_s": round(train["wall_s"], 1),
         "node_train_wall_s": train["node_wall_s"],
+        "phase_s": train["phase_s"],
         "bytes_up": status["bytes_up"],
         "bytes_down": status["bytes_down"],
         "peak_rss_mib": {k: round(v / 1024) for k, v in sorted(peaks.items())},
