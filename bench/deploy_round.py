@@ -133,7 +133,7 @@ def init_federation(fed: Path, fleet: int, control: int, args: argparse.Namespac
     text = text.replace("batch_size: 8 ", "batch_size: 2 ")
     text = text.replace("update_encoding: int8 ", f"update_encoding: {args.encoding} ")
     enc_down = down_encoding(args.encoding)
-    text = text.replace("broadcast_encoding: bf16", f"broadcast_encoding: {enc_down}")
+    text = text.replace("broadcast_encoding: int8-delta", f"broadcast_encoding: {enc_down}")
     cfg.write_text(text.replace("federation:\n", "federation:\n  eval_max_tokens: 2048\n"))
 
 

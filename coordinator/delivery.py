@@ -64,8 +64,8 @@ class Delivery:
 
     def run(self, node_ids: list[int]) -> Iterator[tuple[int, Message]]:
         """(node id, its reply or the error Flower made for it), as the replies arrive; a node
-        with no reply in time is absent. Each reply is handed on as soon as it is pulled, so
-        at most one poll's worth of replies is held here."""
+        with no reply in time is absent. Replies are pulled one at a time and each is handed on
+        before the next is pulled, so one reply at a time is held here."""
         self.seen = self._look() or {}
         self._push(node_ids)
         checked = time.monotonic()

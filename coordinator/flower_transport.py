@@ -43,13 +43,11 @@ def raw_from_message(msg: Message, node_id: int, enrolled: NameOf | None = None)
     name = known or info.get(P.NODE_NAME, "")
     metrics = content.get(P.METRICS)
     arrays = content.get(P.ARRAYS)
-    return RawReply(
-        node_id,
-        name,
-        _scalars(metrics) if isinstance(metrics, MetricRecord) else {},
-        dict(arrays.to_torch_state_dict()) if isinstance(arrays, ArrayRecord) else {},
-        info=info,
-    )
+    tensors = {}
+    if isinstance(arrays, ArrayRecord):  # each array's bytes dropped once it is a tensor
+        tensors = dict(arrays.to_torch_state_dict(keep_input=False))
+    metric_values = _scalars(metrics) if isinstance(metrics, MetricRecord) else {}
+    return RawReply(node_id, name, metric_values, tensors, info=info)
 
 
 def _scalars(metrics: MetricRecord) -> dict[str, float]:

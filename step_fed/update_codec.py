@@ -127,7 +127,8 @@ def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Te
             level = QUANTISED[encoding]
             rows = _rows(t)
             scale = _scale(rows, encoding)
-            q = torch.round(rows / scale.float()[:, None] * level).clamp(-level, level)
+            # in place after the first op: one temporary the size of the tensor, not four
+            q = (rows / scale.float()[:, None]).mul_(level).round_().clamp_(-level, level)
             if encoding == "int8":
                 out[name] = q.to(torch.int8).reshape(t.shape).contiguous()
             else:
