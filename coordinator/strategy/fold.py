@@ -30,6 +30,8 @@ TOKEN_ROWS = (EMBEDDING_WEIGHT, OUTPUT_WEIGHT)
 
 
 class MeanFold:
+    """The running weighted sum of updates (and of token rows), and its mean at the end."""
+
     def __init__(self, token_rows: bool = False) -> None:
         self.sums: Weights = {}
         self.weight = 0.0
