@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from step_launch.processes import descendants, free_port
 from step_model.config import preset
 from step_model.model import Transformer
 from step_model.tokenizer import ByteTokenizer, load_tokenizer
@@ -39,37 +39,12 @@ BIN = Path(sys.executable).parent
 ROLES = ("coord", "uni-a", "uni-b")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def cli(*args: str | Path) -> str:
     done = subprocess.run([str(BIN / str(args[0])), *map(str, args[1:])], capture_output=True,
                           text=True, check=False)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"{args[:2]} failed: {done.stderr[-2000:]}")
     return done.stdout
-
-
-def tree(root: int) -> set[int]:
-    """root and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    found, todo = {root}, [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in found:
-                found.add(c)
-                todo.append(c)
-    return found
 
 
 def peak_kib(pid: int) -> tuple[str, int] | None:
@@ -99,7 +74,7 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             for role, root in self.roots.items():
-                for pid in tree(root):
+                for pid in {root} | descendants([root]):
                     got = peak_kib(pid)
                     if got:
                         key = f"{role}: {got[0]}"

@@ -168,7 +168,7 @@ class ChildProcesses:
 
     def _terminate_all(self) -> None:
         roots = [p.pid for p in self.children]
-        targets = _descendants(roots) | _marked(self.marker)
+        targets = descendants(roots) | _marked(self.marker)
         for p in self.children:
             _signal_group(p.pid, signal.SIGTERM)
         for pid in targets:
@@ -229,7 +229,8 @@ def _pids() -> list[int]:
         return []
 
 
-def _descendants(roots: Sequence[int]) -> set[int]:
+def descendants(roots: Sequence[int]) -> set[int]:
+    """Every process below ``roots`` (from /proc), the roots themselves not included."""
     children: dict[int, list[int]] = {}
     for pid in _pids():
         stat = _proc_stat(pid)

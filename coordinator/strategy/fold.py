@@ -9,10 +9,10 @@ a resumed run's sums bit for bit those of an uninterrupted one.
     sum_k  <- sum_k + w_i * update_i[k]          for every tensor k, node i in order
     mean_k  = sum_k / sum_i w_i                  (w_i: node i's training tokens)
 
-With token rows (coordinator/replies.py), row r of the input embedding and of the output head
-is instead weighted by how often each node saw token r: a second running sum for those two
-tensors, sum_i counts_i[r] * update_i[k][r], divided by the tokens' total count; rows nobody
-saw keep the plain mean.
+With token rows (``weighted_mean_delta`` below says why), row r of the input embedding and
+of the output head is instead weighted by how often each node saw token r: a second running sum
+for those two tensors, sum_i counts_i[r] * update_i[k][r], divided by the tokens' total count;
+rows nobody saw keep the plain mean.
 """
 
 from __future__ import annotations
