@@ -13,38 +13,26 @@ The folder is emptied when the round ends (and when a run starts: a crash may le
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from coordinator.encoded_update import EncodedUpdate
 from coordinator.replies import TrainReply
+from step_model.checkpoint import TensorFile
 
 FOLDER = ".updates"
 
 
-class SpilledArrays(Mapping[str, torch.Tensor]):
+class SpilledArrays(TensorFile):
     """Encoded arrays written to ``path``, each read from disk when asked for."""
 
     def __init__(self, path: Path, arrays: Mapping[str, torch.Tensor]) -> None:
         save_file({k: v.contiguous() for k, v in arrays.items()}, str(path))
-        self.path = path
-        self.names = list(arrays)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        with safe_open(str(self.path), framework="pt") as f:
-            tensor: torch.Tensor = f.get_tensor(name)
-        return tensor
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
+        super().__init__(path, {k: k for k in arrays})
 
 
 class Spill:

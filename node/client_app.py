@@ -37,6 +37,7 @@ from node.trainer import (
 )
 from node.view_store import StaleView, ViewStore
 from step_common.errors import StepError
+from step_common.malloc import return_freed_memory
 from step_fed import protocol as P
 from step_fed.identity import NodeSigner
 from step_fed.secret_rng import secret_generator
@@ -130,12 +131,13 @@ def _error_reply(msg: Message, exc: Exception) -> Message:
 def _parse(msg: Message, settings: NodeSettings) -> tuple[P.RoundConfig, dict[str, torch.Tensor]]:
     """The round config and the global weights; an intN-delta change is applied to the
     weights this node kept (view_store.py), and the result is returned whole (fp32). A change
-    comes without the tokenizer: the node kept it with the weights."""
+    comes without the tokenizer: the node kept it with the weights. The message's arrays are
+    dropped as they become tensors (not two copies of the weights): count its bytes first."""
     config = msg.content[P.CONFIG]
     arrays = msg.content[P.ARRAYS]
     assert isinstance(arrays, ArrayRecord)
     cfg = P.RoundConfig.from_wire(dict(config))
-    received = dict(arrays.to_torch_state_dict())
+    received = dict(arrays.to_torch_state_dict(keep_input=False))
     if not cfg.view:  # whole weights, nothing to keep
         return cfg, received
     store = ViewStore(settings.state_dir)
@@ -180,8 +182,10 @@ def _same_tokenizer(cfg: P.RoundConfig, held: str) -> bool:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    return_freed_memory()  # model-sized tensors freed each round go back to the system
     try:
         settings = node_settings(context)
+        received = _received_bytes(msg)
         cfg, weights = _parse(msg, settings)
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
@@ -205,7 +209,7 @@ def train(msg: Message, context: Context) -> Message:
         return _error_reply(msg, exc)
     counts = {} if result.token_counts is None else {P.TOKEN_COUNTS: result.token_counts}
     arrays = ArrayRecord({**result.update, **counts})
-    metrics = _train_metrics(msg, cfg, result, arrays.count_bytes(), spent)
+    metrics = _train_metrics(cfg, result, received, arrays.count_bytes(), spent)
     _add_eval_metrics(metrics, evaluated)
     info = _node_info(settings)
     if spent is not None and signer is not None:
@@ -221,13 +225,13 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _train_metrics(
-    msg: Message, cfg: P.RoundConfig, result: RoundResult, sent: int, spent: LedgerEntry | None
+    cfg: P.RoundConfig, result: RoundResult, received: int, sent: int, spent: LedgerEntry | None
 ) -> dict[str, Any]:
     """A train reply's metrics: tokens, bytes, and the loss and time unless DP trained."""
     metrics: dict[str, Any] = {
         P.M_ROUND: cfg.round,
         P.M_NUM_TOKENS: sum(result.tokens_per_language.values()),
-        P.M_BYTES_RECEIVED: _received_bytes(msg),
+        P.M_BYTES_RECEIVED: received,
         P.M_BYTES_SENT: sent,
     }
     if spent is None:
@@ -291,6 +295,7 @@ def _private_round(
 def evaluate(msg: Message, context: Context) -> Message:
     try:
         settings = node_settings(context)
+        received = _received_bytes(msg)
         cfg, weights = _parse(msg, settings)
         tokenizer = _tokenizer(cfg)
         data = _data(settings, cfg, tokenizer)
@@ -301,7 +306,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         )  # fmt: skip
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
-    metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: _received_bytes(msg)}
+    metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: received}
     _add_eval_metrics(metrics, per_lang)
     content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
     _say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on held-out "

@@ -2,8 +2,9 @@
 
 DiLoCo keeps each worker's inner optimizer state across rounds; the data position (inner steps
 done so far) seeds the node's batches, so it never replays the same batch order; with a
-quantised update encoding, the residual of error feedback travels with them. Both are saved
-after every round, atomically, as ``<state_dir>/rounds/round-<N>/`` (safetensors + JSON +
+quantised update encoding, the residual of error feedback travels with them (read back tensor by
+tensor when the round's update is encoded, so it takes no memory while the node trains). All
+are saved after every round, atomically, as ``<state_dir>/rounds/round-<N>/`` (safetensors + JSON +
 SHA256SUMS), and the newest few are kept.
 
 A round's state is looked up as "the newest saved before round N", not "the newest": if the
@@ -14,13 +15,22 @@ by asking for round N again, and the node starts from exactly the state it had t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from step_common.errors import StepError
 from step_common.fileio import atomic_directory, atomic_write_text, remove_stale_temps, remove_tree
-from step_model.checkpoint import read_tree, verify_checkpoint, write_sums, write_tree
+from step_model.checkpoint import (
+    open_tensor_dict,
+    read_tree,
+    verify_checkpoint,
+    write_sums,
+    write_tree,
+)
 
 KEEP = 3
 
@@ -38,8 +48,9 @@ class InnerState:
     control: dict[str, Any] | None = None
     """For drift correction (trainer.py): the global weights the round started from, this
     node's update, and the round's summed learning rate."""
-    residual: dict[str, Any] | None = None
-    """Error feedback (trainer.py): what quantising this node's updates has not sent yet."""
+    residual: Mapping[str, torch.Tensor] | None = None
+    """Error feedback (trainer.py): what quantising this node's updates has not sent yet (as
+    loaded: read from disk one tensor at a time)."""
 
 
 class NodeStateStore:
@@ -66,7 +77,9 @@ class NodeStateStore:
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         optimizer = read_tree(path, "optimizer") if (path / "optimizer.json").is_file() else None
         control = read_tree(path, "control") if (path / "control.json").is_file() else None
-        residual = read_tree(path, "residual") if (path / "residual.json").is_file() else None
+        residual = (
+            open_tensor_dict(path, "residual") if (path / "residual.json").is_file() else None
+        )
         return InnerState(
             meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""), control,
             residual,
@@ -90,7 +103,7 @@ class NodeStateStore:
                 if state.control is not None:
                     write_tree(tmp, "control", state.control)
                 if state.residual is not None:
-                    write_tree(tmp, "residual", state.residual)
+                    write_tree(tmp, "residual", dict(state.residual))
                 write_sums(tmp)
         except OSError as e:
             raise StepError(

@@ -35,7 +35,7 @@ from node.dp_trainer import DPSettings, Records, dp_steps
 from node.state import InnerState, NodeStateStore
 from step_common.errors import StepError
 from step_fed.protocol import SEEN_ROWS, RoundConfig
-from step_fed.update_codec import QUANTISED, decode, encode
+from step_fed.update_codec import QUANTISED, decode, decode_one, encode
 from step_model.config import ModelConfig
 from step_model.data import LanguageMixture
 from step_model.evaluate import language_nll
@@ -130,9 +130,11 @@ def train_round(
         steps = _plain_steps(name, model, optimizer, data, tokenizer, cfg, state, weights, lrs)
     else:
         steps = _private_steps(model, optimizer, tokenizer, cfg, private, lrs)
-    local = model.state_dict()
-    delta = {k: (weights[k].float() - local[k].float().cpu()) for k in weights}
-    control = {"global": weights, "delta": delta, "lr_mass": sum(lrs)}
+    start = {k: v.clone() for k, v in weights.items()} if cfg.drift_correction else weights
+    delta = pseudo_gradient(weights, model)
+    control = {"global": start, "delta": delta, "lr_mass": sum(lrs)}
+    if cfg.drift_correction:  # the update below consumes delta: keep it for the next round
+        control["delta"] = {k: v.clone() for k, v in delta.items()}
     seen = None if steps.token_counts is None else steps.token_counts > 0
     names = SEEN_ROWS[cfg.seen_rows] if seen is not None else ()
     update, residual = with_error_feedback(cfg.update_encoding, delta, state, sha, seen, names)
@@ -173,6 +175,16 @@ def _mean_finite(losses: list[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
+def pseudo_gradient(weights: Weights, model: Transformer) -> Weights:
+    """theta_global - theta_local, computed in place in ``weights`` (the round's own copy of the
+    global weights in host memory, not needed after): no second fp32 model on the host. On a
+    GPU one parameter at a time is copied back. Same bits as ``weights[k] - local[k]``."""
+    with torch.no_grad():
+        for name, local in model.state_dict().items():
+            weights[name].sub_(local.float().cpu())
+    return weights
+
+
 def with_error_feedback(
     encoding: str,
     delta: Weights,
@@ -184,22 +196,28 @@ def with_error_feedback(
     """(encoded update to send, residual to keep): with a quantised encoding the update carries
     the residual of earlier rounds, and the new residual is what encoding it rounded away.
 
-    ``seen`` (vocab,) bool, ``names``: of these tensors send only the rows of the tokens seen
-    (round config ``seen_rows``); the other rows' change this round is dropped (the coordinator
-    would weigh it 0), and their residual waits for a round in which the token is seen."""
+    Consumes ``delta``: one tensor at a time, the residual is written into its memory (a node
+    holds no second and third fp32 model while it encodes). ``seen`` (vocab,) bool, ``names``:
+    of these tensors send only the rows of the tokens seen (round config ``seen_rows``); the
+    other rows' change this round is dropped (the coordinator would weigh it 0), and their
+    residual waits for a round in which the token is seen."""
     if encoding not in QUANTISED:
         return encode(_seen_only(delta, seen, names), encoding), None
     carried = state.residual if state.model_sha == sha else None
-    sent = delta if carried is None else {k: delta[k] + carried[k] for k in delta}
-    wire = _seen_only(sent, seen, names)
-    encoded = encode(wire, encoding)
-    arrives = decode(encoded, encoding, {k: v.shape for k, v in wire.items()})
-    residual = {k: wire[k] - arrives[k] for k in wire}
-    for name in names:
-        rows = torch.zeros_like(sent[name]) if carried is None else carried[name].clone()
-        rows[seen] = residual[name]
-        residual[name] = rows
-    return encoded, residual
+    encoded: Weights = {}
+    for name, sent in delta.items():
+        held = None if carried is None else carried[name]
+        if held is not None:
+            sent.add_(held)
+        rows = seen if seen is not None and name in names else None
+        wire = sent if rows is None else sent[rows]
+        one = encode({name: wire}, encoding)
+        lost = wire.sub_(decode_one(one, encoding, name, wire.shape))
+        if rows is not None:  # unseen rows keep what they held; seen rows what was lost now
+            sent[rows] = lost
+            sent[~rows] = 0.0 if held is None else held[~rows]
+        encoded.update(one)
+    return encoded, delta
 
 
 def _seen_only(update: Weights, seen: torch.Tensor | None, names: tuple[str, ...]) -> Weights:

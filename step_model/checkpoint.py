@@ -18,11 +18,13 @@ A *run folder* holds ``checkpoints/<name>/`` folders and a ``LATEST`` file namin
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from step_common.errors import StepError
@@ -91,6 +93,39 @@ def write_tree(folder: Path, stem: str, tree: Any) -> None:
 def read_tree(folder: Path, stem: str) -> Any:
     skeleton = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
     return unpack_tree(skeleton, load_file(str(folder / f"{stem}.safetensors")))
+
+
+class TensorFile(Mapping[str, torch.Tensor]):
+    """The tensors of a safetensors file, each read from disk when asked for: a holder of a
+    file the size of a model keeps in memory only the tensor it is using. ``names`` maps the
+    names it answers to onto the names in the file (default: the file's own)."""
+
+    def __init__(self, path: Path, names: dict[str, str] | None = None) -> None:
+        self.path = path
+        if names is None:
+            with safe_open(str(path), framework="pt") as f:
+                names = {k: k for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        self.names = names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with safe_open(str(self.path), framework="pt") as f:
+            tensor: torch.Tensor = f.get_tensor(self.names[name])
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def open_tensor_dict(folder: Path, stem: str) -> TensorFile:
+    """A ``write_tree`` of a flat {name: tensor} dict, read tensor by tensor (``TensorFile``)."""
+    skeleton = json.loads((folder / f"{stem}.json").read_text(encoding="utf-8"))
+    entries = skeleton.get("__dict__") if isinstance(skeleton, dict) else None
+    if entries is None or not all(isinstance(v, dict) and "__tensor__" in v for _, v in entries):
+        raise ValueError(f"{folder / stem}.json is not a flat dict of tensors")
+    return TensorFile(folder / f"{stem}.safetensors", {k: v["__tensor__"] for k, v in entries})
 
 
 def write_sums(folder: Path) -> None:

@@ -71,7 +71,7 @@ def test_error_feedback_delays_what_rounding_loses_and_loses_nothing(tmp_path: P
     for round_ in range(1, 6):
         delta = {k: torch.randn(s) * 1e-3 for k, s in shapes.items()}
         state = store.latest_before(round_)
-        encoded, residual = with_error_feedback("int4", delta, state, "sha")
+        encoded, residual = with_error_feedback("int4", _copy(delta), state, "sha")
         assert residual is not None
         store.save(InnerState(round_, 0, None, "sha", None, residual))
         for k in shapes:
@@ -90,7 +90,7 @@ def test_no_error_feedback_without_quantisation_or_across_models() -> None:
     plain, residual = with_error_feedback("fp32", delta, fresh, "sha")
     assert torch.equal(plain["w"], delta["w"]) and residual is None
     other = InnerState(1, 0, None, "old-model", None, {"w": torch.ones(4, 4)})
-    encoded, _ = with_error_feedback("int8", delta, other, "sha")  # a residual of another model
+    encoded, _ = with_error_feedback("int8", _copy(delta), other, "sha")  # another model's residual
     assert all(torch.equal(encoded[k], v) for k, v in encode(delta, "int8").items())
 
 
@@ -112,7 +112,7 @@ def test_error_feedback_with_seen_rows_sends_only_those_and_keeps_the_rest_waiti
         seen = torch.rand(vocab) < 0.5
         state = store.latest_before(round_)
         encoded, residual = with_error_feedback(
-            "int4", delta, state, "sha", seen, (EMBEDDING_WEIGHT,)
+            "int4", _copy(delta), state, "sha", seen, (EMBEDDING_WEIGHT,)
         )
         assert residual is not None and residual[EMBEDDING_WEIGHT].shape == (vocab, dim)
         sent_shapes = {**shapes, EMBEDDING_WEIGHT: torch.Size([int(seen.sum()), dim])}
@@ -127,3 +127,28 @@ def test_error_feedback_with_seen_rows_sends_only_those_and_keeps_the_rest_waiti
         held = residual
     for k in shapes:
         assert torch.allclose(arrived[k] + held[k], total[k], atol=1e-7)
+
+
+def _copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in tensors.items()}
+
+
+def test_error_feedback_in_place_has_the_bits_of_the_plain_formula(tmp_path: Path) -> None:
+    """The update is encoded and its residual kept in the delta's own memory, one tensor at a
+    time, the carried residual read from disk tensor by tensor: the same bytes on the wire and
+    the same residual, bit for bit, as  sent = delta + carried; residual = sent - decode(sent)."""
+    torch.manual_seed(1)
+    shapes = {"w": torch.Size([6, 8]), "b": torch.Size([8])}
+    store = NodeStateStore(tmp_path)
+    carried = {k: torch.randn(s) * 1e-4 for k, s in shapes.items()}
+    store.save(InnerState(1, 0, None, "sha", None, carried))
+    state = store.latest_before(2)
+    assert state.residual is not None and not isinstance(state.residual, dict)  # read lazily
+    delta = {k: torch.randn(s) * 1e-3 for k, s in shapes.items()}
+    sent = {k: delta[k] + carried[k] for k in shapes}
+    want = encode(sent, "int3")
+    arrives = decode(want, "int3", shapes)
+    encoded, residual = with_error_feedback("int3", _copy(delta), state, "sha")
+    assert residual is not None and list(encoded) == list(want)
+    assert all(torch.equal(encoded[k], want[k]) for k in want)
+    assert all(torch.equal(residual[k], sent[k] - arrives[k]) for k in shapes)
