@@ -190,6 +190,7 @@ def check(
         "languages": rows,
         "train_tokens": sum(r["train_tokens"] for r in rows.values()),
         "device": _device_name(nf.settings.device),
+        "workers": nf.settings.workers,
         "fingerprint": fingerprint(key),
         "ok": True,
     }
@@ -204,6 +205,9 @@ def check(
         out.print(f"note: no held-out text for {no_holdout}: they are trained, not evaluated")
     out.print(f"data ok: {len(rows)} languages, {report['train_tokens']:,} training tokens")
     out.print(f"trains on: {report['device']} (resources.device: {nf.settings.device})")
+    if nf.settings.workers > 1:
+        out.print(f"with {nf.settings.workers} torchrun workers, FSDP2-sharded "
+                  "(resources.gpus; `step-node start` starts them)")  # fmt: skip
     if json_out:
         emit_json(report)
 

@@ -36,6 +36,7 @@ from node.trainer import (
     train_round,
 )
 from node.view_store import StaleView, ViewStore
+from node.worker_inbox import WorkerFolder
 from step_common.errors import StepError
 from step_common.malloc import return_freed_memory
 from step_fed import protocol as P
@@ -204,7 +205,12 @@ def train(msg: Message, context: Context) -> Message:
                 )  # fmt: skip
             except EvaluationRefused as exc:  # the training itself asks nothing of held-out text
                 log.warning("%s", exc)
-        result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
+        if settings.workers > 1:  # the node's torchrun workers train it (node/worker_group.py)
+            result = _on_workers(settings, cfg, weights)
+        else:
+            result = train_round(
+                settings.name, data, tokenizer, cfg, weights, store, private, device
+            )
     except (StepError, ValueError) as exc:
         return _error_reply(msg, exc)
     counts = {} if result.token_counts is None else {P.TOKEN_COUNTS: result.token_counts}
@@ -222,6 +228,15 @@ def train(msg: Message, context: Context) -> Message:
          f"{result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "
          f"{_mb(metrics[P.M_BYTES_SENT])}{privacy}")  # fmt: skip
     return Message(content, reply_to=msg)
+
+
+def _on_workers(
+    settings: NodeSettings, cfg: P.RoundConfig, weights: dict[str, torch.Tensor]
+) -> RoundResult:
+    """The round trained by the node's torchrun workers, handed over through its state folder."""
+    reply = WorkerFolder(settings.state_dir).run_round(settings.name, cfg, weights)
+    counts = reply.token_counts.to(torch.int32)
+    return RoundResult(reply.update, reply.tokens, counts, reply.mean_loss, reply.wall_s)
 
 
 def _train_metrics(

@@ -51,6 +51,9 @@ class Resources(BaseModel):
     model_config = STRICT
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: a CUDA GPU when one is visible, else cpu."""
+    gpus: int = Field(default=1, ge=1)
+    """Training workers on this host, one per GPU (torchrun + FSDP2, node/worker_group.py); on
+    a CPU-only node (device: cpu) that many CPU processes (gloo). 1: one device, no workers."""
     threads: int = Field(default=0, ge=0)
     """CPU threads for training (0: all cores)."""
     max_backoff_s: YamlFloat = Field(default=60.0, gt=0)
@@ -157,6 +160,7 @@ encoding: null                  # encoding of your .txt/.jsonl files: null (UTF-
 privacy: null                   # local DP, e.g. {{epsilon: 8, delta: 1.0e-6, rounds: 20}}
 resources:
   device: auto                  # auto: a CUDA GPU when one is visible, else cpu; or cpu, cuda
+  gpus: 1                       # >1: that many torchrun workers (FSDP2), one per GPU
   threads: 0                    # CPU threads for training (0: all cores)
   max_backoff_s: 60             # longest wait between reconnection attempts
 """
@@ -199,6 +203,7 @@ def load_node_file(path: Path, simulated: bool = False) -> NodeFile:
             f"{path}: resources.device is cuda but no CUDA GPU is visible to this process: "
             "check the driver and CUDA_VISIBLE_DEVICES, or set it to auto or cpu"
         )
+    _check_workers(doc, path)
     folder = path.parent
     return NodeFile(
         path,
@@ -210,6 +215,26 @@ def load_node_file(path: Path, simulated: bool = False) -> NodeFile:
         doc.resources.max_backoff_s,
         folder / doc.federation_key if doc.federation_key else None,
     )
+
+
+def _check_workers(doc: NodeYaml, path: Path) -> None:
+    """What torchrun workers cannot do yet, and GPUs that are not there, refused up front."""
+    gpus = doc.resources.gpus
+    if gpus == 1:
+        return
+    if doc.privacy is not None:
+        raise StepError(
+            f"{path}: privacy (DP-SGD) does not run on several workers yet: set resources.gpus "
+            "to 1, or train without local DP"
+        )
+    cuda = doc.resources.device == "cuda" or (
+        doc.resources.device == "auto" and torch.cuda.is_available()
+    )
+    if cuda and torch.cuda.device_count() < gpus:
+        raise StepError(
+            f"{path}: resources.gpus is {gpus} but this host has {torch.cuda.device_count()} "
+            "CUDA GPUs visible: lower gpus, or check CUDA_VISIBLE_DEVICES"
+        )
 
 
 def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSettings:
@@ -224,6 +249,7 @@ def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSetti
         doc.resources.device,
         doc.encoding,
         key,
+        doc.resources.gpus,
     )
 
 

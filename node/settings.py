@@ -44,3 +44,6 @@ class NodeSettings:
     key: Path | None = None
     """The node's private key (a deployed node): it signs the privacy ledger and the epsilon
     the node reports. None in a simulation (no keys)."""
+    workers: int = 1
+    """Torchrun workers that train each round (node.yaml ``resources.gpus``); 1: the ClientApp
+    trains on its own device."""

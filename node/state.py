@@ -15,6 +15,7 @@ by asking for round N again, and the node starts from exactly the state it had t
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,13 @@ from typing import Any
 import torch
 
 from step_common.errors import StepError
-from step_common.fileio import atomic_directory, atomic_write_text, remove_stale_temps, remove_tree
+from step_common.fileio import (
+    atomic_write_text,
+    commit_directory,
+    remove_stale_temps,
+    remove_tree,
+    temporary_directory,
+)
 from step_model.checkpoint import (
     open_tensor_dict,
     read_tree,
@@ -33,6 +40,8 @@ from step_model.checkpoint import (
 )
 
 KEEP = 3
+SHARDED = "optimizer-sharded"
+"""The subfolder of a round's state with the AdamW state of torchrun workers (DCP format)."""
 
 
 @dataclass
@@ -51,6 +60,9 @@ class InnerState:
     residual: Mapping[str, torch.Tensor] | None = None
     """Error feedback (trainer.py): what quantising this node's updates has not sent yet (as
     loaded: read from disk one tensor at a time)."""
+    sharded: Path | None = None
+    """As loaded from a node that trained on torchrun workers: the folder of its AdamW state,
+    saved per shard with torch.distributed.checkpoint (read by any number of workers)."""
 
 
 class NodeStateStore:
@@ -76,39 +88,63 @@ class NodeStateStore:
         verify_checkpoint(path, required=("state.json",))
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         optimizer = read_tree(path, "optimizer") if (path / "optimizer.json").is_file() else None
+        sharded = path / SHARDED if (path / SHARDED / ".metadata").is_file() else None
         control = read_tree(path, "control") if (path / "control.json").is_file() else None
         residual = (
             open_tensor_dict(path, "residual") if (path / "residual.json").is_file() else None
         )
         return InnerState(
             meta["round"], meta["node_step"], optimizer, meta.get("model_sha", ""), control,
-            residual,
+            residual, sharded,
         )  # fmt: skip
 
     def save(self, state: InnerState) -> None:
-        target = self.root / f"round-{state.round:08d}"
-        remove_stale_temps(self.root)  # left by a node killed mid-save
-        if target.exists():  # this round was trained before (a coordinator resume): replace
-            remove_tree(target)
+        tmp = self.begin(state.round)
         try:
-            with atomic_directory(target) as tmp:
-                meta = {
-                    "round": state.round,
-                    "node_step": state.node_step,
-                    "model_sha": state.model_sha,
-                }
-                atomic_write_text(tmp / "state.json", json.dumps(meta))
-                if state.optimizer is not None:
-                    write_tree(tmp, "optimizer", state.optimizer)
-                if state.control is not None:
-                    write_tree(tmp, "control", state.control)
-                if state.residual is not None:
-                    write_tree(tmp, "residual", dict(state.residual))
-                write_sums(tmp)
+            if state.optimizer is not None:
+                write_tree(tmp, "optimizer", state.optimizer)
         except OSError as e:
-            raise StepError(
-                f"cannot write node state in {self.root} ({e}): check the state "
-                "folder's permissions and free space"
-            ) from None
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._unwritable(e) from None
+        self.commit(tmp, state)
+
+    def begin(self, round_: int) -> Path:
+        """A temporary folder for round ``round_``'s state. Torchrun workers write their shards
+        of the AdamW state into its ``optimizer-sharded/`` subfolder (node/sharded_round.py)
+        before worker 0 commits it; a kill before that leaves a temporary ``begin`` removes."""
+        remove_stale_temps(self.root)  # left by a node killed mid-save
+        return temporary_directory(self._target(round_))
+
+    def commit(self, tmp: Path, state: InnerState) -> None:
+        """Complete ``tmp`` with the rest of ``state`` and its SHA256SUMS, and make it round
+        ``state.round``'s state in one rename (a state of that round saved before, when the
+        coordinator resumed and asked for the round again, is replaced)."""
+        target = self._target(state.round)
+        try:
+            meta = {"round": state.round, "node_step": state.node_step,
+                    "model_sha": state.model_sha}  # fmt: skip
+            atomic_write_text(tmp / "state.json", json.dumps(meta))
+            if state.control is not None:
+                write_tree(tmp, "control", state.control)
+            if state.residual is not None:
+                write_tree(tmp, "residual", dict(state.residual))
+            write_sums(tmp)
+            remove_tree(target)
+            commit_directory(tmp, target)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise self._unwritable(e) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         for _, old in self._dirs()[: -self.keep]:
             remove_tree(old)
+
+    def _target(self, round_: int) -> Path:
+        return self.root / f"round-{round_:08d}"
+
+    def _unwritable(self, e: OSError) -> StepError:
+        return StepError(
+            f"cannot write node state in {self.root} ({e}): check the state folder's "
+            "permissions and free space"
+        )

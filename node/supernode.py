@@ -52,6 +52,7 @@ _DIGITS = re.compile(r"\d+(\.\d+)?")
 QUIET_S = 60.0
 REFUSAL_RETRY_S = 5.0
 KEY_GRACE_S = 75.0
+WORKER_RESTARTS = 100
 """How long a refused activation is retried before it counts as a refused key. The SuperLink
 answers "Failed to activate SuperNode" both to a key it does not know and to a node whose
 previous session it still holds: after a crash that session stays open until its heartbeats are
@@ -137,6 +138,16 @@ def _argv(nf: NodeFile, port: int, trusted: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def worker_argv(nf: NodeFile) -> list[str]:
+    """The node's torchrun workers on this host (``resources.gpus`` of them): torchrun restarts
+    the whole group when one dies (its own elastic agent, up to ``WORKER_RESTARTS`` times)."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={nf.settings.workers}", f"--max-restarts={WORKER_RESTARTS}",
+        "-m", "node.worker_group", str(nf.path),
+    ]  # fmt: skip
+
+
 def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
     """Run the SuperNode until Ctrl-C (KeyboardInterrupt) or a refusal (NodeRefused)."""
     for path, what in ((nf.ca, "the CA certificate"), (nf.private_key, "the node's key")):
@@ -148,7 +159,12 @@ def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:
     marker = new_marker()
     _set_status(nf, "connecting")
     try:
-        with watchdog(marker), ChildProcesses(marker) as procs:
+        with watchdog(marker), ChildProcesses(marker) as workers, ChildProcesses(marker) as procs:
+            if nf.settings.workers > 1:
+                with (nf.folder / "logs" / "workers.log").open("ab") as log:
+                    workers.spawn(worker_argv(nf), flower_env(nf.folder / "flwr_home", marker),
+                                  log, subprocess.STDOUT)  # fmt: skip
+                say(f"started {nf.settings.workers} torchrun workers (log: logs/workers.log)")
             backoff, quiet = _Backoff(nf), Quiet()
             while True:
                 say(f"connecting to {nf.coordinator} (TLS, node key) as {nf.name}")

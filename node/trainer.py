@@ -125,7 +125,7 @@ def train_round(
     sha = model_sha(cfg)
     if state.optimizer is not None and state.model_sha == sha:
         optimizer.load_state_dict(state.optimizer)
-    lrs = _inner_lrs(cfg)
+    lrs = inner_lrs(cfg)
     if private is None:
         steps = _plain_steps(name, model, optimizer, data, tokenizer, cfg, state, weights, lrs)
     else:
@@ -152,12 +152,12 @@ def train_round(
         update,
         steps.tokens,
         steps.token_counts,
-        _mean_finite(steps.losses),
+        mean_finite(steps.losses),
         time.perf_counter() - t0,
     )
 
 
-def _inner_lrs(cfg: RoundConfig) -> list[float]:
+def inner_lrs(cfg: RoundConfig) -> list[float]:
     """The learning rate of each inner step: that of its global step on the federation's
     schedule."""
     total = cfg.total_steps or cfg.total_rounds * cfg.inner_steps
@@ -169,7 +169,7 @@ def _inner_lrs(cfg: RoundConfig) -> list[float]:
     ]  # fmt: skip
 
 
-def _mean_finite(losses: list[float]) -> float:
+def mean_finite(losses: list[float]) -> float:
     """The mean of the finite losses (nan if none is)."""
     finite = [x for x in losses if math.isfinite(x)]
     return sum(finite) / len(finite) if finite else float("nan")
@@ -202,25 +202,38 @@ def with_error_feedback(
     other rows' change this round is dropped (the coordinator would weigh it 0), and their
     residual waits for a round in which the token is seen."""
     if encoding not in QUANTISED:
-        return encode(_seen_only(delta, seen, names), encoding), None
+        return encode(seen_only(delta, seen, names), encoding), None
     carried = state.residual if state.model_sha == sha else None
     encoded: Weights = {}
     for name, sent in delta.items():
         held = None if carried is None else carried[name]
-        if held is not None:
-            sent.add_(held)
         rows = seen if seen is not None and name in names else None
-        wire = sent if rows is None else sent[rows]
-        one = encode({name: wire}, encoding)
-        lost = wire.sub_(decode_one(one, encoding, name, wire.shape))
-        if rows is not None:  # unseen rows keep what they held; seen rows what was lost now
-            sent[rows] = lost
-            sent[~rows] = 0.0 if held is None else held[~rows]
-        encoded.update(one)
+        encoded.update(feedback_one(name, sent, held, rows, encoding))
     return encoded, delta
 
 
-def _seen_only(update: Weights, seen: torch.Tensor | None, names: tuple[str, ...]) -> Weights:
+def feedback_one(
+    name: str,
+    sent: torch.Tensor,
+    held: torch.Tensor | None,
+    rows: torch.Tensor | None,
+    encoding: str,
+) -> Weights:
+    """Error feedback for one tensor of a quantised update: adds the ``held`` residual to
+    ``sent`` and encodes it (only ``rows``, a (vocab,) bool, if given); ``sent`` becomes the new
+    residual in place (unsent rows keep what they held). Returns the encoded arrays."""
+    if held is not None:
+        sent.add_(held)
+    wire = sent if rows is None else sent[rows]
+    one = encode({name: wire}, encoding)
+    lost = wire.sub_(decode_one(one, encoding, name, wire.shape))
+    if rows is not None:  # unseen rows keep what they held; seen rows what was lost now
+        sent[rows] = lost
+        sent[~rows] = 0.0 if held is None else held[~rows]
+    return one
+
+
+def seen_only(update: Weights, seen: torch.Tensor | None, names: tuple[str, ...]) -> Weights:
     """The update with only the ``seen`` rows of the tensors ``names``."""
     if seen is None or not names:
         return update

@@ -102,22 +102,35 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     ``path`` must not exist yet (a folder cannot be atomically renamed over a non-empty one);
     on any error the temporary folder is removed and ``path`` is untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temporary_directory(path)
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0o700
         yield tmp
-        for child in tmp.iterdir():
-            if child.is_file():
-                with open(child, "rb") as f:
-                    _fsync(f.fileno())
-        _fsync_dir(tmp)
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
+        commit_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def temporary_directory(path: Path) -> Path:
+    """A new temporary sibling folder of ``path`` (``remove_stale_temps`` clears it after a
+    kill), for writers that fill it in more than one process before ``commit_directory``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0o700
+    return tmp
+
+
+def commit_directory(tmp: Path, path: Path) -> None:
+    """Make the filled temporary folder ``tmp`` durable and rename it to ``path`` (which must
+    not exist) in one step."""
+    for child in tmp.rglob("*"):
+        if child.is_file():
+            with open(child, "rb") as f:
+                _fsync(f.fileno())
+    _fsync_dir(tmp)
+    os.rename(tmp, path)
+    _fsync_dir(Path(path).parent)
 
 
 @contextmanager
@@ -125,8 +138,6 @@ def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock on ``path`` (created 0600 if missing) for the block:
     processes that take the same lock run the block one at a time; the lock goes with the
     process, so a killed holder never leaves it held."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

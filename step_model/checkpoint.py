@@ -129,8 +129,10 @@ def open_tensor_dict(folder: Path, stem: str) -> TensorFile:
 
 
 def write_sums(folder: Path) -> None:
-    """SHA256SUMS over every other file of ``folder`` (``sha256sum -c`` format)."""
-    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != SUMS)
+    """SHA256SUMS over every other file of ``folder`` and its subfolders (``sha256sum -c``
+    format, paths relative to ``folder``)."""
+    found = (p for p in folder.rglob("*") if p.is_file() and p.name != SUMS)
+    files = sorted(p.relative_to(folder).as_posix() for p in found)
     atomic_write_text(folder / SUMS, "".join(f"{sha256_file(folder / n)}  {n}\n" for n in files))
 
 

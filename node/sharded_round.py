@@ -1,0 +1,180 @@
+"""One round of the node's inner loop on its torchrun workers: node/trainer.py's ``train_round``
+with the model, its gradients and the AdamW state sharded (node/sharded.py).
+
+Every worker runs this function together (each call inside is a collective or the same on all):
+
+  1. the model is built empty and sharded; worker 0 decodes the received global weights and
+     they are scattered into the shards; each worker keeps a copy of its shard (the base);
+  2. the inner AdamW state of the round before is read from the node's state folder (saved per
+     shard, resharded to this many workers); the data position comes with it;
+  3. H steps on the same batches as one device would draw (``LanguageMixture`` at the node's
+     step), each worker on its rows;
+  4. the pseudo-gradient per shard, gathered to worker 0 one tensor at a time, where error
+     feedback and the encoding run tensor by tensor (trainer.py ``feedback_one``): worker 0
+     holds the encoded update and the new residual, no other whole copy of the model;
+  5. the state is saved: every worker writes its shard of the AdamW state into a temporary
+     folder, then worker 0 adds the data position and the residual and renames it into place
+     (node/state.py ``begin``/``commit``): a worker killed at any moment leaves the state of
+     the round before, from which the round is trained again to the same bits.
+
+Not yet on workers: DP-SGD and drift correction (refused with the fix).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import torch
+import torch.distributed as dist
+
+from node.data import NodeData
+from node.sharded import (
+    empty_sharded,
+    gathered_update,
+    load_global,
+    load_optimizer,
+    local_shards,
+    save_optimizer,
+    sharded_steps,
+    worker_mesh,
+)
+from node.state import SHARDED, InnerState, NodeStateStore
+from node.trainer import (
+    RoundResult,
+    TrainingDiverged,
+    Weights,
+    feedback_one,
+    inner_lrs,
+    mean_finite,
+    model_config,
+    model_sha,
+    model_shapes,
+    node_seed,
+    seen_only,
+)
+from step_common.errors import StepError
+from step_fed.protocol import SEEN_ROWS, RoundConfig
+from step_fed.update_codec import QUANTISED, decode, encode
+from step_model.data import LanguageMixture
+from step_model.model import Transformer
+from step_model.tokenizer import Tokenizer
+from step_model.train import make_optimizer
+
+log = logging.getLogger("step.node")
+
+
+def sharded_round(
+    name: str,
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    received: Weights | None,
+    store: NodeStateStore,
+    device: torch.device,
+    precision: str = "fp32",
+) -> RoundResult | None:
+    """The round on every worker; ``received`` (the message's arrays) on worker 0 only, which
+    alone gets the result (the others None)."""
+    if cfg.drift_correction:
+        raise StepError(
+            "drift correction does not run on torchrun workers yet: set drift_correction: "
+            "false in the federation, or train this node on one device (resources.gpus: 1)"
+        )
+    t0 = time.perf_counter()
+    lead = dist.get_rank() == 0
+    model = empty_sharded(model_config(cfg), worker_mesh(device), device, precision)
+    whole = (
+        decode(received, cfg.broadcast_encoding, model_shapes(cfg)) if lead and received else None
+    )
+    load_global(model, whole)
+    del whole, received
+    base = local_shards(model)
+    model.train()
+    optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    state = store.latest_before(cfg.round)
+    sha = model_sha(cfg)
+    _restore(model, optimizer, state, sha)
+    mixture = LanguageMixture(
+        data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
+    )
+    draws = [mixture.batch(state.node_step + h, cfg.batch_size) for h in range(cfg.inner_steps)]
+    losses = sharded_steps(model, optimizer, [(x, y) for x, y, _ in draws], inner_lrs(cfg),
+                           cfg.grad_clip)  # fmt: skip
+    bad = [h for h, loss in enumerate(losses) if not math.isfinite(loss)]
+    if bad:
+        raise TrainingDiverged(
+            f"node {name}: loss became {losses[bad[0]]} at inner step {bad[0]} of round "
+            f"{cfg.round}: lower the inner lr"
+        )
+    tokens = {lang: int(sum(int(d[2][i]) for d in draws)) for i, lang in enumerate(mixture.langs)}
+    counts = torch.zeros(tokenizer.vocab_size, dtype=torch.int64)
+    for _, y, _ in draws:
+        counts += torch.bincount(y.reshape(-1), minlength=tokenizer.vocab_size)
+    update, residual = _encoded(model, base, cfg, state, sha, counts > 0)
+    _save(store, model, optimizer, InnerState(cfg.round, state.node_step + cfg.inner_steps,
+                                              None, sha, None, residual))  # fmt: skip
+    if not lead:
+        return None
+    return RoundResult(update, tokens, counts.to(torch.int32), mean_finite(losses),
+                       time.perf_counter() - t0)  # fmt: skip
+
+
+def _restore(
+    model: Transformer, optimizer: torch.optim.Optimizer, state: InnerState, sha: str
+) -> None:
+    """The AdamW state of the round before, if it belongs to this model."""
+    if state.model_sha != sha:
+        return
+    if state.sharded is not None:
+        load_optimizer(model, optimizer, state.sharded)
+    elif state.optimizer is not None and dist.get_rank() == 0:
+        log.warning(
+            "the inner AdamW state was saved on one device: the workers start theirs afresh "
+            "(the data position carries over)"
+        )
+
+
+def _encoded(
+    model: Transformer,
+    base: Weights,
+    cfg: RoundConfig,
+    state: InnerState,
+    sha: str,
+    seen: torch.Tensor,
+) -> tuple[Weights, Weights | None]:
+    """(encoded update, residual to keep) on worker 0, built one gathered tensor at a time;
+    ({}, None) on the others, which only take part in the gathers."""
+    quantised = cfg.update_encoding in QUANTISED
+    carried = state.residual if quantised and state.model_sha == sha else None
+    names = SEEN_ROWS[cfg.seen_rows]
+    encoded: Weights = {}
+    residual: Weights = {}
+    for name, delta in gathered_update(model, base):
+        rows = seen if name in names else None
+        if quantised:
+            held = None if carried is None else carried[name]
+            encoded.update(feedback_one(name, delta, held, rows, cfg.update_encoding))
+            residual[name] = delta
+        else:
+            encoded.update(encode(seen_only({name: delta}, rows, (name,)), cfg.update_encoding))
+    return encoded, (residual if quantised and dist.get_rank() == 0 else None)
+
+
+def _save(
+    store: NodeStateStore,
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    state: InnerState,
+) -> None:
+    """Every worker's shard of the AdamW state, then worker 0's commit of the whole state."""
+    folder = [store.begin(state.round) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(folder, src=0)
+    tmp = folder[0]
+    assert tmp is not None
+    save_optimizer(model, optimizer, tmp / SHARDED)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        store.commit(tmp, state)
+    dist.barrier()

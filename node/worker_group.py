@@ -1,0 +1,140 @@
+"""The node's persistent group of torchrun workers: they wait for rounds and train them.
+
+    torchrun --nproc-per-node G [--nnodes H --rdzv-backend c10d --rdzv-endpoint HOST:PORT]
+        -m node.worker_group NODE_YAML
+
+``step-node start`` launches it (and torchrun restarts the group when a worker dies). Worker 0
+watches the inbox (node/worker_inbox.py) and, every few seconds, tells the others what to do
+next (a collective: wait, or train this request), so all of them stay in step and none sits in
+a collective long enough to time out. A round runs node/sharded_round.py on every worker;
+worker 0 writes the reply. A round that fails with a user error (diverged, bad input) is
+answered with the error; anything else stops the group, which torchrun then restarts, and the
+request, still in the inbox, is trained again from the saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from node.data import NodeData, load_node_data
+from node.node_config import load_node_file
+from node.settings import NodeSettings
+from node.sharded_round import sharded_round
+from node.state import NodeStateStore
+from node.worker_inbox import HEARTBEAT_S, Reply, Request, WorkerFolder
+from step_common.errors import StepError
+from step_model.tokenizer import Tokenizer, tokenizer_from_json
+from step_model.train import pick_device
+
+log = logging.getLogger("step.node.workers")
+_POLL_S = 0.2
+TIMEOUT = timedelta(minutes=30)
+"""Of one collective: a round's inner steps are many collectives, the wait between rounds is
+broken into ``HEARTBEAT_S`` pieces."""
+
+
+def serve(node_file: Path) -> None:
+    nf = load_node_file(node_file)
+    settings = nf.settings
+    device = pick_device(settings.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    if nf.threads:
+        torch.set_num_threads(nf.threads)
+    folder = WorkerFolder(settings.state_dir)
+    lead = dist.get_rank() == 0
+    cache: dict[str, tuple[Tokenizer, NodeData]] = {}
+    if lead:
+        log.info("%d workers ready on %s", dist.get_world_size(), device)
+    while True:
+        request = _next(folder) if lead else None
+        shared: list[Request | None] = [request]
+        dist.broadcast_object_list(shared, src=0)
+        request = shared[0]
+        if request is None:
+            continue
+        _train(request, settings, folder, device, cache, lead)
+
+
+def _next(folder: WorkerFolder) -> Request | None:
+    """Worker 0: a request, or None after ``HEARTBEAT_S`` without one."""
+    deadline = time.monotonic() + HEARTBEAT_S
+    folder.beat("waiting")
+    while time.monotonic() < deadline:
+        request = folder.next_request()
+        if request is not None:
+            folder.beat(f"round {request.cfg.round}")
+            return request
+        time.sleep(_POLL_S)
+    return None
+
+
+def _train(
+    request: Request,
+    settings: NodeSettings,
+    folder: WorkerFolder,
+    device: torch.device,
+    cache: dict[str, tuple[Tokenizer, NodeData]],
+    lead: bool,
+) -> None:
+    cfg = request.cfg
+    if cfg.tokenizer_sha256 not in cache:
+        tokenizer = tokenizer_from_json(cfg.tokenizer, "round config")
+        cache[cfg.tokenizer_sha256] = (tokenizer, load_node_data(settings, tokenizer))
+    tokenizer, data = cache[cfg.tokenizer_sha256]
+    store = NodeStateStore(settings.state_dir)
+    try:
+        with _beating(folder, f"round {cfg.round}", lead):
+            result = sharded_round(request.name, data, tokenizer, cfg,
+                                   request.weights() if lead else None, store, device)  # fmt: skip
+    except StepError as exc:  # the same on every worker (diverged, refused): answer it
+        if lead:
+            folder.fail(request, str(exc))
+        return
+    if lead:
+        assert result is not None and result.token_counts is not None
+        reply = Reply(result.update, result.token_counts, result.tokens_per_language,
+                      result.mean_loss, result.wall_s)  # fmt: skip
+        folder.reply(request, reply)
+
+
+class _beating:
+    """Worker 0 refreshes the heartbeat from a thread while a round trains."""
+
+    def __init__(self, folder: WorkerFolder, doing: str, lead: bool) -> None:
+        self.folder, self.doing, self.lead = folder, doing, lead
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            self.folder.beat(self.doing)
+
+    def __enter__(self) -> None:
+        if self.lead:
+            self.thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
+    if len(sys.argv) != 2:
+        sys.exit("usage: torchrun ... -m node.worker_group NODE_YAML")
+    serve(Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()

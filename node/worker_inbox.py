@@ -1,0 +1,173 @@
+"""How the node's one ClientApp hands a round to its torchrun workers and gets the update back.
+
+The ClientApp (Flower starts one per message) and the workers (a persistent torchrun group
+that ``step-node start`` launches, node/worker_group.py) meet in ``<state_dir>/workers/``:
+
+    inbox/<id>/    round.json (the round config + node name), weights.safetensors (the global
+                   weights, fp32): written by the ClientApp in one rename
+    outbox/<id>/   update.safetensors (the encoded update), counts.safetensors (token counts),
+                   result.json (tokens per language, mean loss, seconds), or error.json:
+                   written by worker 0 in one rename
+    heartbeat      worker 0's pid, what it is doing, refreshed every few seconds
+
+Files, not shared memory or a socket: the weights must cross from one process to another
+anyway and a safetensors file on the local disk costs seconds at 1b next to minutes of
+training; a request survives a crash of either side (the workers, restarted, find it again;
+a ClientApp asked again by the coordinator finds the reply or the request still pending); and
+an operator can look at what is waiting with ``ls``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from step_common.errors import StepError
+from step_common.fileio import atomic_directory, atomic_write_text
+from step_fed.protocol import RoundConfig
+
+FOLDER = "workers"
+STALE_S = 60.0
+"""A heartbeat older than this: the workers are gone (they refresh it every few seconds)."""
+HEARTBEAT_S = 2.0
+_POLL_S = 0.2
+
+
+class WorkersDown(StepError):
+    """The node's torchrun workers are not running."""
+
+
+@dataclass(frozen=True)
+class Request:
+    id: str
+    name: str
+    cfg: RoundConfig
+    folder: Path
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.folder / "weights.safetensors"))
+
+
+@dataclass(frozen=True)
+class Reply:
+    update: dict[str, torch.Tensor]
+    token_counts: torch.Tensor
+    tokens: dict[str, int]
+    mean_loss: float
+    wall_s: float
+
+
+class WorkerFolder:
+    """``<state_dir>/workers/``: the inbox, the outbox and the heartbeat."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.root = Path(state_dir) / FOLDER
+        self.inbox, self.outbox = self.root / "inbox", self.root / "outbox"
+        self.heartbeat = self.root / "heartbeat"
+
+    # --- the ClientApp's side -------------------------------------------------------------
+
+    def run_round(
+        self,
+        name: str,
+        cfg: RoundConfig,
+        weights: dict[str, torch.Tensor],
+        on_wait: Callable[[], None] | None = None,
+    ) -> Reply:
+        """Hand the round to the workers and wait for its update; WorkersDown when they are
+        not running or stop answering, StepError with their message when the round failed."""
+        self._check_alive()
+        request = uuid.uuid4().hex
+        with atomic_directory(self.inbox / request) as tmp:
+            save_file({k: v.contiguous() for k, v in weights.items()},
+                      str(tmp / "weights.safetensors"))  # fmt: skip
+            atomic_write_text(tmp / "round.json",
+                              json.dumps({"name": name, "config": cfg.model_dump()}))  # fmt: skip
+        reply = self.outbox / request
+        try:
+            while not reply.is_dir():
+                time.sleep(_POLL_S)
+                self._check_alive()
+                if on_wait is not None:
+                    on_wait()
+            return _read_reply(reply)
+        finally:
+            shutil.rmtree(self.inbox / request, ignore_errors=True)
+            shutil.rmtree(reply, ignore_errors=True)
+
+    def _check_alive(self) -> None:
+        try:
+            age = time.time() - self.heartbeat.stat().st_mtime
+        except FileNotFoundError:
+            raise WorkersDown(
+                f"this node trains on torchrun workers (resources.gpus > 1) but none has "
+                f"started ({self.heartbeat} is missing): `step-node start` starts them; see its "
+                "log"
+            ) from None
+        if age > STALE_S:
+            raise WorkersDown(
+                f"this node's torchrun workers stopped answering {age:.0f} s ago "
+                f"({self.heartbeat}): see the workers' log in the node folder's logs/, then "
+                "restart `step-node start`"
+            )
+
+    # --- worker 0's side ------------------------------------------------------------------
+
+    def beat(self, doing: str) -> None:
+        """Refresh the heartbeat (worker 0, every few seconds)."""
+        atomic_write_text(self.heartbeat, json.dumps({"pid": os.getpid(), "doing": doing}))
+
+    def next_request(self) -> Request | None:
+        """The oldest complete request without a reply, or None."""
+        if not self.inbox.is_dir():
+            return None
+        waiting = [p for p in self.inbox.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        for folder in sorted(waiting, key=lambda p: p.stat().st_mtime):
+            if (self.outbox / folder.name).exists():
+                continue
+            try:
+                doc = json.loads((folder / "round.json").read_text(encoding="utf-8"))
+                cfg = RoundConfig.model_validate(doc["config"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # never a poison pill
+                self._fail(folder.name, f"the workers could not read the round request: {exc}")
+                continue
+            return Request(folder.name, str(doc["name"]), cfg, folder)
+        return None
+
+    def reply(self, request: Request, reply: Reply) -> None:
+        with atomic_directory(self.outbox / request.id) as tmp:
+            save_file({k: v.contiguous() for k, v in reply.update.items()},
+                      str(tmp / "update.safetensors"))  # fmt: skip
+            save_file({"counts": reply.token_counts}, str(tmp / "counts.safetensors"))
+            result = {"tokens": reply.tokens, "mean_loss": reply.mean_loss, "wall_s": reply.wall_s}
+            atomic_write_text(tmp / "result.json", json.dumps(result))
+
+    def fail(self, request: Request, message: str) -> None:
+        self._fail(request.id, message)
+
+    def _fail(self, request_id: str, message: str) -> None:
+        with atomic_directory(self.outbox / request_id) as tmp:
+            atomic_write_text(tmp / "error.json", json.dumps({"error": message}))
+
+
+def _read_reply(folder: Path) -> Reply:
+    if (folder / "error.json").is_file():
+        raise StepError(json.loads((folder / "error.json").read_text(encoding="utf-8"))["error"])
+    doc: dict[str, Any] = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    return Reply(
+        load_file(str(folder / "update.safetensors")),
+        load_file(str(folder / "counts.safetensors"))["counts"],
+        {k: int(v) for k, v in doc["tokens"].items()},
+        float(doc["mean_loss"]),
+        float(doc["wall_s"]),
+    )

@@ -1,0 +1,107 @@
+"""The node's persistent torchrun workers (node/worker_group.py) and the ClientApp's handoff
+(node/worker_inbox.py): rounds go in through the state folder and come back encoded; a worker
+killed mid-round is restarted by torchrun and the round is trained again to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from node.node_config import load_node_file
+from node.supernode import worker_argv
+from node.worker_inbox import Reply, WorkerFolder, WorkersDown
+from step_common.errors import StepError
+from tests.node import sharded_worker as W
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _node(folder: Path, corpus: Path, **resources: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"name: node-a\ncoordinator: 127.0.0.1:9\ndata: {corpus}\nlanguages: [de]\n",
+             "resources:\n  device: cpu\n  threads: 1\n",
+             *(f"  {k}: {v}\n" for k, v in resources.items())]  # fmt: skip
+    (folder / "node.yaml").write_text("".join(lines), encoding="utf-8")
+    return folder / "node.yaml"
+
+
+def _start(node_yaml: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    log = (node_yaml.parent / "workers.log").open("ab")
+    return subprocess.Popen(worker_argv(load_node_file(node_yaml)), env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _wait_for_heartbeat(folder: WorkerFolder, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.heartbeat.is_file():
+            return dict(json.loads(folder.heartbeat.read_text()))
+        time.sleep(0.2)
+    raise AssertionError("the workers never started")
+
+
+def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    node_yaml = _node(tmp_path / "node", tiny_corpus, gpus=2)
+    folder = WorkerFolder(tmp_path / "node" / "state")
+    with pytest.raises(WorkersDown, match="step-node start"):  # none started yet
+        folder.run_round("node-a", W.round_config(1), W.received(1))
+    proc = _start(node_yaml)
+    try:
+        first = _wait_for_heartbeat(folder)
+        one = folder.run_round("node-a", W.round_config(1), W.received(1))
+        assert one.tokens == {"de": 3 * 4 * 16} and "lm_head.weight" in one.update
+        # round 2: worker 0 is killed while it trains; torchrun starts the group again and
+        # the request, still waiting in the inbox, is trained from round 1's state
+        got: list[Reply] = []
+        run = threading.Thread(
+            target=lambda: got.append(folder.run_round("node-a", W.round_config(2), W.received(2)))
+        )
+        run.start()
+        while json.loads(folder.heartbeat.read_text())["doing"] != "round 2":
+            time.sleep(0.05)
+        os.kill(first["pid"], signal.SIGKILL)
+        run.join(timeout=240)
+        assert got, (tmp_path / "node" / "workers.log").read_text()[-3000:]
+        assert json.loads(folder.heartbeat.read_text())["pid"] != first["pid"]  # restarted
+        again = folder.run_round("node-a", W.round_config(2), W.received(2))  # asked again
+        assert all(torch.equal(again.update[k], got[0].update[k]) for k in again.update)
+        # a round that fails for the same reason on every worker comes back as its error, and
+        # a request the workers cannot read is answered, not retried for ever
+        bad = W.round_config(3).model_copy(update={"drift_correction": 1})
+        with pytest.raises(StepError, match="drift correction"):
+            folder.run_round("node-a", bad, W.received(3))
+        unreadable = W.round_config(3).model_copy(update={"drift_correction": True})
+        with pytest.raises(StepError, match="could not read the round request"):
+            folder.run_round("node-a", unreadable, W.received(3))
+    finally:
+        _stop(proc)
+    assert not list(folder.inbox.iterdir()) and not list(folder.outbox.iterdir())
+
+
+def test_a_node_with_workers_refuses_dp_and_missing_gpus(tmp_path: Path, tiny_corpus: Path) -> None:
+    dp = _node(tmp_path / "dp", tiny_corpus, gpus=2)
+    text = dp.read_text() + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4}\n"
+    dp.write_text(text)
+    with pytest.raises(StepError, match="does not run on several workers"):
+        load_node_file(dp)
+    if torch.cuda.device_count() < 64:
+        gpu = _node(tmp_path / "gpu", tiny_corpus, gpus=64)
+        gpu.write_text(gpu.read_text().replace("device: cpu", "device: cuda"))
+        with pytest.raises(StepError, match="CUDA"):
+            load_node_file(gpu)
