@@ -23,16 +23,19 @@ import signal
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from rich.console import Console
 
 from node.data import read_node_texts
 from node.keys import PUBLIC_KEY, create_key_pair, node_signer
 from node.ledger import RESET_MEANING, PrivacyLedger
+from node.memory_plan import FILL, GIB, device_bytes, step_memory
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
+from node.settings import NodeSettings
 from node.supernode import FEDERATION_KEY, node_status, run_node
 from step_common.cli_common import (
     command_line,
@@ -45,6 +48,7 @@ from step_common.errors import StepError
 from step_common.fileio import atomic_write_text, check_writable
 from step_common.signatures import fingerprint, key_fingerprint, public_line, read_verify_key
 from step_fed.identity import read_public_key
+from step_model.config import preset as model_preset
 from step_model.data import tokenize_texts
 from step_model.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 from step_model.train import pick_device
@@ -163,9 +167,19 @@ def check(
     tokenizer: Annotated[
         Path | None, typer.Option(help="Count tokens with this tokenizer.json (default: bytes).")
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Also the memory a round of this model preset needs per device, "
+            "refused if the devices cannot hold it (e.g. 1b)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="With --preset: the round's batch.")] = 8,
+    seq_len: Annotated[int, typer.Option(help="With --preset: the round's sequence length.")] = 128,
     json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
 ) -> None:
-    """Read the local data exactly as training will; report bytes and tokens per language."""
+    """Read the local data exactly as training will; report bytes and tokens per language;
+    with --preset, the device layout and the memory per device a round needs."""
     nf = load_node_file(folder / NODE_FILE)
     if not nf.ca.is_file():
         raise StepError(f"{nf.ca} is missing: copy the federation's ca.crt there")
@@ -208,8 +222,52 @@ def check(
     if nf.settings.workers > 1:
         out.print(f"with {nf.settings.workers} torchrun workers, FSDP2-sharded "
                   "(resources.gpus; `step-node start` starts them)")  # fmt: skip
+    memory = None
+    if preset is not None:
+        memory = _memory_report(nf.settings, preset, batch_size, seq_len, tok, out)
+        report["memory"] = memory
     if json_out:
         emit_json(report)
+    if memory is not None and not memory["fits"]:
+        raise StepError(str(memory["refusal"]))
+
+
+def _memory_report(
+    settings: NodeSettings, preset: str, batch: int, seq_len: int, tok: Tokenizer, out: Console
+) -> dict[str, Any]:
+    """The memory plan of one inner step per device (node/memory_plan.py), printed."""
+    device = pick_device(settings.device)
+    workers = settings.workers
+    precision = settings.precision
+    if precision == "auto" or workers == 1:
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    config = model_preset(preset).with_vocab(tok.vocab_size)
+    plan = step_memory(
+        config, workers, batch, seq_len, precision, settings.activation_checkpointing
+    )
+    capacity, name = device_bytes(device, workers)
+    fits = plan.total <= FILL * capacity
+    rows = [[what, f"{n / GIB:,.2f}"] for what, n in plan.rows()]
+    rows.append(["total", f"{plan.total / GIB:,.2f}"])
+    out.print(table(f"one inner step of {preset} (batch {batch} x {seq_len}, {precision}) on "
+                    f"each of {workers} device(s)", ["", "GiB"], rows))  # fmt: skip
+    verdict = "fits" if fits else "does NOT fit"
+    out.print(f"{verdict}: {plan.total / GIB:,.2f} GiB of {name} (at most {FILL:.0%})")
+    more = (
+        "raise resources.gpus (the model is sharded over the workers)"
+        if device.type == "cuda"
+        else "train on GPUs (resources.device: cuda; a CPU node's workers share one memory)"
+    )
+    refusal = (
+        f"a round of {preset} (batch {batch} x {seq_len}) needs about {plan.total / GIB:,.1f} "
+        f"GiB per device, more than {FILL:.0%} of {name}: {more}, turn on "
+        "resources.activation_checkpointing, or ask the coordinator for a smaller batch or "
+        "sequence length"
+    )
+    return {"preset": preset, "workers": workers, "precision": precision,
+            "bytes_per_device": dict(plan.rows()), "total_bytes": plan.total,
+            "device_bytes": capacity, "fits": fits,
+            "refusal": None if fits else refusal}  # fmt: skip
 
 
 def _device_name(setting: str) -> str:

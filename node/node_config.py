@@ -54,6 +54,12 @@ class Resources(BaseModel):
     gpus: int = Field(default=1, ge=1)
     """Training workers on this host, one per GPU (torchrun + FSDP2, node/worker_group.py); on
     a CPU-only node (device: cpu) that many CPU processes (gloo). 1: one device, no workers."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Of the workers' compute (gpus > 1): bf16 keeps fp32 weights, gradients reduced in fp32
+    and fp32 AdamW state; auto: bf16 on GPUs, fp32 on the CPU."""
+    activation_checkpointing: bool = False
+    """Workers (gpus > 1) recompute each block's activations in the backward pass instead of
+    keeping them: less memory for about a third more compute."""
     threads: int = Field(default=0, ge=0)
     """CPU threads for training (0: all cores)."""
     max_backoff_s: YamlFloat = Field(default=60.0, gt=0)
@@ -161,6 +167,8 @@ privacy: null                   # local DP, e.g. {{epsilon: 8, delta: 1.0e-6, ro
 resources:
   device: auto                  # auto: a CUDA GPU when one is visible, else cpu; or cpu, cuda
   gpus: 1                       # >1: that many torchrun workers (FSDP2), one per GPU
+  precision: auto               # workers' compute: auto (bf16 on GPUs), fp32 or bf16
+  activation_checkpointing: false  # workers recompute activations: less memory, more compute
   threads: 0                    # CPU threads for training (0: all cores)
   max_backoff_s: 60             # longest wait between reconnection attempts
 """
@@ -221,6 +229,12 @@ def _check_workers(doc: NodeYaml, path: Path) -> None:
     """What torchrun workers cannot do yet, and GPUs that are not there, refused up front."""
     gpus = doc.resources.gpus
     if gpus == 1:
+        if doc.resources.precision != "auto" or doc.resources.activation_checkpointing:
+            raise StepError(
+                f"{path}: resources.precision and activation_checkpointing apply to torchrun "
+                "workers (resources.gpus > 1); one device trains in bf16 on a GPU and fp32 on "
+                "the CPU: remove them or raise gpus"
+            )
         return
     if doc.privacy is not None:
         raise StepError(
@@ -250,6 +264,8 @@ def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSetti
         doc.encoding,
         key,
         doc.resources.gpus,
+        doc.resources.precision,
+        doc.resources.activation_checkpointing,
     )
 
 

@@ -47,3 +47,7 @@ class NodeSettings:
     workers: int = 1
     """Torchrun workers that train each round (node.yaml ``resources.gpus``); 1: the ClientApp
     trains on its own device."""
+    precision: str = "auto"
+    """The workers' compute precision: auto (bf16 on GPUs), fp32, bf16."""
+    activation_checkpointing: bool = False
+    """The workers recompute each block's activations in the backward pass."""

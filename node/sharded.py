@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed._composable.checkpoint_activation import checkpoint
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_optimizer_state_dict,
@@ -48,29 +49,39 @@ def worker_mesh(device: torch.device) -> DeviceMesh:
     return init_device_mesh(device.type, (dist.get_world_size(),))
 
 
-def shard(model: Transformer, mesh: DeviceMesh, precision: str = "fp32") -> Transformer:
+def shard(
+    model: Transformer, mesh: DeviceMesh, precision: str = "fp32", checkpointing: bool = False
+) -> Transformer:
     """``model`` wrapped in place with ``fully_shard``: each block, then the root (embedding,
     final norm, head). ``precision`` bf16: blocks compute in bf16, gradients are reduced in
-    fp32 and the sharded weights and AdamW state stay fp32."""
+    fp32 and the sharded weights and AdamW state stay fp32. ``checkpointing``: each block's
+    activations are recomputed in the backward pass (PyTorch's composable ``checkpoint``,
+    which keeps the parameters' names, unlike a wrapper module)."""
     policy = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if precision == "bf16"
         else MixedPrecisionPolicy()
     )
     for block in model.model.layers:
+        if checkpointing:
+            checkpoint(block)
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 
 def empty_sharded(
-    config: ModelConfig, mesh: DeviceMesh, device: torch.device, precision: str = "fp32"
+    config: ModelConfig,
+    mesh: DeviceMesh,
+    device: torch.device,
+    precision: str = "fp32",
+    checkpointing: bool = False,
 ) -> Transformer:
     """The model built on the meta device and sharded before any memory is allocated: each
     worker allocates only its shards (never a whole model); ``load_global`` fills them."""
     with torch.device("meta"):
         model = Transformer(config)
-    shard(model, mesh, precision)
+    shard(model, mesh, precision, checkpointing)
     model.to_empty(device=device)
     cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
     model.rope_cos, model.rope_sin = cos.to(device), sin.to(device)  # derived, not loaded

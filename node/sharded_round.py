@@ -73,10 +73,12 @@ def sharded_round(
     received: Weights | None,
     store: NodeStateStore,
     device: torch.device,
-    precision: str = "fp32",
+    precision: str = "auto",
+    checkpointing: bool = False,
 ) -> RoundResult | None:
     """The round on every worker; ``received`` (the message's arrays) on worker 0 only, which
-    alone gets the result (the others None)."""
+    alone gets the result (the others None). ``precision`` auto: bf16 on GPUs, fp32 on the
+    CPU; ``checkpointing``: recompute activations (node/sharded.py ``shard``)."""
     if cfg.drift_correction:
         raise StepError(
             "drift correction does not run on torchrun workers yet: set drift_correction: "
@@ -84,7 +86,10 @@ def sharded_round(
         )
     t0 = time.perf_counter()
     lead = dist.get_rank() == 0
-    model = empty_sharded(model_config(cfg), worker_mesh(device), device, precision)
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    mesh = worker_mesh(device)
+    model = empty_sharded(model_config(cfg), mesh, device, precision, checkpointing)
     whole = (
         decode(received, cfg.broadcast_encoding, model_shapes(cfg)) if lead and received else None
     )

@@ -325,6 +325,9 @@ def test_bad_input_is_one_clear_line(
         (('coordinator: "127.0.0.1:9092"', "coordinator: nowhere"), "HOST:PORT"),
         (("threads: 0 ", "threads: -1 "), "resources.threads"),
         (("device: auto ", "device: gpu0 "), "resources.device"),
+        (("gpus: 1 ", "gpus: 0 "), "resources.gpus"),
+        (("precision: auto ", "precision: fp16 "), "resources.precision"),
+        (("precision: auto ", "precision: bf16 "), "apply to torchrun workers"),
         (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
         (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown key secret"),
         (("privacy: null", "privacy: {epsilon: 8, rounds: 3}"), "privacy.delta is missing"),
@@ -341,6 +344,31 @@ def test_bad_node_yaml(world: Path, edit: tuple[str, str], needle: str) -> None:
     assert result.exit_code == 2, result.output
     assert needle in result.stderr
     assert snapshot(world) == before
+
+
+def test_check_reports_the_memory_a_round_needs_and_refuses_what_cannot_fit(world: Path) -> None:
+    """--preset: the per-device plan (node/memory_plan.py); a `7b` model on one CPU worker of
+    this machine cannot fit, `debug` can; more workers shard the persistent part."""
+    folder = str(world / "uni")
+    ok = runner.invoke(node, ["check", "--dir", folder, "--preset", "debug", "--json"])
+    assert ok.exit_code == 0, ok.output
+    memory = json.loads(ok.stdout.strip().splitlines()[-1])["memory"]
+    assert memory["fits"] and memory["workers"] == 1 and memory["precision"] == "fp32"
+    params = memory["bytes_per_device"]["weights (fp32)"] / 4
+    assert memory["bytes_per_device"]["AdamW moments (fp32)"] == 8 * params
+    before = snapshot(world)
+    big = runner.invoke(node, ["check", "--dir", folder, "--preset", "7b"])
+    assert big.exit_code == 2 and "activation_checkpointing" in big.stderr, big.output
+    assert snapshot(world) == before
+    _edit(world / "uni" / "node.yaml", "gpus: 1 ", "gpus: 4 ")
+    four = runner.invoke(node, ["check", "--dir", folder, "--preset", "debug", "--json"])
+    sharded = json.loads(four.stdout.strip().splitlines()[-1])["memory"]
+    assert sharded["workers"] == 4
+    assert (
+        sharded["bytes_per_device"]["weights (fp32)"] * 4
+        >= params * 4
+        > (sharded["bytes_per_device"]["weights (fp32)"] * 3)
+    )
 
 
 def test_check_names_an_unreadable_file(world: Path, tmp_path: Path) -> None:

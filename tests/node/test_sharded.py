@@ -1,8 +1,9 @@
 """A node's rounds on torchrun workers (node/sharded_round.py): FSDP2 over gloo on the CPU.
 
-Two torchrun launches (each costs seconds): 2 workers for rounds 1-3, then 1 worker from the 2
-workers' state (resharded), against the one-device ``train_round``. A worker killed mid-round
-and the round trained again to the same bytes: tests/node/test_worker_group.py.
+Two torchrun launches (each costs seconds): 2 workers for rounds 1-3 (activations recomputed),
+then 1 worker from the 2 workers' state (resharded), against the one-device ``train_round``.
+A worker killed mid-round and the round trained again to the same bytes:
+tests/node/test_worker_group.py.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from tests.node import sharded_worker as W
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _torchrun(workers: int, state: Path, out: Path, first: int, last: int) -> None:
+def _torchrun(
+    workers: int, state: Path, out: Path, first: int, last: int, checkpointing: bool = False
+) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={workers}", str(ROOT / "tests/node/sharded_worker.py"), str(state),
-            str(out), str(first), str(last)]  # fmt: skip
+            str(out), str(first), str(last), "1" if checkpointing else "0"]  # fmt: skip
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -88,7 +91,7 @@ def _one_device(folder: Path, rounds: int, nudge: float = 0.0, forget: bool = Fa
 
 def test_workers_train_like_one_device_and_reshard(tmp_path: Path) -> None:
     a, c = tmp_path / "a", tmp_path / "c"
-    _torchrun(2, a / "state", a / "out", 1, 3)
+    _torchrun(2, a / "state", a / "out", 1, 3, checkpointing=True)  # recomputed: same math
     # one worker takes the two workers' state after round 1 (AdamW state resharded)
     shutil.copytree(a / "state", c / "state")
     for later in ("round-00000002", "round-00000003"):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.client_app import _on_workers
 from node.node_config import load_node_file
 from node.supernode import worker_argv
 from node.worker_inbox import Reply, WorkerFolder, WorkersDown
@@ -57,15 +58,17 @@ def _wait_for_heartbeat(folder: WorkerFolder, timeout: float = 120.0) -> dict:
 def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
     tmp_path: Path, tiny_corpus: Path
 ) -> None:
-    node_yaml = _node(tmp_path / "node", tiny_corpus, gpus=2)
+    node_yaml = _node(tmp_path / "node", tiny_corpus, gpus=2, precision="bf16")
     folder = WorkerFolder(tmp_path / "node" / "state")
     with pytest.raises(WorkersDown, match="step-node start"):  # none started yet
         folder.run_round("node-a", W.round_config(1), W.received(1))
     proc = _start(node_yaml)
     try:
         first = _wait_for_heartbeat(folder)
-        one = folder.run_round("node-a", W.round_config(1), W.received(1))
-        assert one.tokens == {"de": 3 * 4 * 16} and "lm_head.weight" in one.update
+        settings = load_node_file(node_yaml).settings  # what the ClientApp hands over
+        one = _on_workers(settings, W.round_config(1), W.received(1))
+        assert one.tokens_per_language == {"de": 3 * 4 * 16} and "lm_head.weight" in one.update
+        assert one.token_counts is not None and one.token_counts.dtype == torch.int32
         # round 2: worker 0 is killed while it trains; torchrun starts the group again and
         # the request, still waiting in the inbox, is trained from round 1's state
         got: list[Reply] = []
@@ -95,6 +98,9 @@ def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
 
 
 def test_a_node_with_workers_refuses_dp_and_missing_gpus(tmp_path: Path, tiny_corpus: Path) -> None:
+    one = _node(tmp_path / "one", tiny_corpus, precision="bf16")
+    with pytest.raises(StepError, match="apply to torchrun workers"):
+        load_node_file(one)
     dp = _node(tmp_path / "dp", tiny_corpus, gpus=2)
     text = dp.read_text() + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4}\n"
     dp.write_text(text)
