@@ -138,13 +138,13 @@ def _argv(nf: NodeFile, port: int, trusted: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def worker_argv(nf: NodeFile) -> list[str]:
+def worker_argv(nf: NodeFile, simulated: bool = False) -> list[str]:
     """The node's torchrun workers on this host (``resources.gpus`` of them): torchrun restarts
     the whole group when one dies (its own elastic agent, up to ``WORKER_RESTARTS`` times)."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc-per-node={nf.settings.workers}", f"--max-restarts={WORKER_RESTARTS}",
-        "-m", "node.worker_group", str(nf.path),
+        "-m", "node.worker_group", str(nf.path), *(["--simulated"] if simulated else []),
     ]  # fmt: skip
 
 

@@ -1,7 +1,6 @@
 """The node's persistent group of torchrun workers: they wait for rounds and train them.
 
-    torchrun --nproc-per-node G [--nnodes H --rdzv-backend c10d --rdzv-endpoint HOST:PORT]
-        -m node.worker_group NODE_YAML
+    torchrun --nproc-per-node G -m node.worker_group NODE_YAML [--simulated]
 
 ``step-node start`` launches it (and torchrun restarts the group when a worker dies). Worker 0
 watches the inbox (node/worker_inbox.py) and, every few seconds, tells the others what to do
@@ -42,8 +41,8 @@ TIMEOUT = timedelta(minutes=30)
 broken into ``HEARTBEAT_S`` pieces."""
 
 
-def serve(node_file: Path) -> None:
-    nf = load_node_file(node_file)
+def serve(node_file: Path, simulated: bool = False) -> None:
+    nf = load_node_file(node_file, simulated=simulated)
     settings = nf.settings
     device = pick_device(settings.device)
     if device.type == "cuda":
@@ -133,10 +132,14 @@ class _beating:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s")
-    if len(sys.argv) != 2:
-        sys.exit("usage: torchrun ... -m node.worker_group NODE_YAML")
-    serve(Path(sys.argv[1]))
+    # force: an imported library has set up the root logger already (at level WARNING)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(message)s", force=True)
+    args = sys.argv[1:]
+    simulated = "--simulated" in args  # a step-sim institution's node file (no coordinator)
+    files = [a for a in args if a != "--simulated"]
+    if len(files) != 1:
+        sys.exit("usage: torchrun ... -m node.worker_group NODE_YAML [--simulated]")
+    serve(Path(files[0]), simulated)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from step_fed.protocol import RoundConfig
 FOLDER = "workers"
 STALE_S = 60.0
 """A heartbeat older than this: the workers are gone (they refresh it every few seconds)."""
+START_S = 180.0
+"""How long a round waits for workers that have not beaten yet (torchrun starting them)."""
 HEARTBEAT_S = 2.0
 _POLL_S = 0.2
 
@@ -70,8 +72,9 @@ class Reply:
 class WorkerFolder:
     """``<state_dir>/workers/``: the inbox, the outbox and the heartbeat."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, start_s: float = START_S) -> None:
         self.root = Path(state_dir) / FOLDER
+        self.start_s = start_s
         self.inbox, self.outbox = self.root / "inbox", self.root / "outbox"
         self.heartbeat = self.root / "heartbeat"
 
@@ -86,6 +89,7 @@ class WorkerFolder:
     ) -> Reply:
         """Hand the round to the workers and wait for its update; WorkersDown when they are
         not running or stop answering, StepError with their message when the round failed."""
+        self._wait_for_start()
         self._check_alive()
         request = uuid.uuid4().hex
         with atomic_directory(self.inbox / request) as tmp:
@@ -105,14 +109,20 @@ class WorkerFolder:
             shutil.rmtree(self.inbox / request, ignore_errors=True)
             shutil.rmtree(reply, ignore_errors=True)
 
+    def _wait_for_start(self) -> None:
+        """Workers launched with the node (or a simulation) may still be starting."""
+        deadline = time.monotonic() + self.start_s
+        while not self.heartbeat.exists() and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+
     def _check_alive(self) -> None:
         try:
             age = time.time() - self.heartbeat.stat().st_mtime
         except FileNotFoundError:
             raise WorkersDown(
-                f"this node trains on torchrun workers (resources.gpus > 1) but none has "
-                f"started ({self.heartbeat} is missing): `step-node start` starts them; see its "
-                "log"
+                f"this node trains on torchrun workers (resources.gpus > 1) but none started "
+                f"within {self.start_s:.0f} s ({self.heartbeat} is missing): `step-node start` "
+                "starts them; see logs/workers.log in the node folder"
             ) from None
         if age > STALE_S:
             raise WorkersDown(

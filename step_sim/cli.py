@@ -39,6 +39,7 @@ from step_model.tokenizer import resolve_tokenizer
 from step_sim.config import SimConfig, load_sim_config
 from step_sim.node_files import write_node_files
 from step_sim.plot import plot_bpb
+from step_sim.worker_groups import worker_groups
 
 app = command_line(__doc__, "step-sim", commands=False)
 
@@ -112,6 +113,7 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
 
     follower = MetricsFollower(out / "metrics.jsonl")
     follower.new_records()  # a resumed run's earlier rounds are not news
+    node_files = write_node_files(sim, out)
     spec = SimulationSpec(
         app_dir=project_root(),
         run_dir=out / "flower",
@@ -120,11 +122,13 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
             P.RUN_CONFIG_FILE: str(out / "sim.yaml"),
             P.RUN_DIR: str(out),
             P.RUN_RESUME: resume,
-            P.RUN_NODE_FILES: str(write_node_files(sim, out)),
+            P.RUN_NODE_FILES: str(node_files),
         },
         cpus_per_client=1,
     )
-    with _progress(console) as bar:
+    with worker_groups(node_files, out) as grouped, _progress(console) as bar:
+        for name in grouped:
+            console.print(f"{name} trains on torchrun workers (logs/workers-{name}.log)")
         task = bar.add_task("rounds", total=sim.federation.rounds, loss="-", bpb="", nodes="-")
 
         def poll() -> None:

@@ -42,6 +42,9 @@ class Institution(BaseModel):
     description: str = ""
     privacy: PrivacyConfig | None = None
     """Its own local DP (null: none); absent: the file's top-level privacy."""
+    gpus: int = Field(default=1, ge=1)
+    """Torchrun workers that train its rounds (gloo processes on this machine), FSDP2-sharded
+    as on a multi-GPU institution (node.yaml ``resources.gpus``); 1: one device."""
 
 
 class SimFile(BaseModel):

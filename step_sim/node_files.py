@@ -53,7 +53,7 @@ def node_docs(sim: SimConfig, run_dir: Path) -> list[dict[str, Any]]:
                 "language_parts": {lang: _part(s) for lang, s in parts.items()},
                 "state_dir": str((run_dir / "nodes" / inst.name).resolve()),
                 "privacy": privacy.model_dump() if privacy else None,
-                "resources": {"device": "cpu"},
+                "resources": {"device": "cpu", "gpus": inst.gpus},
             }
         )
     return docs

@@ -60,8 +60,10 @@ def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
 ) -> None:
     node_yaml = _node(tmp_path / "node", tiny_corpus, gpus=2, precision="bf16")
     folder = WorkerFolder(tmp_path / "node" / "state")
-    with pytest.raises(WorkersDown, match="step-node start"):  # none started yet
-        folder.run_round("node-a", W.round_config(1), W.received(1))
+    with pytest.raises(WorkersDown, match="step-node start"):  # none started within 1 s
+        WorkerFolder(folder.root.parent, start_s=1.0).run_round(
+            "node-a", W.round_config(1), W.received(1)
+        )
     proc = _start(node_yaml)
     try:
         first = _wait_for_heartbeat(folder)

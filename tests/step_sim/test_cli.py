@@ -36,9 +36,14 @@ def step_sim(cfg: Path, out: Path) -> tuple[dict, str]:
 
 
 def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
-    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2)
+    """One institution trains on two torchrun workers (FSDP2, gloo), the other on one device."""
+    insts = [{**INSTITUTIONS[0], "gpus": 2}, *INSTITUTIONS[1:]]
+    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, insts, rounds=2)
     out = tmp_path / "run"
     summary, _ = step_sim(cfg, out)
+    name = INSTITUTIONS[0]["name"]
+    assert "ready" in (out / "logs" / f"workers-{name}.log").read_text()
+    assert (out / "nodes" / name / "rounds" / "round-00000002" / "optimizer-sharded").is_dir()
     assert KEYS <= set(summary)
     assert summary["mode"] == "federated" and summary["rounds"] == 2 and summary["nodes"] == 2
     assert set(summary["bpb"]) == {"de", "el", "et"}
