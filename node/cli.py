@@ -242,8 +242,9 @@ def _memory_report(
     if precision == "auto" or workers == 1:
         precision = "bf16" if device.type == "cuda" else "fp32"
     config = model_preset(preset).with_vocab(tok.vocab_size)
+    shards = 1 if settings.sharding == "replicate" else workers
     plan = step_memory(
-        config, workers, batch, seq_len, precision, settings.activation_checkpointing
+        config, workers, batch, seq_len, precision, settings.activation_checkpointing, shards
     )
     capacity, name = device_bytes(device, workers)
     fits = plan.total <= FILL * capacity

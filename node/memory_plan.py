@@ -65,16 +65,19 @@ def step_memory(
     seq_len: int,
     precision: str,
     checkpointing: bool,
+    shards: int | None = None,
 ) -> StepMemory:
-    """The estimate for one device; ``workers`` > 1: FSDP full shard over that many."""
+    """The estimate for one device: ``workers`` split each batch by rows; the persistent part
+    is sharded over ``shards`` of them (default all: FSDP full shard; 1: replicated)."""
+    shards = workers if shards is None else shards
     with torch.device("meta"):
         model = Transformer(config)
     params = sum(p.numel() for p in model.parameters())
     block = sum(p.numel() for p in model.model.layers[0].parameters())
     root = params - block * config.n_layers
     width = 2 if precision == "bf16" else 4
-    shard = math.ceil(params / workers)
-    gathered = 0 if workers == 1 else (2 * block + root) * width
+    shard = math.ceil(params / shards)
+    gathered = 0 if shards == 1 else (2 * block + root) * width
     rows = math.ceil(batch_size / workers)
     tokens = rows * seq_len
     kv = config.n_kv_heads * config.head_dim

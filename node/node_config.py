@@ -60,6 +60,10 @@ class Resources(BaseModel):
     activation_checkpointing: bool = False
     """Workers (gpus > 1) recompute each block's activations in the backward pass instead of
     keeping them: less memory for about a third more compute."""
+    sharding: Literal["auto", "full_shard", "replicate"] = "auto"
+    """Workers (gpus > 1): full_shard (FSDP2: each holds 1/gpus of the weights, gradients and
+    AdamW state), replicate (each holds the whole model, gradients averaged: DDP's arithmetic,
+    faster where it fits), auto: replicate when the memory plan fits a device."""
     threads: int = Field(default=0, ge=0)
     """CPU threads for training (0: all cores)."""
     max_backoff_s: YamlFloat = Field(default=60.0, gt=0)
@@ -169,6 +173,7 @@ resources:
   gpus: 1                       # >1: that many torchrun workers (FSDP2), one per GPU
   precision: auto               # workers' compute: auto (bf16 on GPUs), fp32 or bf16
   activation_checkpointing: false  # workers recompute activations: less memory, more compute
+  sharding: auto                # workers: full_shard (FSDP2), replicate, auto (replicate: fits)
   threads: 0                    # CPU threads for training (0: all cores)
   max_backoff_s: 60             # longest wait between reconnection attempts
 """
@@ -229,11 +234,12 @@ def _check_workers(doc: NodeYaml, path: Path) -> None:
     """What torchrun workers cannot do yet, and GPUs that are not there, refused up front."""
     gpus = doc.resources.gpus
     if gpus == 1:
-        if doc.resources.precision != "auto" or doc.resources.activation_checkpointing:
+        res = doc.resources
+        if res.precision != "auto" or res.activation_checkpointing or res.sharding != "auto":
             raise StepError(
-                f"{path}: resources.precision and activation_checkpointing apply to torchrun "
-                "workers (resources.gpus > 1); one device trains in bf16 on a GPU and fp32 on "
-                "the CPU: remove them or raise gpus"
+                f"{path}: resources.precision, activation_checkpointing and sharding apply to "
+                "torchrun workers (resources.gpus > 1); one device trains in bf16 on a GPU and "
+                "fp32 on the CPU: remove them or raise gpus"
             )
         return
     if doc.privacy is not None:
@@ -266,6 +272,7 @@ def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSetti
         doc.resources.gpus,
         doc.resources.precision,
         doc.resources.activation_checkpointing,
+        doc.resources.sharding,
     )
 
 

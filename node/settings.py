@@ -51,3 +51,5 @@ class NodeSettings:
     """The workers' compute precision: auto (bf16 on GPUs), fp32, bf16."""
     activation_checkpointing: bool = False
     """The workers recompute each block's activations in the backward pass."""
+    sharding: str = "auto"
+    """The workers: full_shard (FSDP2), replicate, or auto (replicate when it fits)."""

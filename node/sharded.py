@@ -44,9 +44,15 @@ from step_model.train import train_step
 Weights = dict[str, torch.Tensor]
 
 
-def worker_mesh(device: torch.device) -> DeviceMesh:
-    """One dimension over all workers of the (already initialised) process group."""
-    return init_device_mesh(device.type, (dist.get_world_size(),))
+def worker_mesh(device: torch.device, replicate: bool = False) -> DeviceMesh:
+    """All workers of the (already initialised) process group: one dimension to shard over,
+    or (``replicate``) workers x 1, so that ``fully_shard`` replicates the whole model on each
+    and averages the gradients (DDP's arithmetic, no gathers in a step; HSDP with shards of
+    one)."""
+    world = dist.get_world_size()
+    if replicate:
+        return init_device_mesh(device.type, (world, 1), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device.type, (world,))
 
 
 def shard(

@@ -25,11 +25,13 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
 
 from node.data import NodeData
+from node.memory_plan import FILL, device_bytes, step_memory
 from node.sharded import (
     empty_sharded,
     gathered_update,
@@ -57,6 +59,7 @@ from node.trainer import (
 from step_common.errors import StepError
 from step_fed.protocol import SEEN_ROWS, RoundConfig
 from step_fed.update_codec import QUANTISED, decode, encode
+from step_model.config import ModelConfig
 from step_model.data import LanguageMixture
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer
@@ -70,15 +73,19 @@ def sharded_round(
     data: NodeData,
     tokenizer: Tokenizer,
     cfg: RoundConfig,
-    received: Weights | None,
+    received: Callable[[], Weights] | None,
     store: NodeStateStore,
     device: torch.device,
     precision: str = "auto",
     checkpointing: bool = False,
+    sharding: str = "full_shard",
 ) -> RoundResult | None:
-    """The round on every worker; ``received`` (the message's arrays) on worker 0 only, which
-    alone gets the result (the others None). ``precision`` auto: bf16 on GPUs, fp32 on the
-    CPU; ``checkpointing``: recompute activations (node/sharded.py ``shard``)."""
+    """The round on every worker; ``received`` reads the global weights (the message's
+    arrays) on worker 0 only, which alone gets the result (the others None): a function, so
+    that nothing holds them once they are in the shards. ``precision`` auto: bf16 on GPUs,
+    fp32 on the CPU; ``checkpointing``: recompute activations (node/sharded.py ``shard``);
+    ``sharding`` full_shard (FSDP2), replicate (every worker the whole model) or auto
+    (replicate when the whole model and its step fit one device, node/memory_plan.py)."""
     if cfg.drift_correction:
         raise StepError(
             "drift correction does not run on torchrun workers yet: set drift_correction: "
@@ -88,13 +95,20 @@ def sharded_round(
     lead = dist.get_rank() == 0
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    mesh = worker_mesh(device)
-    model = empty_sharded(model_config(cfg), mesh, device, precision, checkpointing)
-    whole = (
-        decode(received, cfg.broadcast_encoding, model_shapes(cfg)) if lead and received else None
-    )
+    config = model_config(cfg)
+    if sharding == "auto":
+        sharding = (
+            "replicate"
+            if _fits_whole(config, cfg, device, precision, checkpointing)
+            else ("full_shard")
+        )
+    mesh = worker_mesh(device, replicate=sharding == "replicate")
+    model = empty_sharded(config, mesh, device, precision, checkpointing)
+    whole = None
+    if lead and received is not None:
+        whole = decode(received(), cfg.broadcast_encoding, model_shapes(cfg))
     load_global(model, whole)
-    del whole, received
+    del whole
     base = local_shards(model)
     model.train()
     optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -124,6 +138,17 @@ def sharded_round(
         return None
     return RoundResult(update, tokens, counts.to(torch.int32), mean_finite(losses),
                        time.perf_counter() - t0)  # fmt: skip
+
+
+def _fits_whole(
+    config: ModelConfig, cfg: RoundConfig, device: torch.device, precision: str, checkpointing: bool
+) -> bool:
+    """Whether each worker can hold the whole model, its gradients and AdamW state and the
+    step on its rows (the memory plan, node/memory_plan.py)."""
+    world = dist.get_world_size()
+    plan = step_memory(config, world, cfg.batch_size, cfg.seq_len, precision, checkpointing,
+                       shards=1)  # fmt: skip
+    return plan.total <= FILL * device_bytes(device, world)[0]
 
 
 def _restore(

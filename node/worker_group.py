@@ -95,10 +95,9 @@ def _train(
     store = NodeStateStore(settings.state_dir)
     try:
         with _beating(folder, f"round {cfg.round}", lead):
-            weights = request.weights() if lead else None
             result = sharded_round(
-                request.name, data, tokenizer, cfg, weights, store, device, settings.precision,
-                settings.activation_checkpointing,
+                request.name, data, tokenizer, cfg, request.weights if lead else None, store,
+                device, settings.precision, settings.activation_checkpointing, settings.sharding,
             )  # fmt: skip
     except StepError as exc:  # the same on every worker (diverged, refused): answer it
         if lead:

@@ -328,6 +328,8 @@ def test_bad_input_is_one_clear_line(
         (("gpus: 1 ", "gpus: 0 "), "resources.gpus"),
         (("precision: auto ", "precision: fp16 "), "resources.precision"),
         (("precision: auto ", "precision: bf16 "), "apply to torchrun workers"),
+        (("sharding: auto ", "sharding: replicate "), "apply to torchrun workers"),
+        (("sharding: auto ", "sharding: zero3 "), "resources.sharding"),
         (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
         (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown key secret"),
         (("privacy: null", "privacy: {epsilon: 8, rounds: 3}"), "privacy.delta is missing"),

@@ -2,9 +2,10 @@
 CPU, FSDP2) through ``node.sharded_round``; worker 0 writes each round's update and result.
 
     torchrun --standalone --nproc-per-node W tests/node/sharded_worker.py STATE OUT FIRST LAST
-        CHECKPOINTING
+        CHECKPOINTING SHARDING
 
-CHECKPOINTING 1: activations recomputed in the backward pass (the same math).
+CHECKPOINTING 1: activations recomputed in the backward pass (the same math); SHARDING
+full_shard or replicate.
 """
 
 from __future__ import annotations
@@ -57,14 +58,14 @@ def received(round_: int) -> dict[str, torch.Tensor]:
 def main() -> None:
     state, out = Path(sys.argv[1]), Path(sys.argv[2])
     first, last = int(sys.argv[3]), int(sys.argv[4])
-    checkpointing = sys.argv[5] == "1"
+    checkpointing, sharding = sys.argv[5] == "1", sys.argv[6]
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     store, data, tok = NodeStateStore(state, keep=8), node_data(), ByteTokenizer()
     for r in range(first, last + 1):
-        weights = received(r) if dist.get_rank() == 0 else None
+        weights = (lambda r=r: received(r)) if dist.get_rank() == 0 else None
         result = sharded_round("node-a", data, tok, round_config(r), weights, store, CPU,
-                               "fp32", checkpointing)  # fmt: skip
+                               "fp32", checkpointing, sharding)  # fmt: skip
         if result is not None:
             folder = out / f"round-{r}"
             folder.mkdir(parents=True)

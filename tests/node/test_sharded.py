@@ -1,7 +1,8 @@
 """A node's rounds on torchrun workers (node/sharded_round.py): FSDP2 over gloo on the CPU.
 
-Two torchrun launches (each costs seconds): 2 workers for rounds 1-3 (activations recomputed),
-then 1 worker from the 2 workers' state (resharded), against the one-device ``train_round``.
+Three torchrun launches (each costs seconds): 2 workers for rounds 1-3 (activations
+recomputed), then from their state (resharded) 1 worker and 2 replicating workers, against the
+one-device ``train_round``.
 A worker killed mid-round and the round trained again to the same bytes:
 tests/node/test_worker_group.py.
 """
@@ -29,12 +30,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _torchrun(
-    workers: int, state: Path, out: Path, first: int, last: int, checkpointing: bool = False
+    workers: int,
+    state: Path,
+    out: Path,
+    first: int,
+    last: int,
+    checkpointing: bool = False,
+    sharding: str = "full_shard",
 ) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc-per-node={workers}", str(ROOT / "tests/node/sharded_worker.py"), str(state),
-            str(out), str(first), str(last), "1" if checkpointing else "0"]  # fmt: skip
+            str(out), str(first), str(last), "1" if checkpointing else "0", sharding]  # fmt: skip
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -90,13 +97,16 @@ def _one_device(folder: Path, rounds: int, nudge: float = 0.0, forget: bool = Fa
 
 
 def test_workers_train_like_one_device_and_reshard(tmp_path: Path) -> None:
-    a, c = tmp_path / "a", tmp_path / "c"
+    a, c, d = tmp_path / "a", tmp_path / "c", tmp_path / "d"
     _torchrun(2, a / "state", a / "out", 1, 3, checkpointing=True)  # recomputed: same math
-    # one worker takes the two workers' state after round 1 (AdamW state resharded)
-    shutil.copytree(a / "state", c / "state")
-    for later in ("round-00000002", "round-00000003"):
-        shutil.rmtree(c / "state" / "rounds" / later)
+    # from the two sharded workers' state after round 1 (AdamW state resharded): one worker,
+    # and two workers that each hold the whole model (replicate: DDP's arithmetic)
+    for other in (c, d):
+        shutil.copytree(a / "state", other / "state")
+        for later in ("round-00000002", "round-00000003"):
+            shutil.rmtree(other / "state" / "rounds" / later)
     _torchrun(1, c / "state", c / "out", 2, 3)
+    _torchrun(2, d / "state", d / "out", 2, 3, sharding="replicate")
     # Float tolerance, measured: the one-device rounds with their inputs moved by 1e-7 drift
     # apart by ~2e-4 (round 1) to ~2e-3 (round 3), AdamW dividing by tiny second moments; a
     # lost AdamW state (or a wrong shard or batch row) differs far more (checked).
@@ -113,3 +123,5 @@ def test_workers_train_like_one_device_and_reshard(tmp_path: Path) -> None:
         if r > 1:
             one = _sent_plus_held(*_out(c / "out", r), c / "state", r)
             assert _gap(one, workers) <= 2 * floor[r - 1], r
+            replicated = _sent_plus_held(*_out(d / "out", r), d / "state", r)
+            assert _gap(replicated, workers) <= 2 * floor[r - 1], r
