@@ -160,5 +160,21 @@ def load_optimizer(model: Transformer, optimizer: torch.optim.Optimizer, folder:
     set_optimizer_state_dict(model, optimizer, state)
 
 
+def load_one_device_optimizer(
+    model: Transformer, optimizer: torch.optim.Optimizer, saved: dict[str, Any]
+) -> None:
+    """The AdamW state a node saved on one device (``optimizer.state_dict()``: parameters
+    numbered in ``make_optimizer``'s order, matrices first) into this model's workers: renamed
+    to the parameters' names and scattered into their shards."""
+    named = list(model.named_parameters())
+    order = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    full: dict[str, Any] = {
+        "state": {order[int(i)]: value for i, value in saved["state"].items()},
+        "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]}
+                         for g in saved["param_groups"]],
+    }  # fmt: skip
+    set_optimizer_state_dict(model, optimizer, full, options=StateDictOptions(full_state_dict=True))
+
+
 def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if isinstance(p, DTensor) else p

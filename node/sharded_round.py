@@ -22,7 +22,6 @@ Not yet on workers: DP-SGD and drift correction (refused with the fix).
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from node.sharded import (
     empty_sharded,
     gathered_update,
     load_global,
+    load_one_device_optimizer,
     load_optimizer,
     local_shards,
     save_optimizer,
@@ -64,8 +64,6 @@ from step_model.data import LanguageMixture
 from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer
 from step_model.train import make_optimizer
-
-log = logging.getLogger("step.node")
 
 
 def sharded_round(
@@ -97,11 +95,8 @@ def sharded_round(
         precision = "bf16" if device.type == "cuda" else "fp32"
     config = model_config(cfg)
     if sharding == "auto":
-        sharding = (
-            "replicate"
-            if _fits_whole(config, cfg, device, precision, checkpointing)
-            else ("full_shard")
-        )
+        fits = _fits_whole(config, cfg, device, precision, checkpointing)
+        sharding = "replicate" if fits else "full_shard"
     mesh = worker_mesh(device, replicate=sharding == "replicate")
     model = empty_sharded(config, mesh, device, precision, checkpointing)
     whole = None
@@ -159,11 +154,8 @@ def _restore(
         return
     if state.sharded is not None:
         load_optimizer(model, optimizer, state.sharded)
-    elif state.optimizer is not None and dist.get_rank() == 0:
-        log.warning(
-            "the inner AdamW state was saved on one device: the workers start theirs afresh "
-            "(the data position carries over)"
-        )
+    elif state.optimizer is not None:  # the node trained on one device before
+        load_one_device_optimizer(model, optimizer, state.optimizer)
 
 
 def _encoded(

@@ -32,6 +32,7 @@ import torch
 
 from node.data import NodeData
 from node.dp_trainer import DPSettings, Records, dp_steps
+from node.sharded import load_optimizer
 from node.state import InnerState, NodeStateStore
 from step_common.errors import StepError
 from step_fed.protocol import SEEN_ROWS, RoundConfig
@@ -123,8 +124,11 @@ def train_round(
     optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     state = store.latest_before(cfg.round)
     sha = model_sha(cfg)
-    if state.optimizer is not None and state.model_sha == sha:
-        optimizer.load_state_dict(state.optimizer)
+    if state.model_sha == sha:
+        if state.optimizer is not None:
+            optimizer.load_state_dict(state.optimizer)
+        elif state.sharded is not None:  # saved by torchrun workers: read into one device
+            load_optimizer(model, optimizer, state.sharded)
     lrs = inner_lrs(cfg)
     if private is None:
         steps = _plain_steps(name, model, optimizer, data, tokenizer, cfg, state, weights, lrs)

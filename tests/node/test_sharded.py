@@ -1,8 +1,9 @@
 """A node's rounds on torchrun workers (node/sharded_round.py): FSDP2 over gloo on the CPU.
 
-Three torchrun launches (each costs seconds): 2 workers for rounds 1-3 (activations
-recomputed), then from their state (resharded) 1 worker and 2 replicating workers, against the
-one-device ``train_round``.
+Four torchrun launches (each costs seconds): 2 workers for rounds 1-3 (activations
+recomputed), then from their state (resharded) 1 worker and 2 replicating workers, and 2
+workers from a one-device state, against the one-device ``train_round`` (which also continues
+from the workers' state).
 A worker killed mid-round and the round trained again to the same bytes:
 tests/node/test_worker_group.py.
 """
@@ -96,6 +97,13 @@ def _one_device(folder: Path, rounds: int, nudge: float = 0.0, forget: bool = Fa
     return totals
 
 
+def _keep_round_1(state: Path) -> None:
+    """A node's state folder as it was after round 1."""
+    for later in (state / "rounds").iterdir():
+        if later.name != "round-00000001":
+            shutil.rmtree(later)
+
+
 def test_workers_train_like_one_device_and_reshard(tmp_path: Path) -> None:
     a, c, d = tmp_path / "a", tmp_path / "c", tmp_path / "d"
     _torchrun(2, a / "state", a / "out", 1, 3, checkpointing=True)  # recomputed: same math
@@ -103,8 +111,7 @@ def test_workers_train_like_one_device_and_reshard(tmp_path: Path) -> None:
     # and two workers that each hold the whole model (replicate: DDP's arithmetic)
     for other in (c, d):
         shutil.copytree(a / "state", other / "state")
-        for later in ("round-00000002", "round-00000003"):
-            shutil.rmtree(other / "state" / "rounds" / later)
+        _keep_round_1(other / "state")
     _torchrun(1, c / "state", c / "out", 2, 3)
     _torchrun(2, d / "state", d / "out", 2, 3, sharding="replicate")
     # Float tolerance, measured: the one-device rounds with their inputs moved by 1e-7 drift
@@ -115,6 +122,21 @@ def test_workers_train_like_one_device_and_reshard(tmp_path: Path) -> None:
     floor = [_gap(x, y) for x, y in zip(nudged, plain, strict=True)]
     forgetful = _one_device(tmp_path / "forgetful", 2, forget=True)[1]
     assert _gap(forgetful, plain[1]) > 10 * floor[1]
+    # a node that moves between one device and workers keeps its AdamW state both ways
+    to_one, to_two = tmp_path / "to-one", tmp_path / "to-two"
+    shutil.copytree(c / "state", to_one / "state")  # workers' round-1 state (and later)
+    _keep_round_1(to_one / "state")
+    got = train_round("node-a", W.node_data(), ByteTokenizer(), W.round_config(2),
+                      W.received(2), NodeStateStore(to_one / "state", keep=8))  # fmt: skip
+    assert got.token_counts is not None
+    mine = _sent_plus_held(got.update, got.token_counts, to_one / "state", 2)
+    assert _gap(mine, plain[1]) <= 2 * floor[1]
+    shutil.copytree(tmp_path / "plain" / "state", to_two / "state")  # one device's state
+    _keep_round_1(to_two / "state")
+    _torchrun(2, to_two / "state", to_two / "out", 2, 2)
+    assert _gap(_sent_plus_held(*_out(to_two / "out", 2), to_two / "state", 2), plain[1]) <= (
+        2 * floor[1]
+    )
     for r in (1, 2, 3):  # the workers train like one device, round after round
         workers = _sent_plus_held(*_out(a / "out", r), a / "state", r)
         assert _gap(workers, plain[r - 1]) <= 2 * floor[r - 1], r
