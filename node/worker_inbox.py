@@ -24,7 +24,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,8 @@ STALE_S = 60.0
 START_S = 180.0
 """How long a round waits for workers that have not beaten yet (torchrun starting them)."""
 HEARTBEAT_S = 2.0
+ORPHAN_S = 24 * 3600.0
+"""A reply nobody took for this long (its ClientApp died while waiting) is removed."""
 _POLL_S = 0.2
 
 
@@ -85,7 +86,6 @@ class WorkerFolder:
         name: str,
         cfg: RoundConfig,
         weights: dict[str, torch.Tensor],
-        on_wait: Callable[[], None] | None = None,
     ) -> Reply:
         """Hand the round to the workers and wait for its update; WorkersDown when they are
         not running or stop answering, StepError with their message when the round failed."""
@@ -102,28 +102,33 @@ class WorkerFolder:
             while not reply.is_dir():
                 time.sleep(_POLL_S)
                 self._check_alive()
-                if on_wait is not None:
-                    on_wait()
             return _read_reply(reply)
         finally:
             shutil.rmtree(self.inbox / request, ignore_errors=True)
             shutil.rmtree(reply, ignore_errors=True)
 
     def _wait_for_start(self) -> None:
-        """Workers launched with the node (or a simulation) may still be starting."""
+        """Workers launched with the node (or a simulation) may still be starting: no
+        heartbeat yet, or only the stale one of a group that ran before."""
         deadline = time.monotonic() + self.start_s
-        while not self.heartbeat.exists() and time.monotonic() < deadline:
+        while self._age() > STALE_S and time.monotonic() < deadline:
             time.sleep(_POLL_S)
 
-    def _check_alive(self) -> None:
+    def _age(self) -> float:
+        """Seconds since the last heartbeat (infinite: none)."""
         try:
-            age = time.time() - self.heartbeat.stat().st_mtime
+            return time.time() - self.heartbeat.stat().st_mtime
         except FileNotFoundError:
+            return float("inf")
+
+    def _check_alive(self) -> None:
+        age = self._age()
+        if age == float("inf"):
             raise WorkersDown(
                 f"this node trains on torchrun workers (resources.gpus > 1) but none started "
                 f"within {self.start_s:.0f} s ({self.heartbeat} is missing): `step-node start` "
                 "starts them; see logs/workers.log in the node folder"
-            ) from None
+            )
         if age > STALE_S:
             raise WorkersDown(
                 f"this node's torchrun workers stopped answering {age:.0f} s ago "
@@ -143,7 +148,11 @@ class WorkerFolder:
             return None
         waiting = [p for p in self.inbox.iterdir() if p.is_dir() and not p.name.startswith(".")]
         for folder in sorted(waiting, key=lambda p: p.stat().st_mtime):
-            if (self.outbox / folder.name).exists():
+            reply = self.outbox / folder.name
+            if reply.exists():
+                if time.time() - reply.stat().st_mtime > ORPHAN_S:  # its ClientApp is gone
+                    shutil.rmtree(reply, ignore_errors=True)
+                    shutil.rmtree(folder, ignore_errors=True)
                 continue
             try:
                 doc = json.loads((folder / "round.json").read_text(encoding="utf-8"))

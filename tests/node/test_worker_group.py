@@ -113,3 +113,24 @@ def test_a_node_with_workers_refuses_dp_and_missing_gpus(tmp_path: Path, tiny_co
         gpu.write_text(gpu.read_text().replace("device: cpu", "device: cuda"))
         with pytest.raises(StepError, match="CUDA"):
             load_node_file(gpu)
+
+
+def test_a_stale_heartbeat_is_waited_for_then_reported_and_orphans_are_cleared(
+    tmp_path: Path,
+) -> None:
+    folder = WorkerFolder(tmp_path / "state", start_s=0.5)
+    folder.root.mkdir(parents=True)
+    folder.beat("waiting")
+    old = time.time() - 600
+    os.utime(folder.heartbeat, (old, old))  # a group that ran before and is gone
+    with pytest.raises(WorkersDown, match="stopped answering 6"):
+        folder.run_round("node-a", W.round_config(1), W.received(1))
+    assert not folder.inbox.exists()  # refused before any request was written
+    # a reply nobody took for a day (its ClientApp died) goes, with its request
+    for box in (folder.inbox, folder.outbox):
+        (box / "gone").mkdir(parents=True)
+    (folder.inbox / "gone" / "round.json").write_text("{}")
+    ancient = time.time() - 2 * 24 * 3600
+    os.utime(folder.outbox / "gone", (ancient, ancient))
+    assert folder.next_request() is None
+    assert not (folder.inbox / "gone").exists() and not (folder.outbox / "gone").exists()
