@@ -53,10 +53,14 @@ def serve(node_file: Path, simulated: bool = False) -> None:
         torch.set_num_threads(nf.threads)
     folder = WorkerFolder(settings.state_dir)
     lead = dist.get_rank() == 0
+    agent = os.getppid()  # torchrun's agent: if it dies, this group is orphaned and must end
     cache: dict[str, tuple[Tokenizer, NodeData]] = {}
     if lead:
         log.info("%d workers ready on %s", dist.get_world_size(), device)
     while True:
+        if os.getppid() != agent:
+            log.warning("torchrun's agent is gone: the workers stop")
+            return
         request = _next(folder) if lead else None
         shared: list[Request | None] = [request]
         dist.broadcast_object_list(shared, src=0)

@@ -4,6 +4,7 @@ killed mid-round is restarted by torchrun and the round is trained again to the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from node.node_config import load_node_file
 from node.supernode import worker_argv
 from node.worker_inbox import Reply, WorkerFolder, WorkersDown
 from step_common.errors import StepError
+from step_launch.processes import descendants
 from tests.node import sharded_worker as W
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,9 +43,29 @@ def _start(node_yaml: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
+def _stop(proc: subprocess.Popen[bytes]) -> list[int]:
+    """SIGKILL torchrun's agent alone: its workers must end by themselves (an orphaned group
+    would wait for rounds for ever). Returns those still running after 30 s (then killed)."""
+    workers = descendants([proc.pid])
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(_running(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [p for p in workers if _running(p)]
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _wait_for_heartbeat(folder: WorkerFolder, timeout: float = 120.0) -> dict:
@@ -95,7 +117,8 @@ def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
         with pytest.raises(StepError, match="could not read the round request"):
             folder.run_round("node-a", unreadable, W.received(3))
     finally:
-        _stop(proc)
+        left = _stop(proc)
+    assert not left, "the workers outlived torchrun's agent"
     assert not list(folder.inbox.iterdir()) and not list(folder.outbox.iterdir())
 
 
