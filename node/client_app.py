@@ -25,6 +25,7 @@ from node.keys import node_signer
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, load_node_file
 from node.settings import NodeSettings
+from node.sharded_dp import WorkerDP
 from node.state import NodeStateStore
 from node.trainer import (
     PrivateRound,
@@ -206,7 +207,7 @@ def train(msg: Message, context: Context) -> Message:
             except EvaluationRefused as exc:  # the training itself asks nothing of held-out text
                 log.warning("%s", exc)
         if settings.workers > 1:  # the node's torchrun workers train it (node/worker_group.py)
-            result = _on_workers(settings, cfg, weights)
+            result = _on_workers(settings, cfg, weights, private)
         else:
             result = train_round(
                 settings.name, data, tokenizer, cfg, weights, store, private, device
@@ -231,11 +232,20 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _on_workers(
-    settings: NodeSettings, cfg: P.RoundConfig, weights: dict[str, torch.Tensor]
+    settings: NodeSettings,
+    cfg: P.RoundConfig,
+    weights: dict[str, torch.Tensor],
+    private: PrivateRound | None,
 ) -> RoundResult:
-    """The round trained by the node's torchrun workers, handed over through its state folder."""
-    reply = WorkerFolder(settings.state_dir).run_round(settings.name, cfg, weights)
-    counts = reply.token_counts.to(torch.int32)
+    """The round trained by the node's torchrun workers, handed over through its state folder;
+    under DP with the settings the ledger charged for and a seed from the secret generator
+    (every worker draws the same batches and noise from it: node/sharded_dp.py)."""
+    dp = None
+    if private is not None:
+        seed = int(torch.randint(0, 2**62, (1,), generator=private.generator))
+        dp = WorkerDP(private.settings, seed)
+    reply = WorkerFolder(settings.state_dir).run_round(settings.name, cfg, weights, dp)
+    counts = None if reply.token_counts is None else reply.token_counts.to(torch.int32)
     return RoundResult(reply.update, reply.tokens, counts, reply.mean_loss, reply.wall_s)
 
 

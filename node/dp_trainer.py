@@ -211,6 +211,15 @@ class DPSGD:
         self.module._close()  # removes Opacus' hooks and attributes from the model
 
 
+def expected_tokens(records: Records, dp: DPSettings, steps: int) -> dict[str, int]:
+    """Tokens trained per language as the node reports them under DP: the expected counts
+    (steps x q x sequences x T, from how much text the node holds, not from which sequences
+    were drawn), floored: never above steps x batch x T."""
+    q = dp.expected_batch / len(records)
+    seq_len = int(records.targets.shape[1])
+    return {lang: int(steps * q * n * seq_len) for lang, n in records.per_language.items()}
+
+
 def dp_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,

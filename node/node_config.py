@@ -231,7 +231,7 @@ def load_node_file(path: Path, simulated: bool = False) -> NodeFile:
 
 
 def _check_workers(doc: NodeYaml, path: Path) -> None:
-    """What torchrun workers cannot do yet, and GPUs that are not there, refused up front."""
+    """What torchrun workers cannot do, and GPUs that are not there, refused up front."""
     gpus = doc.resources.gpus
     if gpus == 1:
         res = doc.resources
@@ -242,10 +242,22 @@ def _check_workers(doc: NodeYaml, path: Path) -> None:
                 "fp32 on the CPU: remove them or raise gpus"
             )
         return
-    if doc.privacy is not None:
+    if doc.privacy is not None and doc.privacy.mode != "ghost":
         raise StepError(
-            f"{path}: privacy (DP-SGD) does not run on several workers yet: set resources.gpus "
-            "to 1, or train without local DP"
+            f"{path}: privacy.mode {doc.privacy.mode} does not run on torchrun workers (Opacus "
+            "has no FSDP form of per-sample gradients): set privacy.mode: ghost, or "
+            "resources.gpus: 1"
+        )
+    if doc.privacy is not None and doc.resources.activation_checkpointing:
+        raise StepError(
+            f"{path}: DP-SGD on torchrun workers cannot recompute activations (Opacus' ghost "
+            "clipping would see each block's forward twice): set "
+            "resources.activation_checkpointing: false"
+        )
+    if doc.privacy is not None and doc.resources.precision == "bf16":
+        raise StepError(
+            f"{path}: DP-SGD on torchrun workers computes in fp32 (ghost clipping's norms and "
+            "the gradients they clip must round alike): set resources.precision: auto"
         )
     cuda = doc.resources.device == "cuda" or (
         doc.resources.device == "auto" and torch.cuda.is_available()

@@ -130,6 +130,14 @@ def sharded_steps(
     return losses
 
 
+def all_finite(model: Transformer) -> bool:
+    """Whether every worker's shards are finite (a collective)."""
+    ok = all(bool(torch.isfinite(_local(p)).all()) for p in model.parameters())
+    flag = torch.tensor([1.0 if ok else 0.0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() == 1.0)
+
+
 def gathered_update(model: Transformer, base: Weights) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, base - local) of each weight, whole, on worker 0 (host memory, fp32), one tensor
     at a time; the other workers take part in each gather and get nothing. Every worker must

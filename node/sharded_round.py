@@ -8,7 +8,8 @@ Every worker runs this function together (each call inside is a collective or th
   2. the inner AdamW state of the round before is read from the node's state folder (saved per
      shard, resharded to this many workers); the data position comes with it;
   3. H steps on the same batches as one device would draw (``LanguageMixture`` at the node's
-     step), each worker on its rows;
+     step), each worker on its rows; or, under local DP, H DP-SGD steps of the node
+     (node/sharded_dp.py: Poisson draws over the whole data, noise once per step);
   4. the pseudo-gradient per shard, gathered to worker 0 one tensor at a time, where error
      feedback and the encoding run tensor by tensor (trainer.py ``feedback_one``): worker 0
      holds the encoded update and the new residual, no other whole copy of the model;
@@ -17,7 +18,7 @@ Every worker runs this function together (each call inside is a collective or th
      (node/state.py ``begin``/``commit``): a worker killed at any moment leaves the state of
      the round before, from which the round is trained again to the same bits.
 
-Not yet on workers: DP-SGD and drift correction (refused with the fix).
+Not yet on workers: drift correction (refused with the fix).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import torch
 import torch.distributed as dist
 
 from node.data import NodeData
+from node.dp_trainer import expected_tokens, make_records
 from node.memory_plan import FILL, device_bytes, step_memory
 from node.sharded import (
+    all_finite,
     empty_sharded,
     gathered_update,
     load_global,
@@ -42,6 +45,7 @@ from node.sharded import (
     sharded_steps,
     worker_mesh,
 )
+from node.sharded_dp import WorkerDP, sharded_dp_steps
 from node.state import SHARDED, InnerState, NodeStateStore
 from node.trainer import (
     RoundResult,
@@ -65,6 +69,12 @@ from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer
 from step_model.train import make_optimizer
 
+_DP_RECOMPUTES = (
+    "DP-SGD on torchrun workers cannot recompute activations (Opacus' ghost clipping would "
+    "see each block's forward twice): set resources.activation_checkpointing: false, or a "
+    "smaller batch_size"
+)
+
 
 def sharded_round(
     name: str,
@@ -77,13 +87,16 @@ def sharded_round(
     precision: str = "auto",
     checkpointing: bool = False,
     sharding: str = "full_shard",
+    private: WorkerDP | None = None,
 ) -> RoundResult | None:
     """The round on every worker; ``received`` reads the global weights (the message's
     arrays) on worker 0 only, which alone gets the result (the others None): a function, so
     that nothing holds them once they are in the shards. ``precision`` auto: bf16 on GPUs,
     fp32 on the CPU; ``checkpointing``: recompute activations (node/sharded.py ``shard``);
     ``sharding`` full_shard (FSDP2), replicate (every worker the whole model) or auto
-    (replicate when the whole model and its step fit one device, node/memory_plan.py)."""
+    (replicate when the whole model and its step fit one device, node/memory_plan.py).
+    ``private``: DP-SGD with these settings and secret seed (the same on every worker); its
+    compute stays fp32 (node/sharded_dp.py)."""
     if cfg.drift_correction:
         raise StepError(
             "drift correction does not run on torchrun workers yet: set drift_correction: "
@@ -92,7 +105,14 @@ def sharded_round(
     t0 = time.perf_counter()
     lead = dist.get_rank() == 0
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = "bf16" if device.type == "cuda" and private is None else "fp32"
+    if private is not None and checkpointing:
+        raise StepError(_DP_RECOMPUTES)
+    if private is not None and precision != "fp32":
+        raise StepError(
+            "DP-SGD on torchrun workers computes in fp32 (ghost clipping's norms and the "
+            "gradients they clip must round alike): set resources.precision: auto or fp32"
+        )
     config = model_config(cfg)
     if sharding == "auto":
         fits = _fits_whole(config, cfg, device, precision, checkpointing)
@@ -110,10 +130,39 @@ def sharded_round(
     state = store.latest_before(cfg.round)
     sha = model_sha(cfg)
     _restore(model, optimizer, state, sha)
+    if private is None:
+        trained = _plain(model, optimizer, data, tokenizer, cfg, name, state.node_step)
+    else:
+        trained = _private(model, optimizer, data, tokenizer, cfg, private)
+    tokens, counts, losses = trained
+    seen = None if counts is None else counts > 0
+    update, residual = _encoded(model, base, cfg, state, sha, seen)
+    _save(store, model, optimizer, InnerState(cfg.round, state.node_step + cfg.inner_steps,
+                                              None, sha, None, residual))  # fmt: skip
+    if not lead:
+        return None
+    counts = None if counts is None else counts.to(torch.int32)
+    return RoundResult(update, tokens, counts, mean_finite(losses), time.perf_counter() - t0)
+
+
+_Trained = tuple[dict[str, int], torch.Tensor | None, list[float]]
+"""Tokens per language, (vocab,) target counts (None under DP), each step's loss."""
+
+
+def _plain(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    name: str,
+    node_step: int,
+) -> _Trained:
+    """H AdamW steps on the batches one device would draw at the node's step."""
     mixture = LanguageMixture(
         data.train, cfg.seq_len, cfg.alpha, tokenizer.bos_id, node_seed(cfg.seed, name)
     )
-    draws = [mixture.batch(state.node_step + h, cfg.batch_size) for h in range(cfg.inner_steps)]
+    draws = [mixture.batch(node_step + h, cfg.batch_size) for h in range(cfg.inner_steps)]
     losses = sharded_steps(model, optimizer, [(x, y) for x, y, _ in draws], inner_lrs(cfg),
                            cfg.grad_clip)  # fmt: skip
     bad = [h for h, loss in enumerate(losses) if not math.isfinite(loss)]
@@ -126,13 +175,27 @@ def sharded_round(
     counts = torch.zeros(tokenizer.vocab_size, dtype=torch.int64)
     for _, y, _ in draws:
         counts += torch.bincount(y.reshape(-1), minlength=tokenizer.vocab_size)
-    update, residual = _encoded(model, base, cfg, state, sha, counts > 0)
-    _save(store, model, optimizer, InnerState(cfg.round, state.node_step + cfg.inner_steps,
-                                              None, sha, None, residual))  # fmt: skip
-    if not lead:
-        return None
-    return RoundResult(update, tokens, counts.to(torch.int32), mean_finite(losses),
-                       time.perf_counter() - t0)  # fmt: skip
+    return tokens, counts, losses
+
+
+def _private(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    data: NodeData,
+    tokenizer: Tokenizer,
+    cfg: RoundConfig,
+    private: WorkerDP,
+) -> _Trained:
+    """H DP-SGD steps of the node; as on one device (trainer.py ``_private_steps``) it
+    reports the expected tokens and no per-token counts, which would depend on the draws."""
+    records = make_records(data.train, cfg.seq_len)
+    losses = sharded_dp_steps(model, optimizer, records, private.settings, inner_lrs(cfg),
+                              tokenizer.bos_id, private.seed)  # fmt: skip
+    if not all_finite(model):
+        raise TrainingDiverged(
+            f"DP-SGD diverged in round {cfg.round} (non-finite weights): lower the inner lr"
+        )
+    return expected_tokens(records, private.settings, cfg.inner_steps), None, losses
 
 
 def _fits_whole(
@@ -164,13 +227,13 @@ def _encoded(
     cfg: RoundConfig,
     state: InnerState,
     sha: str,
-    seen: torch.Tensor,
+    seen: torch.Tensor | None,
 ) -> tuple[Weights, Weights | None]:
     """(encoded update, residual to keep) on worker 0, built one gathered tensor at a time;
     ({}, None) on the others, which only take part in the gathers."""
     quantised = cfg.update_encoding in QUANTISED
     carried = state.residual if quantised and state.model_sha == sha else None
-    names = SEEN_ROWS[cfg.seen_rows]
+    names = SEEN_ROWS[cfg.seen_rows] if seen is not None else ()  # under DP: every row
     encoded: Weights = {}
     residual: Weights = {}
     for name, delta in gathered_update(model, base):

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from node.data import NodeData
-from node.dp_trainer import DPSettings, Records, dp_steps
+from node.dp_trainer import DPSettings, Records, dp_steps, expected_tokens
 from node.sharded import load_optimizer
 from node.state import InnerState, NodeStateStore
 from step_common.errors import StepError
@@ -308,11 +308,7 @@ def _private_steps(
         model, optimizer, private.records, private.settings, lrs, tokenizer.bos_id,
         private.generator,
     )  # fmt: skip
-    q = private.settings.expected_batch / len(private.records)
-    tokens = {
-        lang: int(len(lrs) * q * n * cfg.seq_len)  # floor: never above steps x batch x T
-        for lang, n in private.records.per_language.items()
-    }
+    tokens = expected_tokens(private.records, private.settings, len(lrs))
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise TrainingDiverged(
             f"DP-SGD diverged in round {cfg.round} (non-finite weights): lower the inner lr"

@@ -48,7 +48,9 @@ def serve(node_file: Path, simulated: bool = False) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         device = torch.device("cuda", torch.cuda.current_device())
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
+    # On GPUs: NCCL for the model's tensors, gloo for the few host tensors (losses, flags)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo",
+                            timeout=TIMEOUT)  # fmt: skip
     if nf.threads:
         torch.set_num_threads(nf.threads)
     folder = WorkerFolder(settings.state_dir)
@@ -102,13 +104,14 @@ def _train(
             result = sharded_round(
                 request.name, data, tokenizer, cfg, request.weights if lead else None, store,
                 device, settings.precision, settings.activation_checkpointing, settings.sharding,
+                request.private,
             )  # fmt: skip
     except StepError as exc:  # the same on every worker (diverged, refused): answer it
         if lead:
             folder.fail(request, str(exc))
         return
     if lead:
-        assert result is not None and result.token_counts is not None
+        assert result is not None
         reply = Reply(result.update, result.token_counts, result.tokens_per_language,
                       result.mean_loss, result.wall_s)  # fmt: skip
         folder.reply(request, reply)

@@ -3,9 +3,11 @@
 The ClientApp (Flower starts one per message) and the workers (a persistent torchrun group
 that ``step-node start`` launches, node/worker_group.py) meet in ``<state_dir>/workers/``:
 
-    inbox/<id>/    round.json (the round config + node name), weights.safetensors (the global
-                   weights, fp32): written by the ClientApp in one rename
-    outbox/<id>/   update.safetensors (the encoded update), counts.safetensors (token counts),
+    inbox/<id>/    round.json (the round config, node name, and under local DP the settings
+                   the ledger charged for with the round's secret seed), weights.safetensors
+                   (the global weights, fp32): written by the ClientApp in one rename
+    outbox/<id>/   update.safetensors (the encoded update), counts.safetensors (token counts;
+                   none under DP),
                    result.json (tokens per language, mean loss, seconds), or error.json:
                    written by worker 0 in one rename
     heartbeat      worker 0's pid, what it is doing, refreshed every few seconds
@@ -24,13 +26,15 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from node.dp_trainer import DPSettings
+from node.sharded_dp import WorkerDP
 from step_common.errors import StepError
 from step_common.fileio import atomic_directory, atomic_write_text
 from step_fed.protocol import RoundConfig
@@ -56,6 +60,8 @@ class Request:
     name: str
     cfg: RoundConfig
     folder: Path
+    private: WorkerDP | None = None
+    """DP-SGD settings and the round's secret seed (the node's own disk, never sent)."""
 
     def weights(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.folder / "weights.safetensors"))
@@ -64,7 +70,8 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     update: dict[str, torch.Tensor]
-    token_counts: torch.Tensor
+    token_counts: torch.Tensor | None
+    """(vocab,) target counts; None under DP."""
     tokens: dict[str, int]
     mean_loss: float
     wall_s: float
@@ -86,6 +93,7 @@ class WorkerFolder:
         name: str,
         cfg: RoundConfig,
         weights: dict[str, torch.Tensor],
+        private: WorkerDP | None = None,
     ) -> Reply:
         """Hand the round to the workers and wait for its update; WorkersDown when they are
         not running or stop answering, StepError with their message when the round failed."""
@@ -95,8 +103,9 @@ class WorkerFolder:
         with atomic_directory(self.inbox / request) as tmp:
             save_file({k: v.contiguous() for k, v in weights.items()},
                       str(tmp / "weights.safetensors"))  # fmt: skip
-            atomic_write_text(tmp / "round.json",
-                              json.dumps({"name": name, "config": cfg.model_dump()}))  # fmt: skip
+            dp = None if private is None else {**asdict(private.settings), "seed": private.seed}
+            doc = {"name": name, "config": cfg.model_dump(), "private": dp}
+            atomic_write_text(tmp / "round.json", json.dumps(doc))
         reply = self.outbox / request
         try:
             while not reply.is_dir():
@@ -157,17 +166,19 @@ class WorkerFolder:
             try:
                 doc = json.loads((folder / "round.json").read_text(encoding="utf-8"))
                 cfg = RoundConfig.model_validate(doc["config"])
+                private = _private(doc.get("private"))
             except (OSError, ValueError, KeyError, TypeError) as exc:  # never a poison pill
                 self._fail(folder.name, f"the workers could not read the round request: {exc}")
                 continue
-            return Request(folder.name, str(doc["name"]), cfg, folder)
+            return Request(folder.name, str(doc["name"]), cfg, folder, private)
         return None
 
     def reply(self, request: Request, reply: Reply) -> None:
         with atomic_directory(self.outbox / request.id) as tmp:
             save_file({k: v.contiguous() for k, v in reply.update.items()},
                       str(tmp / "update.safetensors"))  # fmt: skip
-            save_file({"counts": reply.token_counts}, str(tmp / "counts.safetensors"))
+            if reply.token_counts is not None:
+                save_file({"counts": reply.token_counts}, str(tmp / "counts.safetensors"))
             result = {"tokens": reply.tokens, "mean_loss": reply.mean_loss, "wall_s": reply.wall_s}
             atomic_write_text(tmp / "result.json", json.dumps(result))
 
@@ -179,13 +190,22 @@ class WorkerFolder:
             atomic_write_text(tmp / "error.json", json.dumps({"error": message}))
 
 
+def _private(doc: dict[str, Any] | None) -> WorkerDP | None:
+    if doc is None:
+        return None
+    settings = DPSettings(float(doc["noise_multiplier"]), float(doc["max_grad_norm"]),
+                          int(doc["expected_batch"]), str(doc["mode"]))  # fmt: skip
+    return WorkerDP(settings, int(doc["seed"]))
+
+
 def _read_reply(folder: Path) -> Reply:
     if (folder / "error.json").is_file():
         raise StepError(json.loads((folder / "error.json").read_text(encoding="utf-8"))["error"])
     doc: dict[str, Any] = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    counts = folder / "counts.safetensors"
     return Reply(
         load_file(str(folder / "update.safetensors")),
-        load_file(str(folder / "counts.safetensors"))["counts"],
+        load_file(str(counts))["counts"] if counts.is_file() else None,
         {k: int(v) for k, v in doc["tokens"].items()},
         float(doc["mean_loss"]),
         float(doc["wall_s"]),

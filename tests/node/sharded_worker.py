@@ -2,10 +2,10 @@
 CPU, FSDP2) through ``node.sharded_round``; worker 0 writes each round's update and result.
 
     torchrun --standalone --nproc-per-node W tests/node/sharded_worker.py STATE OUT FIRST LAST
-        CHECKPOINTING SHARDING
+        CHECKPOINTING SHARDING [dp]
 
 CHECKPOINTING 1: activations recomputed in the backward pass (the same math); SHARDING
-full_shard or replicate.
+full_shard or replicate; dp: DP-SGD rounds (``DP``, noise 0, seed ``DP_SEED``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 
 from node.data import NodeData
+from node.dp_trainer import DPSettings
+from node.sharded_dp import WorkerDP
 from node.sharded_round import sharded_round
 from node.state import NodeStateStore
 from step_fed.protocol import RoundConfig
@@ -28,6 +30,7 @@ from step_model.data import tokenize_texts
 from step_model.tokenizer import ByteTokenizer
 
 CPU = torch.device("cpu")
+DP, DP_SEED = DPSettings(0.0, 1.0, 4, "ghost"), 13
 TEXT = "".join(f"Satz {i}: der Hund {i % 7} läuft über die Brücke {i * 13 % 101}.\n"
                for i in range(400))  # fmt: skip
 
@@ -59,20 +62,21 @@ def main() -> None:
     state, out = Path(sys.argv[1]), Path(sys.argv[2])
     first, last = int(sys.argv[3]), int(sys.argv[4])
     checkpointing, sharding = sys.argv[5] == "1", sys.argv[6]
+    private = WorkerDP(DP, DP_SEED) if sys.argv[7:] == ["dp"] else None
     dist.init_process_group("gloo")
     torch.set_num_threads(1)
     store, data, tok = NodeStateStore(state, keep=8), node_data(), ByteTokenizer()
     for r in range(first, last + 1):
         weights = (lambda r=r: received(r)) if dist.get_rank() == 0 else None
         result = sharded_round("node-a", data, tok, round_config(r), weights, store, CPU,
-                               "fp32", checkpointing, sharding)  # fmt: skip
+                               "fp32", checkpointing, sharding, private)  # fmt: skip
         if result is not None:
             folder = out / f"round-{r}"
             folder.mkdir(parents=True)
             save_file({k: v.contiguous() for k, v in result.update.items()},
                       str(folder / "update.safetensors"))  # fmt: skip
-            assert result.token_counts is not None
-            save_file({"counts": result.token_counts}, str(folder / "counts.safetensors"))
+            if result.token_counts is not None:
+                save_file({"counts": result.token_counts}, str(folder / "counts.safetensors"))
             (folder / "result.json").write_text(json.dumps(
                 {"tokens": result.tokens_per_language, "loss": result.mean_loss}))  # fmt: skip
     dist.destroy_process_group()

@@ -17,10 +17,13 @@ import pytest
 import torch
 
 from node.client_app import _on_workers
+from node.dp_trainer import DPSettings, make_records
 from node.node_config import load_node_file
 from node.supernode import worker_argv
+from node.trainer import PrivateRound
 from node.worker_inbox import Reply, WorkerFolder, WorkersDown
 from step_common.errors import StepError
+from step_fed.secret_rng import secret_generator
 from step_launch.processes import descendants
 from tests.node import sharded_worker as W
 
@@ -90,7 +93,7 @@ def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
     try:
         first = _wait_for_heartbeat(folder)
         settings = load_node_file(node_yaml).settings  # what the ClientApp hands over
-        one = _on_workers(settings, W.round_config(1), W.received(1))
+        one = _on_workers(settings, W.round_config(1), W.received(1), None)
         assert one.tokens_per_language == {"de": 3 * 4 * 16} and "lm_head.weight" in one.update
         assert one.token_counts is not None and one.token_counts.dtype == torch.int32
         # round 2: worker 0 is killed while it trains; torchrun starts the group again and
@@ -116,21 +119,38 @@ def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
         unreadable = W.round_config(3).model_copy(update={"drift_correction": True})
         with pytest.raises(StepError, match="could not read the round request"):
             folder.run_round("node-a", unreadable, W.received(3))
+        # a DP-SGD round handed over with the settings the ClientApp's ledger charged and a
+        # seed from its secret generator; these workers compute in bf16, which DP-SGD refuses
+        # (a DP round on workers runs in tests/step_sim/test_cli.py and test_sharded.py)
+        dp = PrivateRound(make_records({}, 16), DPSettings(1.0, 1.0, 4, "ghost"),
+                          secret_generator(11))  # fmt: skip
+        with pytest.raises(StepError, match="computes in fp32"):
+            _on_workers(settings, W.round_config(3), W.received(3), dp)
     finally:
         left = _stop(proc)
     assert not left, "the workers outlived torchrun's agent"
     assert not list(folder.inbox.iterdir()) and not list(folder.outbox.iterdir())
 
 
-def test_a_node_with_workers_refuses_dp_and_missing_gpus(tmp_path: Path, tiny_corpus: Path) -> None:
+def test_a_node_with_workers_refuses_what_they_cannot_do(tmp_path: Path, tiny_corpus: Path) -> None:
     one = _node(tmp_path / "one", tiny_corpus, precision="bf16")
     with pytest.raises(StepError, match="apply to torchrun workers"):
         load_node_file(one)
     dp = _node(tmp_path / "dp", tiny_corpus, gpus=2)
-    text = dp.read_text() + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4}\n"
-    dp.write_text(text)
-    with pytest.raises(StepError, match="does not run on several workers"):
+    plain = dp.read_text()
+    dp.write_text(plain + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4}\n")
+    assert load_node_file(dp).settings.privacy is not None  # ghost DP-SGD runs on workers
+    dp.write_text(plain + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4, mode: hooks}\n")
+    with pytest.raises(StepError, match="mode hooks does not run on torchrun workers"):
         load_node_file(dp)
+    bf16 = _node(tmp_path / "bf16", tiny_corpus, gpus=2, precision="bf16")
+    bf16.write_text(bf16.read_text() + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4}\n")
+    with pytest.raises(StepError, match="computes in fp32"):
+        load_node_file(bf16)
+    again = _node(tmp_path / "again", tiny_corpus, gpus=2, activation_checkpointing="true")
+    again.write_text(again.read_text() + "privacy: {epsilon: 8, delta: 1.0e-6, rounds: 4}\n")
+    with pytest.raises(StepError, match="cannot recompute activations"):
+        load_node_file(again)
     if torch.cuda.device_count() < 64:
         gpu = _node(tmp_path / "gpu", tiny_corpus, gpus=64)
         gpu.write_text(gpu.read_text().replace("device: cpu", "device: cuda"))

@@ -35,25 +35,6 @@ def step_sim(cfg: Path, out: Path) -> tuple[dict, str]:
     return last_json(proc.stdout), proc.stderr
 
 
-def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
-    """One institution trains on two torchrun workers (FSDP2, gloo), the other on one device."""
-    insts = [{**INSTITUTIONS[0], "gpus": 2}, *INSTITUTIONS[1:]]
-    cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, insts, rounds=2)
-    out = tmp_path / "run"
-    summary, _ = step_sim(cfg, out)
-    name = INSTITUTIONS[0]["name"]
-    assert "ready" in (out / "logs" / f"workers-{name}.log").read_text()
-    assert (out / "nodes" / name / "rounds" / "round-00000002" / "optimizer-sharded").is_dir()
-    assert KEYS <= set(summary)
-    assert summary["mode"] == "federated" and summary["rounds"] == 2 and summary["nodes"] == 2
-    assert set(summary["bpb"]) == {"de", "el", "et"}
-    assert summary["tokens"] == 2 * 2 * 3 * 2 * 32
-    assert (out / "bpb.png").stat().st_size > 10_000
-    assert (out / "LATEST").is_file() and (out / "nodes" / "hellas").is_dir()
-    kinds = [json.loads(x)["kind"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert kinds == ["round", "eval", "round", "eval"]
-
-
 def test_the_centralized_baseline_has_the_same_report(tiny_corpus: Path, tmp_path: Path) -> None:
     cfg = write_sim_config(tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2)
     result = CliRunner().invoke(
@@ -73,11 +54,14 @@ def test_a_non_empty_run_folder_is_refused(tiny_corpus: Path, tmp_path: Path) ->
     assert result.exit_code == 2 and "not empty" in result.stderr
 
 
-def test_privacy_shows_in_the_summary_of_a_flower_run(tiny_corpus: Path, tmp_path: Path) -> None:
+def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
+    """One institution trains with local DP on two torchrun workers (FSDP2, gloo), the other
+    on one device; central DP and int4 both ways: what each shows in the summary."""
     import yaml
 
+    insts = [{**INSTITUTIONS[0], "gpus": 2}, INSTITUTIONS[1]]
     cfg = write_sim_config(
-        tmp_path / "sim.yaml", tiny_corpus, INSTITUTIONS, rounds=2,
+        tmp_path / "sim.yaml", tiny_corpus, insts, rounds=2,
         central_dp_noise=0.5, central_dp_clip=5.0, broadcast_encoding="int4-delta",
         update_encoding="int4",
     )  # fmt: skip
@@ -86,6 +70,14 @@ def test_privacy_shows_in_the_summary_of_a_flower_run(tiny_corpus: Path, tmp_pat
     cfg.write_text(yaml.safe_dump(doc))
     out = tmp_path / "run"
     summary, printed = step_sim(cfg, out)
+    assert "ready" in (out / "logs" / "workers-hellas.log").read_text()
+    assert (out / "nodes" / "hellas" / "rounds" / "round-00000002" / "optimizer-sharded").is_dir()
+    assert KEYS <= set(summary)
+    assert summary["mode"] == "federated" and summary["rounds"] == 2 and summary["nodes"] == 2
+    assert set(summary["bpb"]) == {"de", "el", "et"}
+    assert (out / "bpb.png").stat().st_size > 10_000 and (out / "LATEST").is_file()
+    kinds = [json.loads(x)["kind"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kinds == ["round", "eval", "round", "eval"]
     assert set(summary["epsilon"]) == {"hellas"} and 4.9 < summary["epsilon"]["hellas"] <= 5.0
     assert summary["epsilon_central"] > 0 and summary["delta_central"] == 1e-5
     assert "local DP: hellas spent epsilon" in printed
