@@ -4,14 +4,17 @@
                    [--data DIR]
     step-node check [--dir DIR] [--tokenizer FILE] [--json]
     step-node start [--dir DIR]
+    step-node workers [--dir DIR]
     step-node status [--dir DIR] [--json]
     step-node privacy [--dir DIR] [--json]
 
 init writes node.yaml and the node's key pair and prints the public key and its fingerprint for
 the coordinator admin; check reads the local data exactly as training will, before anything
 connects anywhere; start runs the Flower SuperNode (TLS, node key, only apps signed with the
-federation key) until Ctrl-C; status shows whether it runs and every app it refused; privacy shows
-the privacy ledger: every DP round trained or refused, epsilon spent and what is left.
+federation key) and the node's torchrun workers until Ctrl-C; workers runs a host's share of
+the workers on each other host of a node whose workers span several hosts; status shows
+whether it runs and every app it refused; privacy shows the privacy ledger: every DP round
+trained or refused, epsilon spent and what is left.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from node.ledger import RESET_MEANING, PrivacyLedger
 from node.memory_plan import FILL, GIB, device_bytes, step_memory
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
 from node.settings import NodeSettings
-from node.supernode import FEDERATION_KEY, node_status, run_node
+from node.supernode import FEDERATION_KEY, node_status, run_node, run_workers
 from step_common.cli_common import (
     command_line,
     console_for,
@@ -205,6 +208,7 @@ def check(
         "train_tokens": sum(r["train_tokens"] for r in rows.values()),
         "device": _device_name(nf.settings.device),
         "workers": nf.settings.workers,
+        "hosts": nf.settings.hosts,
         "fingerprint": fingerprint(key),
         "ok": True,
     }
@@ -220,7 +224,10 @@ def check(
     out.print(f"data ok: {len(rows)} languages, {report['train_tokens']:,} training tokens")
     out.print(f"trains on: {report['device']} (resources.device: {nf.settings.device})")
     if nf.settings.workers > 1:
-        out.print(f"with {nf.settings.workers} torchrun workers, FSDP2-sharded "
+        hosts = nf.settings.hosts
+        where = "" if hosts == 1 else (f" on {hosts} hosts meeting at {nf.settings.rendezvous} "
+                                       "(`step-node workers` on each other host)")  # fmt: skip
+        out.print(f"with {nf.settings.workers} torchrun workers{where}, FSDP2-sharded "
                   "(resources.gpus; `step-node start` starts them)")  # fmt: skip
     memory = None
     if preset is not None:
@@ -246,7 +253,7 @@ def _memory_report(
     plan = step_memory(
         config, workers, batch, seq_len, precision, settings.activation_checkpointing, shards
     )
-    capacity, name = device_bytes(device, workers)
+    capacity, name = device_bytes(device, workers // settings.hosts)
     fits = plan.total <= FILL * capacity
     rows = [[what, f"{n / GIB:,.2f}"] for what, n in plan.rows()]
     rows.append(["total", f"{plan.total / GIB:,.2f}"])
@@ -289,6 +296,25 @@ def start(folder: DirOpt = Path(".")) -> None:
         run_node(nf, lambda line: out.print(line, markup=False))
     except KeyboardInterrupt:
         out.print("stopped")
+
+
+@app.command()
+@user_errors
+def workers(folder: DirOpt = Path(".")) -> None:
+    """On each other host of a node whose workers span several hosts (resources.hosts): run
+    this host's torchrun workers until Ctrl-C (the node folder must be on a shared filesystem)."""
+    nf = load_node_file(folder / NODE_FILE)
+    read_node_texts(nf.settings)  # every host reads the data itself
+    check_writable(nf.settings.state_dir, "state_dir")
+    out = console_for(False)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        code = run_workers(nf, lambda line: out.print(line, markup=False))
+    except KeyboardInterrupt:
+        out.print("stopped")
+        return
+    if code != 0:
+        raise StepError(f"the workers ended with exit code {code}: see the lines above")
 
 
 @app.command()

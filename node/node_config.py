@@ -64,6 +64,13 @@ class Resources(BaseModel):
     """Workers (gpus > 1): full_shard (FSDP2: each holds 1/gpus of the weights, gradients and
     AdamW state), replicate (each holds the whole model, gradients averaged: DDP's arithmetic,
     faster where it fits), auto: replicate when the memory plan fits a device."""
+    hosts: int = Field(default=1, ge=1)
+    """Hosts of this institution whose workers train together (``gpus`` on each): torchrun's
+    c10d rendezvous; the node folder (state_dir and data) must be on a filesystem every host
+    shares. `step-node start` runs on one host, `step-node workers` on each other."""
+    rendezvous: str | None = None
+    """hosts > 1: HOST:PORT where the hosts' torchrun agents meet (a free port on one of them,
+    reachable from all)."""
     threads: int = Field(default=0, ge=0)
     """CPU threads for training (0: all cores)."""
     max_backoff_s: YamlFloat = Field(default=60.0, gt=0)
@@ -174,6 +181,8 @@ resources:
   precision: auto               # workers' compute: auto (bf16 on GPUs), fp32 or bf16
   activation_checkpointing: false  # workers recompute activations: less memory, more compute
   sharding: auto                # workers: full_shard (FSDP2), replicate, auto (replicate: fits)
+  hosts: 1                      # >1: workers on that many hosts (gpus each), node folder shared
+  rendezvous: null              # hosts > 1: HOST:PORT where the hosts' torchrun agents meet
   threads: 0                    # CPU threads for training (0: all cores)
   max_backoff_s: 60             # longest wait between reconnection attempts
 """
@@ -232,8 +241,18 @@ def load_node_file(path: Path, simulated: bool = False) -> NodeFile:
 
 def _check_workers(doc: NodeYaml, path: Path) -> None:
     """What torchrun workers cannot do, and GPUs that are not there, refused up front."""
-    gpus = doc.resources.gpus
-    if gpus == 1:
+    gpus, hosts, rendezvous = doc.resources.gpus, doc.resources.hosts, doc.resources.rendezvous
+    if hosts > 1 and not _host_port(rendezvous):
+        raise StepError(
+            f"{path}: resources.hosts is {hosts}: set resources.rendezvous to HOST:PORT, a free "
+            "port on one of the hosts that every host can reach (torchrun's c10d rendezvous)"
+        )
+    if hosts == 1 and rendezvous is not None:
+        raise StepError(
+            f"{path}: resources.rendezvous applies to workers on several hosts: remove it or "
+            "set resources.hosts"
+        )
+    if gpus * hosts == 1:
         res = doc.resources
         if res.precision != "auto" or res.activation_checkpointing or res.sharding != "auto":
             raise StepError(
@@ -269,6 +288,11 @@ def _check_workers(doc: NodeYaml, path: Path) -> None:
         )
 
 
+def _host_port(value: str | None) -> bool:
+    host, _, port = (value or "").rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSettings:
     """The settings a node.yaml in ``folder`` gives (its relative paths start there)."""
     return NodeSettings(
@@ -281,10 +305,12 @@ def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSetti
         doc.resources.device,
         doc.encoding,
         key,
-        doc.resources.gpus,
+        doc.resources.gpus * doc.resources.hosts,
         doc.resources.precision,
         doc.resources.activation_checkpointing,
         doc.resources.sharding,
+        doc.resources.hosts,
+        doc.resources.rendezvous,
     )
 
 

@@ -45,11 +45,15 @@ class NodeSettings:
     """The node's private key (a deployed node): it signs the privacy ledger and the epsilon
     the node reports. None in a simulation (no keys)."""
     workers: int = 1
-    """Torchrun workers that train each round (node.yaml ``resources.gpus``); 1: the ClientApp
-    trains on its own device."""
+    """Torchrun workers that train each round, on all hosts (node.yaml ``resources.gpus`` x
+    ``hosts``); 1: the ClientApp trains on its own device."""
     precision: str = "auto"
     """The workers' compute precision: auto (bf16 on GPUs), fp32, bf16."""
     activation_checkpointing: bool = False
     """The workers recompute each block's activations in the backward pass."""
     sharding: str = "auto"
     """The workers: full_shard (FSDP2), replicate, or auto (replicate when it fits)."""
+    hosts: int = 1
+    """Hosts the workers span (``workers / hosts`` on each); >1: torchrun's c10d rendezvous."""
+    rendezvous: str | None = None
+    """HOST:PORT of the c10d rendezvous when the workers span several hosts."""

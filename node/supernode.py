@@ -140,12 +140,41 @@ def _argv(nf: NodeFile, port: int, trusted: Path) -> list[str]:
 
 def worker_argv(nf: NodeFile, simulated: bool = False) -> list[str]:
     """The node's torchrun workers on this host (``resources.gpus`` of them): torchrun restarts
-    the whole group when one dies (its own elastic agent, up to ``WORKER_RESTARTS`` times)."""
+    the whole group when one dies (its own elastic agent, up to ``WORKER_RESTARTS`` times).
+    Several hosts meet at the node's c10d rendezvous: the same command on each of them."""
+    settings = nf.settings
+    if settings.hosts > 1:
+        meet = [f"--nnodes={settings.hosts}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={settings.rendezvous}",
+                f"--rdzv-id=step-{settings.name}"]  # fmt: skip
+    else:
+        meet = ["--standalone"]
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc-per-node={nf.settings.workers}", f"--max-restarts={WORKER_RESTARTS}",
+        sys.executable, "-m", "torch.distributed.run", *meet,
+        f"--nproc-per-node={settings.workers // settings.hosts}",
+        f"--max-restarts={WORKER_RESTARTS}",
         "-m", "node.worker_group", str(nf.path), *(["--simulated"] if simulated else []),
     ]  # fmt: skip
+
+
+def run_workers(nf: NodeFile, say: Callable[[str], None]) -> int:
+    """This host's share of a node's workers that span several hosts (`step-node workers` on
+    each host but the one running `step-node start`), in the foreground until they end or
+    Ctrl-C; torchrun's exit code."""
+    settings = nf.settings
+    if settings.hosts == 1:
+        raise StepError(
+            f"{nf.path}: resources.hosts is 1: `step-node start` starts this node's workers; "
+            "`step-node workers` runs on the other hosts of a node with hosts > 1"
+        )
+    marker = new_marker()
+    here = settings.workers // settings.hosts
+    say(f"joining {nf.name}'s workers at {settings.rendezvous}: {here} of {settings.workers} "
+        f"workers on this host, {settings.hosts} hosts in all")  # fmt: skip
+    with watchdog(marker), ChildProcesses(marker) as workers:
+        proc = workers.spawn(worker_argv(nf), flower_env(nf.folder / "flwr_home", marker),
+                             sys.stdout.buffer, subprocess.STDOUT)  # fmt: skip
+        return proc.wait()
 
 
 def run_node(nf: NodeFile, say: Callable[[str], None]) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from node.sharded_round import sharded_round
 from node.state import NodeStateStore
 from node.worker_inbox import HEARTBEAT_S, Reply, Request, WorkerFolder
 from step_common.errors import StepError
+from step_common.fileio import atomic_write_text
 from step_model.tokenizer import Tokenizer, tokenizer_from_json
 from step_model.train import pick_device
 
@@ -54,6 +57,7 @@ def serve(node_file: Path, simulated: bool = False) -> None:
     if nf.threads:
         torch.set_num_threads(nf.threads)
     folder = WorkerFolder(settings.state_dir)
+    _check_shared(folder)
     lead = dist.get_rank() == 0
     agent = os.getppid()  # torchrun's agent: if it dies, this group is orphaned and must end
     cache: dict[str, tuple[Tokenizer, NodeData]] = {}
@@ -70,6 +74,37 @@ def serve(node_file: Path, simulated: bool = False) -> None:
         if request is None:
             continue
         _train(request, settings, folder, device, cache, lead)
+
+
+def _check_shared(folder: WorkerFolder) -> None:
+    """Workers on several hosts meet in the node's state folder (worker 0 reads the requests
+    and commits the state; every worker writes its shard of it): each host must see what
+    worker 0 writes there. Worker 0 writes a fresh token; a worker that cannot read it ends
+    with the fix (torchrun starts the group again: a filesystem mounted meanwhile is found)."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size())) == dist.get_world_size():
+        return  # one host: one filesystem
+    token = [uuid.uuid4().hex if dist.get_rank() == 0 else ""]
+    path = folder.root / "group-token"
+    if dist.get_rank() == 0:
+        folder.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, token[0])
+    dist.broadcast_object_list(token, src=0)
+    try:
+        seen = path.read_text(encoding="utf-8") == token[0]
+    except OSError:
+        seen = False
+    flags = torch.tensor([1.0 if seen else 0.0])
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    if not seen:
+        raise StepError(
+            f"worker {dist.get_rank()} on {socket.gethostname()} does not see {path}, which "
+            "worker 0 has just written: the node folder (state_dir) must be on a filesystem "
+            "every host of the node shares (resources.hosts > 1)"
+        )
+    if float(flags.item()) < 1.0:
+        raise StepError(
+            "a worker on another host does not see the node's state folder: see its log"
+        )
 
 
 def _next(folder: WorkerFolder) -> Request | None:
@@ -145,7 +180,11 @@ def main() -> None:
     files = [a for a in args if a != "--simulated"]
     if len(files) != 1:
         sys.exit("usage: torchrun ... -m node.worker_group NODE_YAML [--simulated]")
-    serve(Path(files[0]), simulated)
+    try:
+        serve(Path(files[0]), simulated)
+    except StepError as exc:  # a setup the workers cannot train with: the fix, no traceback
+        log.error("%s", exc)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

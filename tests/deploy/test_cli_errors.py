@@ -264,6 +264,8 @@ CASES: list[tuple[str, Callable[[Path], tuple[object, list[str]]], str]] = [
     ("check an unwritable state_dir", lambda w: (node, ["check", "--dir", str(w / "badstate")]),
      "state_dir /proc/s is not writable"),
     ("privacy without node.yaml", lambda w: (node, ["privacy", "--dir", str(w)]), "step-node init"),
+    ("workers of a one-host node", lambda w: (node, ["workers", "--dir", str(w / "uni")]),
+     "`step-node start` starts this node's workers"),
     ("privacy reset unconfirmed", lambda w: (node, ["privacy", "reset", "--dir", str(w / "uni")]),
      "a reset means"),
     (
@@ -330,6 +332,9 @@ def test_bad_input_is_one_clear_line(
         (("precision: auto ", "precision: bf16 "), "apply to torchrun workers"),
         (("sharding: auto ", "sharding: replicate "), "apply to torchrun workers"),
         (("sharding: auto ", "sharding: zero3 "), "resources.sharding"),
+        (("hosts: 1 ", "hosts: 2 "), "set resources.rendezvous to HOST:PORT"),
+        (("rendezvous: null ", "rendezvous: 10.0.0.1:29400 "), "applies to workers on several"),
+        (("hosts: 1 ", "hosts: 2 ", "rendezvous: null ", "rendezvous: here "), "HOST:PORT"),
         (("holdout_fraction: 0.05", "holdout_fraction: 2"), "holdout_fraction"),
         (("state_dir: state", "state_dir: state\nsecret: 1"), "unknown key secret"),
         (("privacy: null", "privacy: {epsilon: 8, rounds: 3}"), "privacy.delta is missing"),
@@ -338,9 +343,10 @@ def test_bad_input_is_one_clear_line(
         (("privacy: null", "privacy: {epsilon: 8, delta: 2, rounds: 3}"), "privacy.delta"),
     ],
 )
-def test_bad_node_yaml(world: Path, edit: tuple[str, str], needle: str) -> None:
+def test_bad_node_yaml(world: Path, edit: tuple[str, ...], needle: str) -> None:
     path = world / "uni" / "node.yaml"
-    _edit(path, *edit)
+    for old, new in zip(edit[::2], edit[1::2], strict=True):
+        _edit(path, old, new)
     before = snapshot(world)
     result = runner.invoke(node, ["check", "--dir", str(world / "uni")])
     assert result.exit_code == 2, result.output

@@ -20,11 +20,11 @@ from node.client_app import _on_workers
 from node.dp_trainer import DPSettings, make_records
 from node.node_config import load_node_file
 from node.supernode import worker_argv
-from node.trainer import PrivateRound
+from node.trainer import PrivateRound, RoundResult
 from node.worker_inbox import Reply, WorkerFolder, WorkersDown
 from step_common.errors import StepError
 from step_fed.secret_rng import secret_generator
-from step_launch.processes import descendants
+from step_launch.processes import descendants, free_port
 from tests.node import sharded_worker as W
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,6 +130,40 @@ def test_rounds_through_the_workers_and_a_worker_killed_mid_round(
         left = _stop(proc)
     assert not left, "the workers outlived torchrun's agent"
     assert not list(folder.inbox.iterdir()) and not list(folder.outbox.iterdir())
+    _two_hosts(tmp_path, tiny_corpus, one)
+
+
+def _two_hosts(tmp_path: Path, corpus: Path, want: object) -> None:
+    """The node's workers on two "hosts": two torchrun agents, one worker each, meeting at a
+    c10d rendezvous on loopback: round 1 has the bits of the one-host group's round 1. A host
+    that does not share the state folder is told so."""
+    port = free_port()
+    shared = _node(tmp_path / "hosts", corpus, gpus=1, precision="bf16", hosts=2,
+                   rendezvous=f"127.0.0.1:{port}")  # fmt: skip
+    agents = [_start(shared), _start(shared)]
+    try:
+        _wait_for_heartbeat(WorkerFolder(tmp_path / "hosts" / "state"))
+        settings = load_node_file(shared).settings
+        got = _on_workers(settings, W.round_config(1), W.received(1), None)
+        assert isinstance(want, RoundResult) and got.update.keys() == want.update.keys()
+        assert all(torch.equal(got.update[k], want.update[k]) for k in got.update)
+    finally:
+        for agent in agents:
+            _stop(agent)
+    port = free_port()
+    apart = [_node(tmp_path / f"apart-{i}", corpus, gpus=1, hosts=2,
+                   rendezvous=f"127.0.0.1:{port}") for i in (0, 1)]  # fmt: skip
+    agents = [_start(apart[0]), _start(apart[1])]
+    try:
+        deadline, logs = time.monotonic() + 120, [y.parent / "workers.log" for y in apart]
+        while not any("does not see" in log.read_text(errors="replace") for log in logs):
+            assert time.monotonic() < deadline, logs[1].read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        text = "".join(log.read_text(errors="replace") for log in logs)
+        assert "must be on a filesystem every host of the node shares" in text
+    finally:
+        for agent in agents:
+            _stop(agent)
 
 
 def test_a_node_with_workers_refuses_what_they_cannot_do(tmp_path: Path, tiny_corpus: Path) -> None:
