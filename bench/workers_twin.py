@@ -5,7 +5,8 @@ that the first institution trains on ``--gpus`` torchrun workers (FSDP2 over glo
 machine) in one run and on one device in the other; prints one JSON line: each run's mean
 held-out bits per byte, per language, and the difference (goal: within 0.01). With
 ``--private`` that institution trains with local DP-SGD (epsilon 8) in both runs: its noise is
-drawn afresh in each, so the two differ by the noise as well as by float order.
+drawn afresh in each, so the two differ by the noise as well as by float order; ``--private
+--gpus 1`` runs two one-device twins: the spread the noise alone gives.
 
     python bench/workers_twin.py [--config bench/configs/sim-eu4.yaml] [--gpus 2] [--private]
 """
@@ -52,13 +53,13 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="workers-twin-") as tmp:
         folder = Path(tmp)
-        runs = {}
-        for gpus in (args.gpus, 1):
+        runs = []
+        for i, gpus in enumerate((args.gpus, 1)):  # --gpus 1: two one-device runs (DP spread)
             cfg = twin_config(args.config, folder, gpus, args.private, args.rounds)
             t0 = time.perf_counter()
-            summary = step_sim(cfg, folder / f"run-{gpus}")
-            runs[gpus] = (summary, time.perf_counter() - t0)
-    (workers, w_s), (one, o_s) = runs[args.gpus], runs[1]
+            summary = step_sim(cfg, folder / f"run-{i}")
+            runs.append((summary, time.perf_counter() - t0))
+    (workers, w_s), (one, o_s) = runs
     langs = sorted(workers["bpb"])
     print(json.dumps({
         "config": str(args.config), "rounds": args.rounds, "private": args.private,

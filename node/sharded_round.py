@@ -69,12 +69,6 @@ from step_model.model import Transformer
 from step_model.tokenizer import Tokenizer
 from step_model.train import make_optimizer
 
-_DP_RECOMPUTES = (
-    "DP-SGD on torchrun workers cannot recompute activations (Opacus' ghost clipping would "
-    "see each block's forward twice): set resources.activation_checkpointing: false, or a "
-    "smaller batch_size"
-)
-
 
 def sharded_round(
     name: str,
@@ -107,7 +101,10 @@ def sharded_round(
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and private is None else "fp32"
     if private is not None and checkpointing:
-        raise StepError(_DP_RECOMPUTES)
+        raise StepError(
+            "DP-SGD on torchrun workers cannot recompute activations (Opacus' ghost clipping "
+            "would see each block's forward twice): set resources.activation_checkpointing: false"
+        )
     if private is not None and precision != "fp32":
         raise StepError(
             "DP-SGD on torchrun workers computes in fp32 (ghost clipping's norms and the "
@@ -127,7 +124,7 @@ def sharded_round(
     base = local_shards(model)
     model.train()
     optimizer = make_optimizer(model, cfg.inner_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    state = store.latest_before(cfg.round)
+    state = _state_before(store, cfg.round)
     sha = model_sha(cfg)
     _restore(model, optimizer, state, sha)
     if private is None:
@@ -207,6 +204,24 @@ def _fits_whole(
     plan = step_memory(config, world, cfg.batch_size, cfg.seq_len, precision, checkpointing,
                        shards=1)  # fmt: skip
     return plan.total <= FILL * device_bytes(device, world)[0]
+
+
+def _state_before(store: NodeStateStore, round_: int) -> InnerState:
+    """The state of the round before, its checksums read once for the node (by worker 0, not
+    by every worker: at 1b that is ~10 GB read per worker); a failure on any worker is raised
+    on all of them, so none waits in a collective for the others."""
+    state, error = None, None
+    try:
+        state = store.latest_before(round_, verify=dist.get_rank() == 0)
+    except StepError as exc:
+        error = str(exc)
+    errors: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise StepError(failed[0])
+    assert state is not None
+    return state
 
 
 def _restore(

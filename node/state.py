@@ -79,13 +79,15 @@ class NodeStateStore:
                 found.append((int(p.name[6:]), p))
         return sorted(found)
 
-    def latest_before(self, round_: int) -> InnerState:
-        """The newest state saved by a round before ``round_`` (a fresh state if none)."""
+    def latest_before(self, round_: int, verify: bool = True) -> InnerState:
+        """The newest state saved by a round before ``round_`` (a fresh state if none), its
+        SHA256SUMS checked unless ``verify`` is False (torchrun workers: worker 0 checks)."""
         earlier = [(r, p) for r, p in self._dirs() if r < round_]
         if not earlier:
             return InnerState(round=0, node_step=0, optimizer=None)
         _, path = earlier[-1]
-        verify_checkpoint(path, required=("state.json",))
+        if verify:
+            verify_checkpoint(path, required=("state.json",))
         meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
         optimizer = read_tree(path, "optimizer") if (path / "optimizer.json").is_file() else None
         sharded = path / SHARDED if (path / SHARDED / ".metadata").is_file() else None

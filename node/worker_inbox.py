@@ -85,6 +85,7 @@ class WorkerFolder:
         self.start_s = start_s
         self.inbox, self.outbox = self.root / "inbox", self.root / "outbox"
         self.heartbeat = self.root / "heartbeat"
+        self._beaten = ""
 
     # --- the ClientApp's side -------------------------------------------------------------
 
@@ -148,8 +149,17 @@ class WorkerFolder:
     # --- worker 0's side ------------------------------------------------------------------
 
     def beat(self, doing: str) -> None:
-        """Refresh the heartbeat (worker 0, every few seconds)."""
-        atomic_write_text(self.heartbeat, json.dumps({"pid": os.getpid(), "doing": doing}))
+        """Refresh the heartbeat (worker 0, every few seconds): its time only, while what it
+        says stays the same (no write and sync of a file every 2 s between rounds)."""
+        text = json.dumps({"pid": os.getpid(), "doing": doing})
+        if text == self._beaten:
+            try:
+                os.utime(self.heartbeat)
+                return
+            except FileNotFoundError:
+                pass
+        atomic_write_text(self.heartbeat, text)
+        self._beaten = text
 
     def next_request(self) -> Request | None:
         """The oldest complete request without a reply, or None."""
