@@ -27,10 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-
-from step_fed.identity import NodeSigner  # noqa: E402
+from step_fed.identity import NodeSigner, write_new_key  # noqa: E402
 from step_fed.secagg.client import SecAggClient  # noqa: E402
 from step_fed.secagg.grid import Grid  # noqa: E402
 from step_fed.secagg.prg import MaskStream  # noqa: E402
@@ -42,15 +39,7 @@ VOCAB = 2048  # the default example's BPE vocabulary
 
 
 def signers(folder: Path, names: list[str]) -> dict[str, NodeSigner]:
-    out = {}
-    for name in names:
-        key = ec.generate_private_key(ec.SECP384R1())
-        path = folder / f"{name}.key"
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))  # fmt: skip
-        out[name] = NodeSigner(path)
-    return out
+    return {name: write_new_key(folder / f"{name}.key") for name in names}
 
 
 def wire_bytes(bits: int) -> int:

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from step_common.fileio import atomic_write_bytes
-from step_fed.identity import NodeSigner
+from step_fed.identity import NodeSigner, write_new_key
 
 PRIVATE_KEY = "node.key"
 PUBLIC_KEY = "node.pub"
@@ -18,17 +15,7 @@ PUBLIC_KEY = "node.pub"
 
 def create_key_pair(folder: Path, comment: str) -> str:
     """Write ``node.key`` (0600) and ``node.pub`` into ``folder``; return the public key line."""
-    key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    atomic_write_bytes(folder / PRIVATE_KEY, private, mode=0o600)
-    line = public.decode("ascii") + f" {comment}"
+    line = write_new_key(folder / PRIVATE_KEY).public_line + f" {comment}"
     atomic_write_bytes(folder / PUBLIC_KEY, (line + "\n").encode("ascii"))
     return line
 

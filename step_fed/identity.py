@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from step_common.errors import StepError
+from step_common.fileio import atomic_write_bytes
 from step_common.signatures import fingerprint
 
 KEY_TYPE = "ecdsa-sha2-nistp384"
@@ -80,3 +81,16 @@ def verify_node_signature(public_line: str, data: bytes, signature: str) -> bool
     except (InvalidSignature, ValueError, AssertionError, UnicodeError):
         return False
     return True
+
+
+def write_new_key(path: Path) -> NodeSigner:
+    """A new ECDSA P-384 private key written to ``path`` (OpenSSH format, 0600), as its signer
+    (whose ``public_line`` is the key to enroll)."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    atomic_write_bytes(path, private, mode=0o600)
+    return NodeSigner(path)

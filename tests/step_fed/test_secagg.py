@@ -9,13 +9,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
 
-from step_fed.identity import NodeSigner
+from step_fed.identity import NodeSigner, write_new_key
 from step_fed.secagg.client import SecAggClient
 from step_fed.secagg.grid import Grid, clip, dequantise_sum, quantise
 from step_fed.secagg.keys import Advert, RoundKeys, pair_seed
@@ -33,14 +31,7 @@ def people(
 ) -> tuple[dict[str, NodeSigner], dict[str, str]]:
     """Each node's identity key (as `step-node init` makes it) and the enrolled public lines."""
     folder = tmp_path_factory.mktemp("keys")
-    signers = {}
-    for name in (*NAMES, "mallory"):
-        key = ec.generate_private_key(ec.SECP384R1())
-        path = folder / f"{name}.key"
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.OpenSSH,
-                                           serialization.NoEncryption()))  # fmt: skip
-        signers[name] = NodeSigner(path)
+    signers = {name: write_new_key(folder / f"{name}.key") for name in (*NAMES, "mallory")}
     return signers, {n: s.public_line for n, s in signers.items() if n != "mallory"}
 
 
