@@ -9,10 +9,7 @@ import numpy as np
 from step_common.errors import StepError
 from step_fed.secagg.graph import neighbours
 from step_fed.secagg.grid import Grid
-from step_fed.secagg.prg import MaskStream
-
-CHUNK = 1 << 20
-"""Mask values generated at a time: a model-sized mask never exists whole."""
+from step_fed.secagg.prg import CHUNK, MaskStream
 
 
 class SecAggError(StepError):

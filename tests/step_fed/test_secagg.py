@@ -20,6 +20,7 @@ from step_fed.secagg.keys import Advert, RoundKeys, pair_seed
 from step_fed.secagg.server import SecAggServer
 from step_fed.secagg.setup import RoundSetup, SecAggAbandoned, SecAggError
 from step_fed.secagg.shamir import combine, split
+from step_fed.secagg.wire import advert_of, advert_record, pack, reveal_of, reveal_record, unpack
 
 NAMES = tuple(f"inst-{i}" for i in range(8))
 GRID = Grid(clip=1.0, range=0.05, bits=5)  # b = 5 + 3 = 8 bits for 8 nodes
@@ -249,3 +250,23 @@ def test_shamir_rebuilds_from_any_threshold_and_not_from_fewer() -> None:
     wrong = [shares[0], shares[1], type(shares[2])(shares[2].x, shares[2].y ^ noise)]
     with pytest.raises(ValueError, match="do not belong to one secret"):
         combine(wrong, 3)
+
+
+def test_messages_survive_the_wire_and_malformed_ones_are_refused(people: tuple) -> None:
+    setup = _setup("r14")
+    signers, identities = people
+    advert = SecAggClient(NAMES[0], setup, signers[NAMES[0]], identities).advertise()
+    assert advert_of(advert_record(advert), "test") == advert
+    with pytest.raises(SecAggError, match="malformed key advert"):
+        advert_of({**advert_record(advert), "mask_key": b"short"}, "inst-0's reply")
+    revealed = {"inst-1": ("seed", b"\x00\x01" * 34), "inst-2": ("mask", b"\x02" * 68)}
+    assert reveal_of(reveal_record(revealed), "test") == revealed
+    with pytest.raises(SecAggError, match="malformed share"):
+        reveal_of({"both:inst-1": b"x"}, "inst-0's reply")
+    masked = np.random.default_rng(0).integers(0, 1 << setup.bits, 100, dtype=np.uint32)
+    packed = pack(masked, setup.bits)
+    assert packed.dtype == np.uint8 and np.array_equal(unpack(packed, setup.bits, 100, "t"), masked)
+    with pytest.raises(SecAggError, match="expects uint8"):
+        unpack(masked, setup.bits, 100, "inst-0's reply")
+    with pytest.raises(SecAggError, match="more than 7 bits"):
+        unpack(np.full(100, 200, np.uint8), 7, 100, "inst-0's reply")
