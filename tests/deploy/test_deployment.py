@@ -18,7 +18,7 @@ from flwr.proto.fleet_pb2_grpc import FleetStub
 from flwr.proto.run_pb2 import GetRunRequest
 
 from step_model.checkpoint import SUMS
-from tests.deploy.harness import Outsider, Processes, cli, free_ports, last_json
+from tests.deploy.harness import Outsider, Processes, cli, free_ports, last_json, quick
 
 pytestmark = pytest.mark.slow
 
@@ -33,18 +33,18 @@ def _ok(result: object) -> None:
 def _setup(tmp: Path, corpus: Path) -> tuple[Path, int, int]:
     fleet, control = free_ports(2)
     fed = tmp / "fed"
-    _ok(cli("step-coord", "init", fed, "--host", "127.0.0.1", "--rounds", "2",
+    _ok(quick("step-coord", "init", fed, "--host", "127.0.0.1", "--rounds", "2",
             "--inner-steps", "3", "--min-nodes", "3", "--fleet-address",
             f"127.0.0.1:{fleet}", "--control-port", str(control)))  # fmt: skip
     cfg = fed / "coordinator.yaml"
     cfg.write_text(cfg.read_text().replace("eval_every: 5 ", "eval_every: 2 "))
     other = tmp / "twin" / "fed"  # another federation of the same name: its CA vouches for nothing
-    _ok(cli("step-coord", "init", other, "--fleet-address", "127.0.0.1:1", "--control-port", "2"))
+    _ok(quick("step-coord", "init", other, "--fleet-address", "127.0.0.1:1", "--control-port", "2"))
     nodes = {**{n: fed for n in HONEST}, "intruder": fed, "revoked": fed, "wrongca": other,
              "mallory": fed}  # fmt: skip
     for name, ca_fed in nodes.items():
         node = tmp / name
-        _ok(cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
+        _ok(quick("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
                 "--ca", ca_fed / "tls" / "ca.crt", "--federation-key",
                 fed / "tls" / "federation.pub", "--data", corpus))  # fmt: skip
         yaml_path = node / "node.yaml"
@@ -57,8 +57,10 @@ def _setup(tmp: Path, corpus: Path) -> tuple[Path, int, int]:
             yaml_path.write_text(text.replace("privacy: null ", "privacy: {epsilon: 8, delta: "
                                               "1.0e-6, rounds: 4} "))  # fmt: skip
         if name not in ("intruder", "mallory"):
-            _ok(cli("step-coord", "enroll", name, "--public-key", node / "node.pub", "--dir", fed))
-    _ok(cli("step-coord", "revoke", "revoked", "--dir", fed))
+            _ok(
+                quick("step-coord", "enroll", name, "--public-key", node / "node.pub", "--dir", fed)
+            )
+    _ok(quick("step-coord", "revoke", "revoked", "--dir", fed))
     return fed, fleet, control
 
 
@@ -189,7 +191,7 @@ def test_status_while_running_and_a_clean_stop(tmp_path: Path) -> None:
     resumes; step-coord stop then stops it cleanly."""
     fleet, control = free_ports(2)
     fed = tmp_path / "fed"
-    _ok(cli("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
+    _ok(quick("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
             "--control-port", str(control)))  # fmt: skip
     with Processes(tmp_path) as procs:
         procs.start("first", "step-coord", "start", "--dir", fed)
@@ -235,7 +237,7 @@ def test_a_failed_run_is_reported_as_failed(tmp_path: Path) -> None:
     """flwr run exits 0 even when the ServerApp then fails; step-coord checks the status."""
     fleet, control = free_ports(2)
     fed = tmp_path / "fed"
-    _ok(cli("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
+    _ok(quick("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
             "--control-port", str(control)))  # fmt: skip
     cfg = fed / "coordinator.yaml"
     text = cfg.read_text().replace("round_timeout_s: 600", "round_timeout_s: 3")
@@ -255,13 +257,13 @@ def test_a_node_started_before_the_coordinator_connects_when_it_comes(
 ) -> None:
     fleet, control = free_ports(2)
     fed = tmp_path / "fed"
-    _ok(cli("step-coord", "init", fed, "--rounds", "1", "--inner-steps", "2", "--min-nodes", "1",
+    _ok(quick("step-coord", "init", fed, "--rounds", "1", "--inner-steps", "2", "--min-nodes", "1",
             "--fleet-address", f"127.0.0.1:{fleet}", "--control-port", str(control)))  # fmt: skip
     node = tmp_path / "early"
-    _ok(cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
+    _ok(quick("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
             "--ca", fed / "tls" / "ca.crt", "--federation-key", fed / "tls" / "federation.pub",
             "--data", tiny_corpus))  # fmt: skip
-    _ok(cli("step-coord", "enroll", "early", "--public-key", node / "node.pub", "--dir", fed))
+    _ok(quick("step-coord", "enroll", "early", "--public-key", node / "node.pub", "--dir", fed))
     with Processes(tmp_path) as procs:
         procs.start("early", "step-node", "start", "--dir", node)
         _wait_for_line(procs, "early", "retrying", timeout=60)  # nobody listens yet

@@ -21,7 +21,7 @@ from coordinator.registry import Registry
 from coordinator.superlink import FlowerAdmin, flower_env, start_superlink, sync_registry
 from step_common.signatures import create_signing_key, load_signing_key
 from step_launch.processes import ChildProcesses, new_marker
-from tests.deploy.harness import Outsider, Processes, cli, free_ports, last_json
+from tests.deploy.harness import Outsider, Processes, cli, free_ports, last_json, quick
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +43,12 @@ def _refused_runs(node: Path) -> dict[int, str]:
 def test_nodes_refuse_apps_not_signed_by_the_federation(tmp_path: Path, tiny_corpus: Path) -> None:
     fleet, control = free_ports(2)
     fed, node = tmp_path / "fed", tmp_path / "uni"
-    assert cli("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
+    assert quick("step-coord", "init", fed, "--fleet-address", f"127.0.0.1:{fleet}",
                "--control-port", str(control)).returncode == 0  # fmt: skip
-    assert cli("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}", "--ca",
+    assert quick("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}", "--ca",
                fed / "tls" / "ca.crt", "--federation-key", fed / "tls" / "federation.pub",
                "--data", tiny_corpus).returncode == 0  # fmt: skip
-    assert cli("step-coord", "enroll", "uni", "--public-key", node / "node.pub", "--dir",
+    assert quick("step-coord", "enroll", "uni", "--public-key", node / "node.pub", "--dir",
                fed).returncode == 0  # fmt: skip
     create_signing_key(tmp_path / "other-federation", "other")
     folder = FederationFolder(fed)
