@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chi2
@@ -17,6 +18,7 @@ from step_fed.identity import NodeSigner, write_new_key
 from step_fed.secagg.client import SecAggClient
 from step_fed.secagg.grid import Grid, clip, dequantise_sum, quantise
 from step_fed.secagg.keys import Advert, RoundKeys, pair_seed
+from step_fed.secagg.roster import signed_roster, verified_roster
 from step_fed.secagg.server import SecAggServer
 from step_fed.secagg.setup import RoundSetup, SecAggAbandoned, SecAggError
 from step_fed.secagg.shamir import combine, split
@@ -270,3 +272,22 @@ def test_messages_survive_the_wire_and_malformed_ones_are_refused(people: tuple)
         unpack(masked, setup.bits, 100, "inst-0's reply")
     with pytest.raises(SecAggError, match="more than 7 bits"):
         unpack(np.full(100, 200, np.uint8), 7, 100, "inst-0's reply")
+
+
+def test_the_roster_of_identity_keys_verifies_and_refuses_alteration_or_rollback(
+    people: tuple,
+) -> None:
+    federation = ed25519.Ed25519PrivateKey.generate()
+    identities = people[1]
+    doc = signed_roster(federation, 3, identities)
+    assert verified_roster(doc, federation.public_key(), seen_version=3) == identities
+    swapped = {**doc, "nodes": {**doc["nodes"], NAMES[2]: people[0]["mallory"].public_line}}
+    with pytest.raises(SecAggError, match="not signed by the federation key"):
+        verified_roster(swapped, federation.public_key())
+    other = ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(SecAggError, match="not signed by the federation key"):
+        verified_roster(signed_roster(other, 4, identities), federation.public_key())
+    with pytest.raises(SecAggError, match="older than version 4"):
+        verified_roster(doc, federation.public_key(), seen_version=4)
+    with pytest.raises(SecAggError, match="malformed"):
+        verified_roster({"version": 1, "nodes": {"a": 1}, "signature": ""}, federation.public_key())
