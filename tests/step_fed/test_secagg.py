@@ -22,6 +22,8 @@ from step_fed.secagg.roster import signed_roster, verified_roster
 from step_fed.secagg.server import SecAggServer
 from step_fed.secagg.setup import RoundSetup, SecAggAbandoned, SecAggError
 from step_fed.secagg.shamir import combine, split
+from step_fed.secagg.vector import length as vector_length
+from step_fed.secagg.vector import mean_update, node_levels
 from step_fed.secagg.wire import advert_of, advert_record, pack, reveal_of, reveal_record, unpack
 
 NAMES = tuple(f"inst-{i}" for i in range(8))
@@ -291,3 +293,26 @@ def test_the_roster_of_identity_keys_verifies_and_refuses_alteration_or_rollback
         verified_roster(doc, federation.public_key(), seen_version=4)
     with pytest.raises(SecAggError, match="malformed"):
         verified_roster({"version": 1, "nodes": {"a": 1}, "signature": ""}, federation.public_key())
+
+
+def test_the_token_weighted_mean_comes_back_from_the_secure_sum(people: tuple) -> None:
+    import torch
+
+    shapes = {"b": torch.Size([7]), "a.weight": torch.Size([40, 25])}
+    nominal, grid = 4 * 64 * 16, Grid(clip=10.0, range=0.01, bits=8)
+    gen = torch.Generator().manual_seed(0)
+    updates = {n: {k: torch.randn(s, generator=gen) * 1e-3 for k, s in shapes.items()}
+               for n in NAMES}  # fmt: skip
+    weights = {n: nominal - 97 * i for i, n in enumerate(NAMES)}
+    rng = np.random.default_rng(1)
+    levels = {n: node_levels(updates[n], weights[n], nominal, grid, rng) for n in NAMES}
+    setup = RoundSetup("r15", NAMES, degree=6, threshold=4, min_survivors=4, grid=grid,
+                       length=vector_length(shapes, nominal, grid.bits))  # fmt: skip
+    total, survivors = _round(setup, people, levels, {3: {NAMES[5]}})
+    mean, tokens = mean_update(total, len(survivors), nominal, grid, shapes)
+    assert tokens == sum(weights[n] for n in survivors)  # exact
+    for k in shapes:
+        want = sum(updates[n][k] * weights[n] for n in survivors) / tokens
+        err = float((mean[k] - want).abs().max())
+        assert err <= len(survivors) * grid.step * nominal / tokens, (k, err)  # a step per node
+        assert float((want).abs().max()) > 20 * err  # and far smaller than the values
