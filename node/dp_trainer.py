@@ -34,7 +34,10 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.grad_sample import grad_sample_module as _gsm
 from opacus.grad_sample import grad_sample_module_fast_gradient_clipping as _fgc
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
-from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.utils.fast_gradient_clipping_utils import (
+    DPLossFastGradientClipping,
+    DPTensorFastGradientClipping,
+)
 from torch import nn
 
 from step_model.data import TokenStream
@@ -95,6 +98,21 @@ class DPSettings:
     expected_batch: int
     mode: str
     """'ghost' or 'hooks'."""
+
+
+def inputs_of(y: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """(b, T) inputs of target sequences ``y`` (b, T): BOS, then each target but the last."""
+    return torch.cat([torch.full_like(y[:, :1], bos_id), y[:, :-1]], dim=1).contiguous()
+
+
+def backward(loss: torch.Tensor | DPTensorFastGradientClipping) -> None:
+    """``loss.backward()``; ghost clipping's first backward starts from a loss with no input
+    that needs a gradient (token ids): torch warns about it per layer, expected and harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Full backward hook is firing", category=UserWarning
+        )
+        loss.backward()
 
 
 def generator_on(device: torch.device, secret: torch.Generator) -> torch.Generator:
@@ -163,7 +181,7 @@ class DPSGD:
             self._noise_only_step()
             return float("nan")
         y = self.records.targets[picked].to(self.device)  # (B, T), B ~ Poisson-binomial(n, q)
-        x = torch.cat([torch.full_like(y[:, :1], self.bos_id), y[:, :-1]], dim=1).contiguous()
+        x = inputs_of(y, self.bos_id)
         self.dp_optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
             logits = self.module(x)  # (B, T, V)
@@ -172,13 +190,7 @@ class DPSGD:
             loss = self.criterion(flat_logits, flat_y, shape=logits.shape)
         else:
             loss = F.cross_entropy(flat_logits, flat_y)
-        with warnings.catch_warnings():
-            # Ghost clipping's first backward starts from the loss with no input that needs a
-            # gradient (token ids): torch warns about it per layer; expected, harmless.
-            warnings.filterwarnings(
-                "ignore", message="Full backward hook is firing", category=UserWarning
-            )
-            loss.backward()
+        backward(loss)
         if self.bf16:
             self._grad_samples_to_fp32()
         self.dp_optimizer.step()

@@ -27,7 +27,6 @@ backward passes, and bf16 rounding between them would loosen the bound on a cont
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +36,7 @@ from opacus.optimizers import FSDPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from torch import nn
 
-from node.dp_trainer import DPSettings, Records, generator_on
+from node.dp_trainer import DPSettings, Records, backward, generator_on, inputs_of
 from step_common.errors import StepError
 from step_model.model import Transformer
 
@@ -112,17 +111,13 @@ class ShardedDPSGD:
         if mine.numel() == 0:  # joins the collectives with one row that counts for nothing
             mine, weight = torch.zeros(1, dtype=torch.int64), torch.zeros(1)
         y = self.records.targets[mine].to(self.device)  # (b, T)
-        x = torch.cat([torch.full_like(y[:, :1], self.bos_id), y[:, :-1]], dim=1).contiguous()
+        x = inputs_of(y, self.bos_id)
         weight = weight.to(self.device)
         self.dp_optimizer.zero_grad(set_to_none=True)
         logits = self.module(x)  # (b, T, V)
         flat_logits, flat_y = logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1)
         loss = self.criterion(flat_logits, flat_y, shape=logits.shape) * weight
-        with warnings.catch_warnings():  # as in node/dp_trainer.py: expected, harmless
-            warnings.filterwarnings(
-                "ignore", message="Full backward hook is firing", category=UserWarning
-            )
-            loss.backward()
+        backward(loss)
         self.dp_optimizer.step()
         total = torch.stack([loss.loss_per_sample.detach().sum().cpu(), weight.sum().cpu()])
         dist.all_reduce(total)  # (sum of the drawn sequences' losses, how many were drawn)
