@@ -140,7 +140,8 @@ def _argv(nf: NodeFile, port: int, trusted: Path) -> list[str]:
 
 def worker_argv(nf: NodeFile, simulated: bool = False) -> list[str]:
     """The node's torchrun workers on this host (``resources.gpus`` of them): torchrun restarts
-    the whole group when one dies (its own elastic agent, up to ``WORKER_RESTARTS`` times).
+    the whole group when one dies (its own elastic agent, up to ``WORKER_RESTARTS`` times;
+    node/worker_agent.py says why it is not plain ``torch.distributed.run``).
     Several hosts meet at the node's c10d rendezvous: the same command on each of them."""
     settings = nf.settings
     if settings.hosts > 1:
@@ -150,7 +151,7 @@ def worker_argv(nf: NodeFile, simulated: bool = False) -> list[str]:
     else:
         meet = ["--standalone"]
     return [
-        sys.executable, "-m", "torch.distributed.run", *meet,
+        sys.executable, "-m", "node.worker_agent", *meet,
         f"--nproc-per-node={settings.workers // settings.hosts}",
         f"--max-restarts={WORKER_RESTARTS}",
         "-m", "node.worker_group", str(nf.path), *(["--simulated"] if simulated else []),

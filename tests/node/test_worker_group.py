@@ -214,3 +214,17 @@ def test_a_stale_heartbeat_is_waited_for_then_reported_and_orphans_are_cleared(
     os.utime(folder.outbox / "gone", (ancient, ancient))
     assert folder.next_request() is None
     assert not (folder.inbox / "gone").exists() and not (folder.outbox / "gone").exists()
+
+
+def test_a_restarted_group_meets_although_a_worker_rejoins_late(
+    tmp_path: Path, tiny_corpus: Path
+) -> None:
+    """torchrun's agent keeps one store for every generation of workers by default, so worker 0
+    of a restarted group can read the killed worker 1's address and fail on "Connection
+    refused" (what CI once hit in the test above); the node's agent gives each its own."""
+    argv = worker_argv(load_node_file(_node(tmp_path, tiny_corpus, gpus=2)))
+    agent = argv[: argv.index("node.worker_group") - 1]  # the command up to the workers' module
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([*agent, str(Path(__file__).with_name("slow_rejoin_worker.py"))],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and "generation 1 met" in run.stdout, run.stderr[-3000:]
