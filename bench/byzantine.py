@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from coordinator.rounds import RoundRunner  # noqa: E402
 from step_fed import protocol as P  # noqa: E402
-from step_fed.transport import Kind, RawReply, Weights  # noqa: E402
+from step_fed.transport import Extra, Kind, RawReply, Weights  # noqa: E402
 from step_sim.config import SimConfig, load_sim_config  # noqa: E402
 from step_sim.local_transport import LocalTransport  # noqa: E402
 
@@ -79,11 +79,16 @@ class AttackedTransport:
         return self.inner.name_of(node_id)
 
     def send(
-        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+        self,
+        kind: Kind,
+        node_ids: list[int],
+        weights: Weights,
+        config: dict[str, Any],
+        extra: Extra | None = None,
     ) -> Iterator[RawReply]:
         if self.attack == "absent" and kind == "train":  # still evaluated on all held-out text
             node_ids = [n for n in node_ids if n not in self.attacker_ids]
-        for r in self.inner.send(kind, node_ids, weights, config):
+        for r in self.inner.send(kind, node_ids, weights, config, extra):
             if kind == "train" and r.node_id in self.attacker_ids and r.error is None:
                 r.arrays = corrupt(r.arrays, self.attack, self.generator)
             yield r

@@ -52,7 +52,14 @@ class EncodedNodes:
     def name_of(self, node_id: int) -> str | None:
         return f"node-{node_id:02d}"
 
-    def send(self, kind: str, node_ids: list[int], weights: Any, config: dict[str, Any]) -> Any:
+    def send(
+        self,
+        kind: str,
+        node_ids: list[int],
+        weights: Any,
+        config: dict[str, Any],
+        extra: Any = None,
+    ) -> Any:
         from step_fed.transport import RawReply
 
         assert kind == "train", "the bench runs train rounds only"

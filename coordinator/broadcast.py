@@ -37,7 +37,7 @@ import torch
 
 from coordinator.config import FederationConfig
 from step_fed.protocol import DELTA_SUFFIX, ERR_STALE_VIEW, SEED_BROADCAST, RoundConfig
-from step_fed.transport import Kind, RawReply, Transport
+from step_fed.transport import Extra, Kind, RawReply, Transport
 from step_fed.update_codec import apply_delta, encode, encoded_bytes, view_id
 
 Weights = dict[str, torch.Tensor]
@@ -144,21 +144,27 @@ class Broadcaster:
         return self.transport.node_ids(self.cfg.min_nodes, self.cfg.round_timeout_s)
 
     def send(
-        self, kind: Kind, config: RoundConfig, weights: Weights, node_ids: list[int]
+        self,
+        kind: Kind,
+        config: RoundConfig,
+        weights: Weights,
+        node_ids: list[int],
+        extra: Extra | None = None,
     ) -> Iterator[RawReply]:
         """Send the round to ``node_ids``; the replies as they arrive. Once they are read to
         the end, ``sent`` holds the payload bytes sent (tensor bytes of the weights as encoded +
-        the config's text, per node) and ``missing`` the nodes that did not reply."""
+        the config's text, per node) and ``missing`` the nodes that did not reply. ``extra``:
+        each node's secure-stage record (a secure round's train message)."""
         self.resynced, self.sent = [], 0
         start = time.monotonic()
         replied: set[int] = set()
         raws: Iterable[RawReply]
         if self.delta is not None:
-            raws = self._send_delta(kind, config, node_ids, weights)
+            raws = self._send_delta(kind, config, node_ids, weights, extra)
         else:
             encoded = encode(weights, config.broadcast_encoding)
             self.sent = len(node_ids) * payload_bytes(encoded, config)
-            raws = self.transport.send(kind, node_ids, encoded, config.to_wire())
+            raws = self.transport.send(kind, node_ids, encoded, config.to_wire(), extra)
         self.encode_s = time.monotonic() - start  # _send_delta adds the change's when made
         for r in raws:
             r.node = r.node or self.name(r.node_id)  # an error reply carries no name
@@ -172,7 +178,12 @@ class Broadcaster:
                         self.cfg.round_timeout_s)  # fmt: skip
 
     def _send_delta(
-        self, kind: Kind, config: RoundConfig, node_ids: list[int], weights: Weights
+        self,
+        kind: Kind,
+        config: RoundConfig,
+        node_ids: list[int],
+        weights: Weights,
+        extra: Extra | None,
     ) -> Iterator[RawReply]:
         """intN-delta: the change since the nodes' view to all; the new view whole, in fp32, to
         those that answer that they lack the base (after the others' replies)."""
@@ -187,7 +198,7 @@ class Broadcaster:
                                          "view": msg.view, "tokenizer": tokenizer})  # fmt: skip
         self.sent = len(node_ids) * payload_bytes(msg.tensors, wire)
         stale = []
-        for r in self.transport.send(kind, node_ids, msg.tensors, wire.to_wire()):
+        for r in self.transport.send(kind, node_ids, msg.tensors, wire.to_wire(), extra):
             if r.error_code == ERR_STALE_VIEW:
                 stale.append(r.node_id)
             else:
@@ -202,7 +213,7 @@ class Broadcaster:
             self.resynced = [self.name(n) for n in stale]
             log.info("round %d: sending the weights whole to %s (they lacked the base of the "
                      "change)", config.round, ", ".join(self.resynced))  # fmt: skip
-            yield from self.transport.send(kind, stale, whole.tensors, wire.to_wire())
+            yield from self.transport.send(kind, stale, whole.tensors, wire.to_wire(), extra)
 
     def name(self, node_id: int) -> str:
         """A node's name for reports: its enrolled name where the transport knows it."""

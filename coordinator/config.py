@@ -116,6 +116,28 @@ class FederationConfig(LocalSchedule):
     """C: every node's pseudo-gradient is clipped to this L2 norm (needed with central DP)."""
     central_dp_delta: YamlFloat = 1e-5
     """The delta at which the coordinator reports its epsilon (below 1 / number of nodes)."""
+    secure_aggregation: bool = False
+    """Secure aggregation (SecAgg+, step_fed/secagg): the coordinator learns only the sum of
+    the nodes' updates, never one node's. Nodes clip and quantise their update onto a shared
+    grid (the secure_* keys below) and mask it; needs aggregation mean, update_encoding fp32
+    (the grid is the encoding) and no max_update_norm (the coordinator cannot read a norm)."""
+    secure_clip: YamlFloat = 8.0
+    """L2 norm each node clips its (token-share-scaled) update to before it is masked: the
+    most one node can move the sum, and with central DP its sensitivity."""
+    secure_range: YamlFloat = 0.05
+    """Each coordinate of a node's scaled update is clamped to [-range, range] and rounded
+    onto 2^secure_bits levels (the cut-off part is carried to the node's next round)."""
+    secure_bits: int = 8
+    """Levels per coordinate: 2^bits; masked values take bits + ceil(log2 nodes) bits (sent
+    as 1 byte per parameter up to 8 bits in all, else 2)."""
+    secure_degree: int = 0
+    """Neighbours each node shares secrets with (0: about 2 log2 n, at least 4; n - 1 or
+    more: every other node)."""
+    secure_threshold: int = 0
+    """Shares that rebuild a node's secrets (0: more than half its neighbours)."""
+    secure_min_survivors: int = 0
+    """Nodes whose masked update must be in the sum, or the round is abandoned and retried
+    (0: the larger of the threshold, min_nodes and 2)."""
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
@@ -126,6 +148,7 @@ class FederationConfig(LocalSchedule):
         self._check_local_steps()
         self._check_aggregation()
         self._check_central_dp()
+        self._check_secure_aggregation()
         self._check_other_ranges()
         return self
 
@@ -183,6 +206,37 @@ class FederationConfig(LocalSchedule):
             raise self._bad("central_dp_clip", "must be positive when central_dp_noise > 0")
         if not 0 < self.central_dp_delta < 1:
             raise self._bad("central_dp_delta", "must be in (0, 1), e.g. 1.0e-5")
+
+    def _check_secure_aggregation(self) -> None:
+        """The grid, and what secure aggregation cannot coexist with: any rule or check that
+        reads a single node's update."""
+        if not self.secure_clip > 0:
+            raise self._bad("secure_clip", "must be positive")
+        if not self.secure_range > 0:
+            raise self._bad("secure_range", "must be positive")
+        if not 1 <= self.secure_bits <= 12:
+            raise self._bad("secure_bits", "must be in [1, 12]")
+        for key in ("secure_degree", "secure_threshold", "secure_min_survivors"):
+            if getattr(self, key) < 0:
+                raise self._bad(key, "must be >= 0 (0: chosen from the number of nodes)")
+        if not self.secure_aggregation:
+            return
+        if self.aggregation != "mean":
+            raise self._bad("aggregation", "secure aggregation reveals only the sum of the "
+                            "updates, which robust rules cannot work on: use aggregation mean "
+                            "or turn secure_aggregation off")  # fmt: skip
+        if self.update_encoding != "fp32":
+            raise self._bad(
+                "update_encoding",
+                "with secure aggregation nodes send their update on the shared grid "
+                "(secure_bits): set update_encoding fp32",
+            )
+        if self.max_update_norm > 0:
+            raise self._bad(
+                "max_update_norm",
+                "the coordinator cannot read a node's norm under secure aggregation (nodes "
+                "clip to secure_clip): set it to 0",
+            )
 
     def _check_other_ranges(self) -> None:
         """The remaining bounds: outer momentum, evaluation size, update norm limit, memory for

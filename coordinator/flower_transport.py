@@ -7,13 +7,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.delivery import Delivery, Sessions
 from step_common.errors import StepError
 from step_fed import protocol as P
-from step_fed.transport import Kind, RawReply, Weights
+from step_fed.transport import Extra, Kind, RawReply, Weights, message_type
 
 log = logging.getLogger("step.coordinator")
 
@@ -47,7 +47,20 @@ def raw_from_message(msg: Message, node_id: int, enrolled: NameOf | None = None)
     if isinstance(arrays, ArrayRecord):  # each array's bytes dropped once it is a tensor
         tensors = dict(arrays.to_torch_state_dict(keep_input=False))
     metric_values = _scalars(metrics) if isinstance(metrics, MetricRecord) else {}
-    return RawReply(node_id, name, metric_values, tensors, info=info)
+    stage = content.get(P.SECAGG)
+    secagg = dict(stage.items()) if isinstance(stage, ConfigRecord) else {}
+    return RawReply(node_id, name, metric_values, tensors, info=info, secagg=secagg)
+
+
+def message_content(
+    weights: Weights | ArrayRecord, config: dict[str, Any], extra: Any = None
+) -> RecordDict:
+    """A message's records: the weights, the config, and a secure stage's own record."""
+    arrays = weights if isinstance(weights, ArrayRecord) else ArrayRecord(weights)
+    records: dict[str, Any] = {P.ARRAYS: arrays, P.CONFIG: ConfigRecord(config)}
+    if extra is not None:
+        records[P.SECAGG] = ConfigRecord(dict(extra))
+    return RecordDict(records)
 
 
 def _scalars(metrics: MetricRecord) -> dict[str, float]:
@@ -108,16 +121,27 @@ class GridTransport:
         return self.enrolled(node_id) if self.enrolled is not None else None
 
     def send(
-        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+        self,
+        kind: Kind,
+        node_ids: list[int],
+        weights: Weights,
+        config: dict[str, Any],
+        extra: Extra | None = None,
     ) -> Iterator[RawReply]:
-        """The replies as they arrive. One message content for every node: the serialized
-        weights exist once in this process however many nodes they go to (Flower pushes an
-        object once per content id)."""
-        content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.CONFIG: ConfigRecord(config)})
-        message_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+        """The replies as they arrive. One ArrayRecord for every node: the serialized weights
+        exist once in this process however many nodes they go to (Flower pushes an object
+        once per content id; a node's own secure stage record is a separate object)."""
+        arrays = ArrayRecord(weights)
+        common = message_content(arrays, config)
+        mtype = message_type(kind)
+
+        def build(n: int) -> Message:
+            content = common if extra is None else message_content(arrays, config, extra.get(n, {}))
+            return Message(content, dst_node_id=n, message_type=mtype)
+
         delivery = Delivery(
             self.grid,
-            lambda n: Message(content, dst_node_id=n, message_type=message_type),
+            build,
             self.timeout_s,
             self.connected,
             self.sessions,

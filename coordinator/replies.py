@@ -12,11 +12,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from coordinator.encoded_update import EncodedUpdate
+from step_common.errors import StepError
 from step_fed import protocol as P
 from step_fed.protocol import EMBEDDING_WEIGHT as EMBEDDING
+from step_fed.secagg.wire import unpack
 from step_fed.transport import RawReply
 from step_fed.update_codec import encoded_bytes
 from step_model.evaluate import pooled_bpb
@@ -189,6 +192,29 @@ def _accepted(
         raw.info.get(P.EPSILON_REPORT, ""),
         raw.info.get(P.EPSILON_SIGNATURE, ""),
     )
+
+
+def check_secure_reply(
+    raw: RawReply, round_: int, bits: int, length: int
+) -> tuple[TrainReply, np.ndarray] | Rejection:
+    """A secure round's train reply: for this round, with a masked input of the round's type
+    and length (values of at most ``bits`` bits), and a sane epsilon. What it carries of the
+    update can only be checked in the sum (the masks look uniform on their own)."""
+    if raw.error is not None:
+        return _rejection(raw, raw.error)
+    try:
+        replied_round = int(_metric(raw, P.M_ROUND))
+        if replied_round != round_:
+            raise ValueError(f"reply is for round {replied_round}, not {round_}")
+        arrays = dict(raw.arrays)
+        masked = arrays.pop(P.SECAGG_MASKED, None)
+        if masked is None or arrays:
+            raise ValueError(f"a secure reply carries {P.SECAGG_MASKED!r} and nothing else")
+        values = unpack(masked.numpy(), bits, length, raw.node or f"node {raw.node_id}")
+    except (ValueError, TypeError, StepError) as e:
+        return _rejection(raw, str(e))
+    reply = _accepted(raw, num_tokens=0, delta={}, counts=None, norm=float("nan"))
+    return reply if isinstance(reply, Rejection) else (reply, values)
 
 
 def check_epsilon(reply: TrainReply, previous: float | None) -> Rejection | None:

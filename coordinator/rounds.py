@@ -38,11 +38,13 @@ from coordinator.replies import (
     check_eval_reply,
     check_train_reply,
 )
+from coordinator.secure_round import SecureRounds
 from coordinator.spill import Spill
 from coordinator.strategy import CentralDP, make_strategy
 from coordinator.strategy.fold import RoundAggregate, node_order
 from step_common.errors import StepError
 from step_fed import protocol as P
+from step_fed.secagg.roster import ROSTER
 from step_fed.transport import RawReply, Transport, Weights
 from step_model.checkpoint import Checkpoint, initial_weights
 from step_model.config import ModelConfig, preset
@@ -84,9 +86,12 @@ class RoundRunner:
         corpus: Path | None = None,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         reports: ReportPolicy | None = None,
+        roster: Path | None = None,
     ) -> None:
         """``corpus`` is only needed to train a ``bpe:N`` tokenizer (simulations); ``reports``:
-        what a deployment requires of DP nodes' epsilon reports (privacy_reports.py)."""
+        what a deployment requires of DP nodes' epsilon reports (privacy_reports.py);
+        ``roster``: the signed roster of identity keys secure aggregation sends the nodes
+        (default: ``roster.json`` in the run folder, where step-sim writes it)."""
         self.cfg, self.run_dir, self.transport = cfg, Path(run_dir), transport
         self.on_round = on_round
         self.reports = reports
@@ -110,6 +115,12 @@ class RoundRunner:
         self._start(resume)
         self.shapes = {k: v.shape for k, v in self.weights.items()}
         self.params = sum(v.numel() for v in self.weights.values())
+        self.secure = None
+        if cfg.secure_aggregation:
+            roster_file = roster or self.run_dir / ROSTER
+            self.secure = SecureRounds(
+                cfg, transport, self.broadcaster, self.strategy, roster_file, self.shapes
+            )
         self.most_waiting = 0
         """The most updates that waited for their turn at once in the last round (they
         overtook a node before them in name order; bench/coordinator_memory.py reports it)."""
@@ -200,6 +211,8 @@ class RoundRunner:
         c = self.cfg
         if not c.token_rows or c.aggregation != "mean" or c.central_dp_noise > 0:
             return 0
+        if c.secure_aggregation:  # every node's vector has the same length
+            return 0
         return SEEN_ROWS_LEVELS[c.seen_rows]
 
     def train_round(self, round_: int) -> dict[str, Any]:
@@ -208,6 +221,8 @@ class RoundRunner:
     def _train_round(self, round_: int) -> tuple[dict[str, Any], list[RawReply]]:
         """One round: each reply is checked and folded into the aggregate when it arrives (in
         node-name order, in_order.py), then dropped; the replies kept are metrics only."""
+        if self.secure is not None:
+            return self._secure_round(round_, self.secure)
         t0 = time.monotonic()
         config = self.round_config(round_)
         self.transport.resent.clear()
@@ -236,6 +251,41 @@ class RoundRunner:
         if tally.accepted:
             record["privacy_reset_accepted"] = tally.accepted
         return record, tally.raws
+
+    def _secure_round(
+        self, round_: int, secure: SecureRounds
+    ) -> tuple[dict[str, Any], list[RawReply]]:
+        """A round under secure aggregation (secure_round.py): the mean comes from the sum of
+        the nodes' masked vectors; no single update is seen, so none is checked or recorded."""
+        t0 = time.monotonic()
+        config = self.round_config(round_)
+        self.transport.resent.clear()
+        clock = Phases()
+        spent = latest_epsilons(self.history)
+        accepted: dict[str, str] = {}
+        with clock("wait"):
+            result = secure.run(
+                config,
+                self.weights,
+                lambda reply: self._check_privacy(reply, round_, spent, accepted),
+            )
+        self._enough(round_, result.ok, result.rejected)
+        with clock("step"):
+            self.weights = self.strategy.step(self.weights, result.delta)
+        bytes_down = self.broadcaster.sent + result.record["stage_bytes_down"]
+        self._count(result.ok, bytes_down)
+        self.totals.tokens += result.tokens
+        record = self._round_record(
+            round_, result.ok, result.rejected, bytes_down, time.monotonic() - t0
+        )
+        record["tokens"] = result.tokens
+        record["bytes_up"] += result.record["stage_bytes_up"]
+        self.totals.bytes_up += result.record["stage_bytes_up"]
+        record["secure"] = result.record
+        record["phase_s"] = clock.record()
+        if accepted:
+            record["privacy_reset_accepted"] = accepted
+        return record, result.raws
 
     def _take_replies(
         self, config: P.RoundConfig, aggregate: RoundAggregate, clock: Phases
@@ -356,7 +406,7 @@ class RoundRunner:
             record["resent"] = sorted(set(self.transport.resent))
         if isinstance(self.strategy, CentralDP):
             record["epsilon_central"] = self.strategy.epsilon()
-        else:
+        elif self.secure is None:  # under secure aggregation no norm is known
             record["update_norm"] = max(r.norm for r in ok)
         return record
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -112,11 +113,11 @@ def _received_bytes(msg: Message) -> int:
     return arrays.count_bytes() + text
 
 
-def _node_info(settings: NodeSettings) -> ConfigRecord:
+def node_info(settings: NodeSettings) -> ConfigRecord:
     return ConfigRecord({P.NODE_NAME: settings.name})
 
 
-def _error_reply(msg: Message, exc: Exception) -> Message:
+def error_reply(msg: Message, exc: Exception) -> Message:
     if isinstance(exc, PrivacyBudgetExhausted):
         code = P.ERR_PRIVACY_BUDGET
     elif isinstance(exc, StaleView):
@@ -182,53 +183,87 @@ def _same_tokenizer(cfg: P.RoundConfig, held: str) -> bool:
     return bool(cfg.tokenizer) or hashlib.sha256(held.encode()).hexdigest() == cfg.tokenizer_sha256
 
 
+@dataclass
+class Trained:
+    """A round trained by this node, before its reply is made (train, or a secure round's
+    masked input: node/secure_client.py)."""
+
+    settings: NodeSettings
+    cfg: P.RoundConfig
+    result: RoundResult
+    received: int
+    """Bytes the message brought (weights and config text)."""
+    spent: LedgerEntry | None
+    """Local DP: the ledger's entry for this round."""
+    signer: NodeSigner | None
+    evaluated: dict[str, tuple[float, int]]
+    """The received weights' evaluation, when the round asked for one first."""
+
+
+def train_message(msg: Message, context: Context) -> Trained:
+    """Train the round ``msg`` asks for; StepError or ValueError when it cannot be."""
+    return_freed_memory()  # model-sized tensors freed each round go back to the system
+    settings = node_settings(context)
+    received = _received_bytes(msg)
+    cfg, weights = _parse(msg, settings)
+    tokenizer = _tokenizer(cfg)
+    data = _data(settings, cfg, tokenizer)
+    store = NodeStateStore(settings.state_dir)
+    device = pick_device(settings.device)  # before the ledger: a failure here spends nothing
+    signer = node_signer(settings.key) if settings.privacy else None  # signs DP only
+    private, spent = (
+        _private_round(settings, cfg, data, signer) if settings.privacy else (None, None)
+    )
+    evaluated = {}
+    if cfg.eval_first:  # the weights of the round before, which this round trains from
+        try:
+            evaluated = _evaluate_once(
+                settings, context, cfg.round - 1, weights,
+                lambda: evaluate_round(data, tokenizer, cfg, weights, device),
+            )  # fmt: skip
+        except EvaluationRefused as exc:  # the training itself asks nothing of held-out text
+            log.warning("%s", exc)
+    if settings.workers > 1:  # the node's torchrun workers train it (node/worker_group.py)
+        result = _on_workers(settings, cfg, weights, private)
+    else:
+        result = train_round(settings.name, data, tokenizer, cfg, weights, store, private, device)
+    return Trained(settings, cfg, result, received, spent, signer, evaluated)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    return_freed_memory()  # model-sized tensors freed each round go back to the system
     try:
-        settings = node_settings(context)
-        received = _received_bytes(msg)
-        cfg, weights = _parse(msg, settings)
-        tokenizer = _tokenizer(cfg)
-        data = _data(settings, cfg, tokenizer)
-        store = NodeStateStore(settings.state_dir)
-        device = pick_device(settings.device)  # before the ledger: a failure here spends nothing
-        signer = node_signer(settings.key) if settings.privacy else None  # signs DP only
-        private, spent = (
-            _private_round(settings, cfg, data, signer) if settings.privacy else (None, None)
-        )
-        evaluated = {}
-        if cfg.eval_first:  # the weights of the round before, which this round trains from
-            try:
-                evaluated = _evaluate_once(
-                    settings, context, cfg.round - 1, weights,
-                    lambda: evaluate_round(data, tokenizer, cfg, weights, device),
-                )  # fmt: skip
-            except EvaluationRefused as exc:  # the training itself asks nothing of held-out text
-                log.warning("%s", exc)
-        if settings.workers > 1:  # the node's torchrun workers train it (node/worker_group.py)
-            result = _on_workers(settings, cfg, weights, private)
-        else:
-            result = train_round(
-                settings.name, data, tokenizer, cfg, weights, store, private, device
-            )
+        done = train_message(msg, context)
     except (StepError, ValueError) as exc:
-        return _error_reply(msg, exc)
+        return error_reply(msg, exc)
+    result, cfg = done.result, done.cfg
     counts = {} if result.token_counts is None else {P.TOKEN_COUNTS: result.token_counts}
     arrays = ArrayRecord({**result.update, **counts})
-    metrics = _train_metrics(cfg, result, received, arrays.count_bytes(), spent)
-    _add_eval_metrics(metrics, evaluated)
-    info = _node_info(settings)
-    if spent is not None and signer is not None:
-        report = _epsilon_report(settings, context, spent)
-        info[P.EPSILON_REPORT] = report
-        info[P.EPSILON_SIGNATURE] = signer.sign(report.encode("utf-8"))
-    content = RecordDict({P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: info})
-    privacy = "" if spent is None else f", epsilon {spent.epsilon:.3f} (delta {spent.delta:g})"
-    _say(context, f"round {cfg.round}/{cfg.total_rounds}: trained {cfg.inner_steps} steps in "
-         f"{result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "
-         f"{_mb(metrics[P.M_BYTES_SENT])}{privacy}")  # fmt: skip
+    metrics = train_metrics(cfg, result, done.received, arrays.count_bytes(), done.spent)
+    add_eval_metrics(metrics, done.evaluated)
+    content = RecordDict(
+        {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: reply_info(done, context)}
+    )
+    say_trained(context, done, metrics)
     return Message(content, reply_to=msg)
+
+
+def reply_info(done: Trained, context: Context) -> ConfigRecord:
+    """The node's name, and under local DP its signed epsilon report."""
+    info = node_info(done.settings)
+    if done.spent is not None and done.signer is not None:
+        report = _epsilon_report(done.settings, context, done.spent)
+        info[P.EPSILON_REPORT] = report
+        info[P.EPSILON_SIGNATURE] = done.signer.sign(report.encode("utf-8"))
+    return info
+
+
+def say_trained(context: Context, done: Trained, metrics: dict[str, Any]) -> None:
+    spent, cfg = done.spent, done.cfg
+    privacy = "" if spent is None else f", epsilon {spent.epsilon:.3f} (delta {spent.delta:g})"
+    say(context, f"round {cfg.round}/{cfg.total_rounds}: trained {cfg.inner_steps} steps in "
+        f"{done.result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "
+        f"{_mb(metrics[P.M_BYTES_SENT])}{privacy}")  # fmt: skip
 
 
 def _on_workers(
@@ -249,7 +284,7 @@ def _on_workers(
     return RoundResult(reply.update, reply.tokens, counts, reply.mean_loss, reply.wall_s)
 
 
-def _train_metrics(
+def train_metrics(
     cfg: P.RoundConfig, result: RoundResult, received: int, sent: int, spent: LedgerEntry | None
 ) -> dict[str, Any]:
     """A train reply's metrics: tokens, bytes, and the loss and time unless DP trained."""
@@ -273,7 +308,7 @@ def _train_metrics(
     return metrics
 
 
-def _say(context: Context, line: str) -> None:
+def say(context: Context, line: str) -> None:
     """One line on the operator's console (a deployed node: step-node start shows it)."""
     if context.node_config.get(NODE_CONFIG_KEY):
         print(CONSOLE_PREFIX + line, flush=True)
@@ -330,11 +365,11 @@ def evaluate(msg: Message, context: Context) -> Message:
             lambda: evaluate_round(data, tokenizer, cfg, weights, device),
         )  # fmt: skip
     except (StepError, ValueError) as exc:
-        return _error_reply(msg, exc)
+        return error_reply(msg, exc)
     metrics: dict[str, Any] = {P.M_ROUND: cfg.round, P.M_BYTES_RECEIVED: received}
-    _add_eval_metrics(metrics, per_lang)
-    content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: _node_info(settings)})
-    _say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on held-out "
+    add_eval_metrics(metrics, per_lang)
+    content = RecordDict({P.METRICS: MetricRecord(metrics), P.NODE_INFO: node_info(settings)})
+    say(context, f"round {cfg.round}/{cfg.total_rounds}: evaluated the weights on held-out "
          f"text of {', '.join(sorted(per_lang))}, received "
          f"{_mb(metrics[P.M_BYTES_RECEIVED])}")  # fmt: skip
     return Message(content, reply_to=msg)
@@ -354,7 +389,12 @@ def _evaluate_once(
     return ledger.evaluate(settings.name, context.run_id, of_round, view_id(weights), compute)
 
 
-def _add_eval_metrics(metrics: dict[str, Any], per_lang: dict[str, tuple[float, int]]) -> None:
+def add_eval_metrics(metrics: dict[str, Any], per_lang: dict[str, tuple[float, int]]) -> None:
     for lang, (nll, n_bytes) in per_lang.items():
         metrics[P.M_NLL_PREFIX + lang] = nll
         metrics[P.M_EVAL_BYTES_PREFIX + lang] = n_bytes
+
+
+# A secure round's four stages, "train.secagg_keys" and so on: node/secure_client.py builds on
+# the functions above and registers its handlers on ``app`` (imported last for that reason).
+import node.secure_client  # noqa: E402, F401

@@ -88,7 +88,11 @@ class NodeYaml(BaseModel):
     ca: str = "ca.crt"
     """The federation's CA certificate."""
     federation_key: str | None = None
-    """The federation's public signing key: the SuperNode runs only apps signed with it."""
+    """The federation's public signing key: the SuperNode runs only apps signed with it, and
+    the node trusts only a roster of identity keys it signed (secure aggregation)."""
+    key: str | None = None
+    """The node's private key; null: node.key beside this file (a deployed node), none (a
+    simulated node: step-sim writes one per institution when secure aggregation is on)."""
     data: str = Field(min_length=1)
     """A STEP-35 corpus folder, or a folder of .txt / .jsonl files."""
     languages: Annotated[list[LangCode], Field(min_length=1)] | None = None
@@ -232,11 +236,17 @@ def load_node_file(path: Path, simulated: bool = False) -> NodeFile:
         doc.name,
         doc.coordinator or "",
         folder / doc.ca,
-        node_settings_of(doc, folder, None if simulated else folder / "node.key"),
+        node_settings_of(doc, folder, _key_file(doc, folder, simulated)),
         doc.resources.threads,
         doc.resources.max_backoff_s,
         folder / doc.federation_key if doc.federation_key else None,
     )
+
+
+def _key_file(doc: NodeYaml, folder: Path, simulated: bool) -> Path | None:
+    if doc.key is not None:
+        return folder / doc.key
+    return None if simulated else folder / "node.key"
 
 
 def _check_workers(doc: NodeYaml, path: Path) -> None:
@@ -311,6 +321,7 @@ def node_settings_of(doc: NodeYaml, folder: Path, key: Path | None) -> NodeSetti
         doc.resources.sharding,
         doc.resources.hosts,
         doc.resources.rendezvous,
+        folder / doc.federation_key if doc.federation_key else None,
     )
 
 

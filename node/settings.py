@@ -57,3 +57,6 @@ class NodeSettings:
     """Hosts the workers span (``workers / hosts`` on each); >1: torchrun's c10d rendezvous."""
     rendezvous: str | None = None
     """HOST:PORT of the c10d rendezvous when the workers span several hosts."""
+    federation_key: Path | None = None
+    """The federation's public signing key (federation.pub): secure aggregation trusts only a
+    roster of identity keys signed with it."""

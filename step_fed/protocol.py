@@ -226,3 +226,13 @@ EPSILON_REPORT: Final = "epsilon_report"
 """A DP node's report of its spend: canonical JSON {node, run_id, round, epsilon, delta}."""
 EPSILON_SIGNATURE: Final = "epsilon_signature"
 """The node key's signature (base64 ECDSA P-384) of the report's bytes."""
+
+# --- secure aggregation (step_fed/secagg; README "Secure aggregation") ---
+SECAGG: Final = "secagg"
+"""The record (a ConfigRecord: texts, numbers, bytes) of a secure-aggregation stage, both ways:
+the stage's request (step_fed/secagg/stages.py) and the node's answer (its advert, its sealed
+shares, its revealed shares)."""
+SECAGG_MASKED: Final = "secagg.masked"
+"""The array of a secure train reply: the node's masked update (uint8/uint16, secagg/wire.py)."""
+SECAGG_STAGES: Final = ("secagg_keys", "secagg_shares", "secagg_input", "secagg_reveal")
+"""The message types' actions ("train.secagg_keys", ...) of a secure round's four stages."""

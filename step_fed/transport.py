@@ -8,14 +8,24 @@ only this.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import torch
 
-Kind = Literal["train", "evaluate"]
+Kind = Literal["train", "evaluate", "secagg_keys", "secagg_shares", "secagg_input", "secagg_reveal"]
+"""What a message asks: train, evaluate, or a stage of a secure round (protocol.SECAGG_STAGES:
+Flower message type ``train.<kind>``)."""
 Weights = dict[str, torch.Tensor]
+Extra = Mapping[int, Mapping[str, Any]]
+"""Per node id: what its message carries besides the common config (a secure round's stage
+record: the keys and shares relayed to that node)."""
+
+
+def message_type(kind: Kind) -> str:
+    """The Flower message type of ``kind``."""
+    return kind if kind in ("train", "evaluate") else f"train.{kind}"
 
 
 @dataclass
@@ -29,6 +39,8 @@ class RawReply:
     """The protocol's ERR_* code of an error reply."""
     info: dict[str, str] = field(default_factory=dict)
     """The reply's node-info texts (the node's name claim, a signed epsilon report)."""
+    secagg: dict[str, Any] = field(default_factory=dict)
+    """A secure round's stage answer (protocol.SECAGG record: texts, numbers, bytes)."""
 
 
 class Transport(Protocol):
@@ -40,10 +52,16 @@ class Transport(Protocol):
         ...
 
     def send(
-        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+        self,
+        kind: Kind,
+        node_ids: list[int],
+        weights: Weights,
+        config: dict[str, Any],
+        extra: Extra | None = None,
     ) -> Iterable[RawReply]:
         """Send one message per node; the replies as they arrive, in any order (missing ones
-        are simply absent). The caller reads them to the end."""
+        are simply absent). The caller reads them to the end. ``extra[node]``: that node's
+        protocol.SECAGG record."""
         ...
 
     def name_of(self, node_id: int) -> str | None:

@@ -8,17 +8,17 @@ it starts in a second and runs the nodes one after another in one process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from coordinator.flower_transport import raw_from_message
-from node import client_app
+from coordinator.flower_transport import message_content, raw_from_message
+from node import client_app, secure_client
 from step_fed import protocol as P
-from step_fed.transport import Kind, RawReply, Weights
+from step_fed.transport import Extra, Kind, RawReply, Weights, message_type
 from step_sim.config import load_sim_config
 from step_sim.node_files import write_node_files
 
@@ -46,6 +46,9 @@ class LocalTransport:
             for i in range(n_nodes)
         }
         self.drop: set[int] = set()  # node ids that do not answer
+        self.drop_at: set[tuple[str, int]] = set()  # (kind, node id): no answer to that kind
+        self.tamper: Callable[[str, int, Message], Message] | None = None
+        """Tests: what a malicious coordinator (or network) does to a reply it relays."""
         self.resent: list[str] = []  # nodes here never restart mid-round
         self.names = {100 + i: name for i, name in enumerate(sim.names)}
 
@@ -56,14 +59,25 @@ class LocalTransport:
         return sorted(self.contexts)
 
     def send(
-        self, kind: Kind, node_ids: list[int], weights: Weights, config: dict[str, Any]
+        self,
+        kind: Kind,
+        node_ids: list[int],
+        weights: Weights,
+        config: dict[str, Any],
+        extra: Extra | None = None,
     ) -> Iterator[RawReply]:
         """Each node's reply, one after the other, as it is made."""
+        handler = HANDLERS[kind]
         for n in node_ids:
-            if n in self.drop:
+            if n in self.drop or (kind, n) in self.drop_at:
                 continue
-            content = RecordDict({P.ARRAYS: ArrayRecord(weights), P.CONFIG: ConfigRecord(config)})
-            mtype = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
-            msg = Message(content, dst_node_id=n, message_type=mtype)
-            handler = client_app.train if kind == "train" else client_app.evaluate
-            yield raw_from_message(handler(msg, self.contexts[n]), n)
+            own = None if extra is None else extra.get(n, {})
+            content = message_content(weights, config, own)
+            msg = Message(content, dst_node_id=n, message_type=message_type(kind))
+            reply = handler(msg, self.contexts[n])
+            if self.tamper is not None:
+                reply = self.tamper(kind, n, reply)
+            yield raw_from_message(reply, n)
+
+
+HANDLERS = {"train": client_app.train, "evaluate": client_app.evaluate, **secure_client.STAGES}

@@ -48,11 +48,14 @@ class CentralDP(Strategy):
         self.generator = secret_generator(seed)
         self.clipped: list[str] = []
         """Nodes whose update was clipped in the last round (reported per round)."""
+        self.sample_rate = 1.0
+        """q of the round in progress: nodes asked / nodes connected."""
 
     def start(self, token_rows: bool, sample_rate: float, park: Park = as_is) -> RoundAggregate:
         """Equal weights, no token rows: ``token_rows`` is not used (see above)."""
         self.clipped = []
-        return NoisyMean(self, sample_rate)
+        self.sample_rate = sample_rate
+        return NoisyMean(self)
 
     def epsilon(self) -> float:
         if not self.history:
@@ -64,6 +67,17 @@ class CentralDP(Strategy):
 
     def step(self, weights: Weights, delta: Weights) -> Weights:
         return self.inner.step(weights, delta)
+
+    def release(self, total: Weights, nodes: int, sensitivity: float) -> Weights:
+        """The noisy mean of ``nodes`` updates from their sum ``total`` (in place), each
+        update bounded by ``sensitivity`` in L2 norm: one release of the Gaussian mechanism,
+        entered in the accountant's history."""
+        std = self.noise_multiplier * sensitivity
+        for k in sorted(total):  # the generator's draws in a fixed order
+            noise = torch.normal(0.0, std, total[k].shape, generator=self.generator)
+            total[k] = (total[k] + noise) / nodes
+        self.history.append((self.noise_multiplier, self.sample_rate, 1))
+        return total
 
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict(), "dp_history": [list(h) for h in self.history]}
@@ -77,8 +91,8 @@ class NoisyMean:
     """A round of central DP: each update clipped to C and added to the sum as it comes (in
     node-name order); at the end the noise, and the division by the node count."""
 
-    def __init__(self, dp: CentralDP, sample_rate: float) -> None:
-        self.dp, self.sample_rate = dp, sample_rate
+    def __init__(self, dp: CentralDP) -> None:
+        self.dp = dp
         self.fold = MeanFold()
         self.nodes = 0
         self.dropped: list[str] = []
@@ -93,10 +107,4 @@ class NoisyMean:
     def result(self) -> Weights:
         if not self.nodes:
             raise ValueError("no update was added")
-        total = self.fold.total()
-        std = self.dp.noise_multiplier * self.dp.clip_norm
-        for k in sorted(total):  # the generator's draws in a fixed order
-            noise = torch.normal(0.0, std, total[k].shape, generator=self.dp.generator)
-            total[k] = (total[k] + noise) / self.nodes
-        self.dp.history.append((self.dp.noise_multiplier, self.sample_rate, 1))  # one release
-        return total
+        return self.dp.release(self.fold.total(), self.nodes, self.dp.clip_norm)

@@ -41,15 +41,22 @@ def share_aad(round_id: str, sender: str, recipient: str) -> bytes:
 
 class SecAggClient:
     def __init__(
-        self, name: str, setup: RoundSetup, signer: Signer, identities: Mapping[str, str]
+        self,
+        name: str,
+        setup: RoundSetup,
+        signer: Signer,
+        identities: Mapping[str, str],
+        keys: RoundKeys | None = None,
+        self_seed: bytes | None = None,
     ) -> None:
         """``identities``: each node's enrolled identity key (OpenSSH public-key line), from a
-        source the coordinator cannot alter."""
+        source the coordinator cannot alter. ``keys`` and ``self_seed``: those this node drew
+        for the round when it advertised (fresh ones if not given)."""
         if name not in setup.nodes:
             raise SecAggError(f"{name} is not in secure-aggregation round {setup.round_id}")
         self.name, self.setup, self.signer, self.identities = name, setup, signer, identities
-        self.keys = RoundKeys()
-        self.self_seed = os.urandom(32)
+        self.keys = keys or RoundKeys()
+        self.self_seed = self_seed or os.urandom(32)
         self.neighbours = setup.graph[name]
         self.peers: dict[str, Advert] = {}
         self.held: dict[str, tuple[Share, Share]] = {}

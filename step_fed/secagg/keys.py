@@ -66,9 +66,15 @@ def verify_advert(advert: Advert, round_id: str, node: str, identity: str) -> bo
 class RoundKeys:
     """A node's two X25519 key pairs for one round (never reused: drawn per round)."""
 
-    def __init__(self) -> None:
-        self.channel = X25519PrivateKey.generate()
-        self.mask = X25519PrivateKey.generate()
+    def __init__(self, channel: bytes | None = None, mask: bytes | None = None) -> None:
+        """Fresh keys, or (``channel``, ``mask``) the private bytes kept between a round's
+        messages (``secrets``)."""
+        self.channel = _private(channel)
+        self.mask = _private(mask)
+
+    def secrets(self) -> tuple[bytes, bytes]:
+        """The two private keys' bytes (the node keeps them until the round ends)."""
+        return _raw(self.channel), _raw(self.mask)
 
     def advert(self, round_id: str, node: str, signer: Signer) -> Advert:
         channel = self.channel.public_key().public_bytes(*_RAW)
@@ -79,10 +85,17 @@ class RoundKeys:
     def mask_secret(self) -> bytes:
         """The mask key's private bytes: shared with the neighbours (Shamir) so that the
         survivors can remove this node's pairwise masks if it drops after sharing them."""
-        return self.mask.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )  # fmt: skip
+        return _raw(self.mask)
+
+
+def _private(raw: bytes | None) -> X25519PrivateKey:
+    return X25519PrivateKey.generate() if raw is None else X25519PrivateKey.from_private_bytes(raw)
+
+
+def _raw(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
 def pair_seed(

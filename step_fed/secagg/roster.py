@@ -65,3 +65,8 @@ def verified_roster(
         raise SecAggError(f"the roster is version {version}, older than version {seen_version} "
                           "this node has seen: a replayed roster is refused")  # fmt: skip
     return nodes
+
+
+ROSTER = "roster.json"
+"""The signed roster's file: in a deployment's federation folder (step-coord enroll and revoke
+write it), in a simulation's run folder (step-sim writes it)."""

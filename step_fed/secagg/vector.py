@@ -1,21 +1,27 @@
-"""A node's update as the integer vector that secure aggregation sums, and the token-weighted
+"""A node's update as the integer vector that secure aggregation sums, and the federation's
 mean the coordinator gets back from the sum.
 
-The federation's mean weighs each node by the tokens it trained (w_i). The coordinator may not
-see a node's w_i u_i nor its w_i, so both are summed under the masks, in one vector:
+The federation's mean weighs each node by the tokens it trained (w_i), and with token rows each
+row r of the input embedding and output head by how often the node saw token r (c_i[r],
+coordinator/strategy/fold.py). The coordinator may not see a node's weighted update nor its
+weights, so both are summed under the masks, in one vector (``Layout``):
 
-- the update, scaled by s_i = w_i / W (W: the tokens a node trains in a round at most, public
-  from the round config, so s_i <= 1), clipped to the grid's L2 norm (each node's contribution
-  to the sum is bounded: the sensitivity central DP needs) and rounded onto the grid;
+- every tensor, scaled by s_i = w_i / W (W: the tokens a node trains in a round at most,
+  public from the round config, so s_i <= 1), or for token-row tensors row r by c_i[r] / W;
+- then the whole contribution clipped to the grid's L2 norm (each node's part of the sum is
+  bounded: the sensitivity central DP needs) and rounded onto the grid, with error feedback:
+  what rounding and clipping left out is added to the node's next round;
 - w_i itself, exact, as base-2^bits digits (a level each: sums of digits never wrap, see
-  ``Grid.modulus_bits``), so the coordinator recovers the total weight with no rounding.
+  ``Grid.modulus_bits``), and with token rows each c_i[r] the same way.
 
-The mean is then (sum of the contributions) x W / (sum of w_i).
+The mean is then (sum of contributions) x W / (sum of w_i), and a token row r's
+(sum of its rows) x W / (sum of c_i[r]); rows no node saw get 0 (they keep their value).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,43 +36,124 @@ def digits_for(nominal: int, bits: int) -> int:
     return max(1, math.ceil((nominal + 1).bit_length() / bits))
 
 
-def length(shapes: Shapes, nominal: int, bits: int) -> int:
-    """Values in the summed vector: every parameter, then the weight's digits."""
-    return sum(math.prod(s) for s in shapes.values()) + digits_for(nominal, bits)
+@dataclass(frozen=True)
+class Layout:
+    """Where each value of the summed vector comes from: the tensors in sorted name order,
+    then the weight's digits, then (token rows) each token's count digits, token by token."""
+
+    shapes: Shapes
+    nominal: int
+    """W: the most tokens a node trains in a round."""
+    bits: int
+    rows: tuple[str, ...] = ()
+    """Tensors whose row r is weighted by token r's count (their first dimension: vocab)."""
+
+    @property
+    def params(self) -> int:
+        return sum(math.prod(s) for s in self.shapes.values())
+
+    @property
+    def digits(self) -> int:
+        return digits_for(self.nominal, self.bits)
+
+    @property
+    def vocab(self) -> int:
+        return int(self.shapes[self.rows[0]][0]) if self.rows else 0
+
+    @property
+    def length(self) -> int:
+        return self.params + self.digits * (1 + self.vocab)
+
+
+def contribution(
+    update: dict[str, torch.Tensor], weight: int, counts: torch.Tensor | None, layout: Layout
+) -> np.ndarray:
+    """(params,) float32: the node's update scaled by its weight (token rows by its counts)."""
+    if not 0 <= weight <= layout.nominal:
+        raise ValueError(f"weight {weight} outside [0, {layout.nominal}]")
+    if layout.rows and (counts is None or counts.shape != (layout.vocab,)):
+        raise ValueError(f"token rows need ({layout.vocab},) counts")
+    pieces = []
+    for name in sorted(layout.shapes):
+        t = update[name].detach().float()
+        if name in layout.rows:
+            assert counts is not None
+            t = t * (counts.to(torch.float32) / layout.nominal)[:, None]
+        else:
+            t = t * (weight / layout.nominal)
+        pieces.append(t.reshape(-1).numpy())
+    return np.concatenate(pieces).astype(np.float32, copy=False)
 
 
 def node_levels(
-    update: dict[str, torch.Tensor],
+    scaled: np.ndarray,
     weight: int,
-    nominal: int,
+    counts: torch.Tensor | None,
+    layout: Layout,
     grid: Grid,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """(length,) uint32: the node's scaled, clipped, rounded update (its tensors in sorted
-    name order) and its weight's digits."""
-    if not 0 <= weight <= nominal:
-        raise ValueError(f"weight {weight} outside [0, {nominal}]")
-    flat = np.concatenate([update[k].detach().float().reshape(-1).numpy() for k in sorted(update)])
-    scaled = clip((flat * (weight / nominal)).astype(np.float32), grid.clip)
-    base = 1 << grid.bits
-    digits = [(weight // base**i) % base for i in range(digits_for(nominal, grid.bits))]
-    return np.concatenate([quantise(scaled, grid, rng), np.array(digits, dtype=np.uint32)])
+) -> tuple[np.ndarray, np.ndarray]:
+    """(length,) uint32 levels of a contribution (``scaled`` plus the node's carried error)
+    and its weight and counts as digits; and (params,) float32, the error to carry into the
+    next round (the clipped and rounded-off part)."""
+    clipped = clip(scaled, grid.clip)
+    levels = quantise(clipped, grid, rng)
+    residual = scaled - (levels.astype(np.float64) * grid.step - grid.range).astype(np.float32)
+    parts = [levels, _digits(np.array([weight]), layout)]
+    if layout.rows:
+        assert counts is not None
+        parts.append(_digits(counts.numpy().astype(np.int64), layout))
+    return np.concatenate(parts), residual
+
+
+def _digits(values: np.ndarray, layout: Layout) -> np.ndarray:
+    """(n,) non-negative integers -> (n * digits,) uint32, each value's digits in a row."""
+    base = 1 << layout.bits
+    place = base ** np.arange(layout.digits, dtype=np.int64)  # (digits,)
+    return ((values[:, None] // place) % base).astype(np.uint32).reshape(-1)
+
+
+def _undigits(total: np.ndarray, layout: Layout) -> np.ndarray:
+    """Sums of digit vectors (n * digits,) -> (n,) int64 sums of the values (exact)."""
+    place = 1 << (layout.bits * np.arange(layout.digits, dtype=np.int64))
+    sums: np.ndarray = (total.astype(np.int64).reshape(-1, layout.digits) * place).sum(axis=1)
+    return sums
+
+
+def summed_update(
+    total: np.ndarray, count: int, layout: Layout, grid: Grid
+) -> tuple[dict[str, torch.Tensor], int, np.ndarray | None]:
+    """From the unmasked sum of ``count`` nodes' vectors: the sum of their contributions per
+    tensor (float32), their total weight, and with token rows each token's total count."""
+    p = layout.params
+    tokens = int(_undigits(total[p : p + layout.digits], layout)[0])
+    seen = _undigits(total[p + layout.digits :], layout) if layout.rows else None
+    summed = dequantise_sum(total[:p], count, grid)
+    out, start = {}, 0
+    for name in sorted(layout.shapes):
+        shape = layout.shapes[name]
+        out[name] = torch.from_numpy(summed[start : start + math.prod(shape)].reshape(shape))
+        start += math.prod(shape)
+    return out, tokens, seen
 
 
 def mean_update(
-    total: np.ndarray, count: int, nominal: int, grid: Grid, shapes: Shapes
+    total: np.ndarray, count: int, layout: Layout, grid: Grid, equal: bool = False
 ) -> tuple[dict[str, torch.Tensor], int]:
-    """The token-weighted mean update of ``count`` nodes from the unmasked sum of their
-    vectors, and their total weight (0: the mean is zero)."""
-    n_digits = digits_for(nominal, grid.bits)
-    weights = total[-n_digits:].astype(np.int64)
-    tokens = int(sum(int(d) << (grid.bits * i) for i, d in enumerate(weights)))
-    summed = dequantise_sum(total[:-n_digits], count, grid)
-    scale = nominal / tokens if tokens else 0.0
-    out, start = {}, 0
-    for name in sorted(shapes):
-        size = math.prod(shapes[name])
-        piece = summed[start : start + size] * scale
-        out[name] = torch.from_numpy(piece.astype(np.float32)).reshape(shapes[name])
-        start += size
+    """The federation's mean update of ``count`` nodes from the unmasked sum of their
+    vectors, and their total weight (0: the mean is zero). ``equal``: the nodes contributed
+    their whole update each (weight W): the mean is the sum over ``count``."""
+    sums, tokens, seen = summed_update(total, count, layout, grid)
+    out = {}
+    for name, piece in sums.items():
+        wide = piece.double()
+        if equal:
+            wide = wide / count
+        elif name in layout.rows:
+            assert seen is not None
+            scale = np.where(seen > 0, layout.nominal / np.maximum(seen, 1), 0.0)
+            wide = wide * torch.from_numpy(scale)[:, None]
+        else:
+            wide = wide * (layout.nominal / tokens if tokens else 0.0)
+        out[name] = wide.float()
     return out, tokens

@@ -43,7 +43,12 @@ class ShuffledNodes:
         return f"inst-{node_id}" if self.names_known else None
 
     def send(
-        self, kind: str, node_ids: list[int], weights: Weights, config: dict[str, Any]
+        self,
+        kind: str,
+        node_ids: list[int],
+        weights: Weights,
+        config: dict[str, Any],
+        extra: Any = None,
     ) -> Iterator[RawReply]:
         round_ = int(config[P.CFG_ROUND])
         for n in arrival(node_ids, self.order, round_):

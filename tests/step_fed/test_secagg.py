@@ -22,8 +22,7 @@ from step_fed.secagg.roster import signed_roster, verified_roster
 from step_fed.secagg.server import SecAggServer
 from step_fed.secagg.setup import RoundSetup, SecAggAbandoned, SecAggError
 from step_fed.secagg.shamir import combine, split
-from step_fed.secagg.vector import length as vector_length
-from step_fed.secagg.vector import mean_update, node_levels
+from step_fed.secagg.vector import Layout, contribution, mean_update, node_levels
 from step_fed.secagg.wire import advert_of, advert_record, pack, reveal_of, reveal_record, unpack
 
 NAMES = tuple(f"inst-{i}" for i in range(8))
@@ -298,21 +297,35 @@ def test_the_roster_of_identity_keys_verifies_and_refuses_alteration_or_rollback
 def test_the_token_weighted_mean_comes_back_from_the_secure_sum(people: tuple) -> None:
     import torch
 
-    shapes = {"b": torch.Size([7]), "a.weight": torch.Size([40, 25])}
+    shapes = {"b": torch.Size([7]), "a.weight": torch.Size([40, 25]), "emb": torch.Size([6, 5])}
     nominal, grid = 4 * 64 * 16, Grid(clip=10.0, range=0.01, bits=8)
+    layout = Layout(shapes, nominal, grid.bits, rows=("emb",))
     gen = torch.Generator().manual_seed(0)
     updates = {n: {k: torch.randn(s, generator=gen) * 1e-3 for k, s in shapes.items()}
                for n in NAMES}  # fmt: skip
     weights = {n: nominal - 97 * i for i, n in enumerate(NAMES)}
+    counts = {n: torch.tensor([0, 0, 5 * i, 900, 1, i % 2], dtype=torch.int32)
+              for i, n in enumerate(NAMES)}  # fmt: skip
     rng = np.random.default_rng(1)
-    levels = {n: node_levels(updates[n], weights[n], nominal, grid, rng) for n in NAMES}
+    levels, errors = {}, {}
+    for n in NAMES:
+        scaled = contribution(updates[n], weights[n], counts[n], layout)
+        levels[n], errors[n] = node_levels(scaled, weights[n], counts[n], layout, grid, rng)
+        assert float(np.abs(errors[n]).max()) <= grid.step  # what rounding left, to carry on
     setup = RoundSetup("r15", NAMES, degree=6, threshold=4, min_survivors=4, grid=grid,
-                       length=vector_length(shapes, nominal, grid.bits))  # fmt: skip
+                       length=layout.length)  # fmt: skip
     total, survivors = _round(setup, people, levels, {3: {NAMES[5]}})
-    mean, tokens = mean_update(total, len(survivors), nominal, grid, shapes)
+    mean, tokens = mean_update(total, len(survivors), layout, grid)
     assert tokens == sum(weights[n] for n in survivors)  # exact
-    for k in shapes:
+    for k in ("b", "a.weight"):
         want = sum(updates[n][k] * weights[n] for n in survivors) / tokens
         err = float((mean[k] - want).abs().max())
         assert err <= len(survivors) * grid.step * nominal / tokens, (k, err)  # a step per node
         assert float((want).abs().max()) > 20 * err  # and far smaller than the values
+    seen = sum(counts[n] for n in survivors).to(torch.float32)
+    rows = (
+        sum(updates[n]["emb"] * counts[n][:, None] for n in survivors) / seen.clamp_min(1)[:, None]
+    )
+    assert torch.equal(mean["emb"][:2], torch.zeros(2, 5))  # nobody saw tokens 0, 1: unchanged
+    err = (mean["emb"] - rows).abs()[3]  # token 3, seen 900 times by each node: exact enough
+    assert float(err.max()) <= len(survivors) * grid.step * nominal / float(seen[3])
