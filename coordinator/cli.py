@@ -48,6 +48,7 @@ from coordinator.guard import ControlGuard
 from coordinator.records import latest_epsilons, read_records
 from coordinator.registry import Registry
 from coordinator.resume_point import resume_point
+from coordinator.roster_file import publish_roster
 from coordinator.round_audit import RoundAuditor
 from coordinator.superlink import (
     CONNECTION,
@@ -226,6 +227,7 @@ def enroll(
     registry = Registry(folder)
     key = load_signing_key(fed.signing_key)
     entry = registry.enroll(name, read_public_key(public_key))
+    publish_roster(folder, key)  # secure aggregation's nodes check round keys against it
     AuditLog(fed.root).append(key, "enroll", {"node": name, "fingerprint": entry.fingerprint})
     out = console_for(json_out)
     out.print(f"enrolled {name}: {entry.fingerprint}")
@@ -246,6 +248,7 @@ def revoke(
     key = load_signing_key(fed.signing_key)
     registry = Registry(folder)
     entry = registry.revoke(name)
+    publish_roster(folder, key)
     AuditLog(fed.root).append(key, "revoke", {"node": name, "fingerprint": entry.fingerprint})
     out = console_for(False)
     out.print(f"revoked {name}")
@@ -448,6 +451,7 @@ def _preflight(
     _check_files(cfg, config_path)
     settings = coordinator_settings(config_path)
     key = load_signing_key(fed.signing_key)
+    publish_roster(fed.root, key)  # a federation enrolled before rosters existed gets one
     previous = read_process_state(fed)
     if previous is not None and previous.alive:
         raise StepError(

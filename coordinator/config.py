@@ -134,7 +134,8 @@ class FederationConfig(LocalSchedule):
     """Neighbours each node shares secrets with (0: about 2 log2 n, at least 4; n - 1 or
     more: every other node)."""
     secure_threshold: int = 0
-    """Shares that rebuild a node's secrets (0: more than half its neighbours)."""
+    """Shares that rebuild a node's secrets (0: more than half of its holders, its neighbours and
+    itself)."""
     secure_min_survivors: int = 0
     """Nodes whose masked update must be in the sum, or the round is abandoned and retried
     (0: the larger of the threshold, min_nodes and 2)."""

@@ -176,6 +176,8 @@ federation:
   min_nodes: {min_nodes}              # updates needed per round (a restarted node is waited for)
   round_timeout_s: 600      # a round waits this long for replies, then goes on without stragglers
   update_memory_mib: 2048   # updates waiting for their turn beyond this wait on disk (run folder)
+  secure_aggregation: false # true: the coordinator learns only the sum of the updates (README
+                            #   "Secure aggregation"; needs update_encoding fp32)
 
 coordinator:
   fleet_address: "{fleet_address}"  # nodes connect here: gRPC over TLS (open it in the firewall)

@@ -181,13 +181,14 @@ class SecureRounds:
             raise SecAggAbandoned(f"{n} nodes advertised keys, fewer than the {floor} a sum needs")
         c = self.cfg
         degree = c.secure_degree or max(4, 2 * math.ceil(math.log2(n)))
-        fewest = min(len(v) for v in neighbours(names, degree, round_id).values())
-        threshold = c.secure_threshold or fewest // 2 + 1
+        # a node's shares are held by its neighbours and itself
+        holders = min(len(v) for v in neighbours(names, degree, round_id).values()) + 1
+        threshold = c.secure_threshold or holders // 2 + 1
         least = c.secure_min_survivors or max(threshold, c.min_nodes, 2)
-        if threshold > fewest or least > n:
+        if threshold > holders or least > n:
             raise SecAggAbandoned(
                 f"{n} nodes advertised keys: too few for secure_threshold {threshold} "
-                f"(neighbours {fewest}) and min_survivors {least}"
+                f"({holders} holders of a node's shares) and min_survivors {least}"
             )
         return RoundSetup(round_id, tuple(names), degree, threshold, least, self.grid, length)
 

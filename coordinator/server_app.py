@@ -26,6 +26,7 @@ from coordinator.tls import TlsFiles
 from step_common.errors import StepError
 from step_common.malloc import return_freed_memory
 from step_fed import protocol as P
+from step_fed.secagg.roster import ROSTER
 
 app = ServerApp()
 
@@ -52,7 +53,10 @@ def main(grid: Grid, context: Context) -> None:
     transport = GridTransport(grid, cfg.round_timeout_s, enrolled, sessions)
     corpus = load_corpus_setting(config_path)
     reports = SignedReports(Path(registry)) if registry else None
-    RoundRunner(cfg, run_path, transport, resume=resume, corpus=corpus, reports=reports).run()
+    roster = Path(registry) / ROSTER if registry else None  # step-coord enroll writes it
+    RoundRunner(
+        cfg, run_path, transport, resume=resume, corpus=corpus, reports=reports, roster=roster
+    ).run()
 
 
 def enrolled_names(folder: Path) -> Callable[[int], str | None]:

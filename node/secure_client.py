@@ -87,8 +87,10 @@ def shares(msg: Message, context: Context) -> Message:
         req = SharesRequest.from_wire({**_config(msg), **wire})
         client = _client(settings, session, req)
         sealed = client.share_keys(req.adverts)
+        assert client.own is not None
         kept = {f"{_REQUEST}{k}": v for k, v in {**_config(msg), **wire}.items()}
-        _put(context, {**session, **kept, "stage": "shares"})
+        own = client.own[0].to_bytes() + client.own[1].to_bytes()
+        _put(context, {**session, **kept, "own": own, "stage": "shares"})
     except (StepError, ValueError) as exc:
         return error_reply(msg, exc)
     return _reply(msg, settings, boxes_reply(sealed))
@@ -133,6 +135,7 @@ def reveal(msg: Message, context: Context) -> Message:
         try:
             client = _client(settings, session, _kept_request(session))
             client.held = _held(session)
+            client.own = _pair(bytes(session["own"]))
             revealed = client.unmask(req.survivors, req.dropped)
         finally:
             context.state.pop(SESSION, None)  # one reveal per round, whatever it answered
@@ -269,12 +272,13 @@ def _kept_request(session: Mapping[str, Any]) -> SharesRequest:
 
 
 def _held(session: Mapping[str, Any]) -> dict[str, tuple[Share, Share]]:
-    out = {}
-    for key, value in session.items():
-        if key.startswith("held/"):
-            half = len(value) // 2
-            out[key[5:]] = (Share.from_bytes(value[:half]), Share.from_bytes(value[half:]))
-    return out
+    return {k[5:]: _pair(bytes(v)) for k, v in session.items() if k.startswith("held/")}
+
+
+def _pair(value: bytes) -> tuple[Share, Share]:
+    """A node's (self-mask seed, mask key) shares, as kept: one after the other."""
+    half = len(value) // 2
+    return Share.from_bytes(value[:half]), Share.from_bytes(value[half:])
 
 
 def _put(context: Context, session: Mapping[str, Any]) -> None:

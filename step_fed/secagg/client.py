@@ -4,7 +4,9 @@ neighbours, a coordinator that may be malicious towards the keys it relays).
   1. ``advertise``: two fresh public keys, signed with the node's identity key;
   2. ``share_keys``: the neighbours' adverts (relayed by the coordinator) are verified against
      their enrolled identity keys; the node splits its self-mask seed and its mask private key
-     into Shamir shares, one pair per live neighbour, each sealed (AES-GCM) to that neighbour;
+     into Shamir shares, one pair per live neighbour, each sealed (AES-GCM) to that neighbour,
+     and one pair it keeps (SecAgg's holders include the node: with 3 nodes and one dropped,
+     each survivor's seed still has two live holders);
   3. ``masked_input``: its quantised update plus its self-mask plus, for each neighbour that
      shared keys, +/- their pairwise mask, mod 2^b;
   4. ``unmask``: for each neighbour that sent a masked input, its share of the self-mask seed;
@@ -61,6 +63,8 @@ class SecAggClient:
         self.peers: dict[str, Advert] = {}
         self.held: dict[str, tuple[Share, Share]] = {}
         """From each neighbour that shared keys: its shares of (self-mask seed, mask key)."""
+        self.own: tuple[Share, Share] | None = None
+        """This node's own share of its (self-mask seed, mask key)."""
 
     def advertise(self) -> Advert:
         return self.keys.advert(self.setup.round_id, self.name, self.signer)
@@ -80,15 +84,16 @@ class SecAggClient:
                     f"signed by {node}'s enrolled key: the coordinator (or someone between) "
                     "swapped or replayed them; this node leaves the round"
                 )
-        if len(adverts) < self.setup.threshold:
-            raise SecAggError(f"{self.name}: {len(adverts)} live neighbours, fewer than the "
-                              f"threshold {self.setup.threshold}: leaving the round")  # fmt: skip
+        if len(adverts) + 1 < self.setup.threshold:
+            raise SecAggError(f"{self.name}: {len(adverts)} live neighbours and itself, fewer "
+                              f"than the threshold {self.setup.threshold}: leaving the round")  # fmt: skip
         self.peers = dict(adverts)
         live = sorted(adverts)
-        points = [self.setup.point(n) for n in live]
+        points = [self.setup.point(n) for n in (*live, self.name)]
         t = self.setup.threshold
         seeds = split(self.self_seed, points, t)
         masks = split(self.keys.mask_secret(), points, t)
+        self.own = (seeds.pop(), masks.pop())
         out = {}
         for node, s_share, m_share in zip(live, seeds, masks, strict=True):
             key = channel_key(
@@ -138,7 +143,10 @@ class SecAggClient:
                 f"{self.setup.min_survivors} (or not this node): refusing to unmask"
             )
         out = {}
-        for node, (seed_share, mask_share) in self.held.items():
+        held = dict(self.held)
+        if self.own is not None:  # its own seed share (it is alive: its mask key stays hidden)
+            held[self.name] = self.own
+        for node, (seed_share, mask_share) in held.items():
             if node in alive:
                 out[node] = ("seed", seed_share.to_bytes())
             elif node in gone:

@@ -29,7 +29,8 @@ class RoundSetup:
     degree: int
     """k: neighbours per node (SecAgg+: O(log n)); >= n - 1: every other node."""
     threshold: int
-    """Shares that rebuild a secret; more than half of a node's neighbours."""
+    """Shares that rebuild a secret; more than half of its holders (a node's neighbours and
+    the node itself)."""
     min_survivors: int
     """Nodes whose masked input must be in the sum: fewer, and the nodes refuse to unmask (a
     coordinator that drops honest nodes could otherwise isolate one node's update)."""
@@ -41,11 +42,12 @@ class RoundSetup:
     def __post_init__(self) -> None:
         graph = neighbours(list(self.nodes), self.degree, self.round_id)
         object.__setattr__(self, "graph", graph)
-        fewest = min(len(v) for v in graph.values()) if graph else 0
-        if not fewest // 2 < self.threshold <= fewest:
+        holders = min(len(v) for v in graph.values()) + 1 if graph else 0
+        if not holders // 2 < self.threshold <= holders:
             raise StepError(
-                f"secure aggregation: threshold {self.threshold} must be more than half of a "
-                f"node's {fewest} neighbours and at most all of them"
+                f"secure aggregation: threshold {self.threshold} must be more than half of the "
+                f"{holders} holders of a node's shares (its neighbours and itself) and at most "
+                "all of them"
             )
         if not self.threshold <= self.min_survivors <= len(self.nodes):
             raise StepError(

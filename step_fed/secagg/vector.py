@@ -1,21 +1,28 @@
 """A node's update as the integer vector that secure aggregation sums, and the federation's
 mean the coordinator gets back from the sum.
 
-The federation's mean weighs each node by the tokens it trained (w_i), and with token rows each
-row r of the input embedding and output head by how often the node saw token r (c_i[r],
-coordinator/strategy/fold.py). The coordinator may not see a node's weighted update nor its
-weights, so both are summed under the masks, in one vector (``Layout``):
+The federation's mean weighs each node by the tokens it trained (w_i). The coordinator may not
+see a node's weighted update nor its weight, so both are summed under the masks, in one vector
+(``Layout``):
 
-- every tensor, scaled by s_i = w_i / W (W: the tokens a node trains in a round at most,
-  public from the round config, so s_i <= 1), or for token-row tensors row r by c_i[r] / W;
+- every tensor scaled by s_i = w_i / W (W: the tokens a node trains in a round at most, public
+  from the round config, so s_i <= 1);
 - then the whole contribution clipped to the grid's L2 norm (each node's part of the sum is
   bounded: the sensitivity central DP needs) and rounded onto the grid, with error feedback:
   what rounding and clipping left out is added to the node's next round;
 - w_i itself, exact, as base-2^bits digits (a level each: sums of digits never wrap, see
-  ``Grid.modulus_bits``), and with token rows each c_i[r] the same way.
+  ``Grid.modulus_bits``).
 
-The mean is then (sum of contributions) x W / (sum of w_i), and a token row r's
-(sum of its rows) x W / (sum of c_i[r]); rows no node saw get 0 (they keep their value).
+The mean is then (sum of contributions) x W / (sum of w_i).
+
+Token rows (the input embedding's and output head's row r belongs to token r) are averaged over
+the nodes that saw token r, each counting once: a node's row r is sent unscaled where it saw the
+token (0 elsewhere), with a presence level 1 / 0 per token, and the mean row is the sum over the
+presences. The plain mean weighs rows by token counts instead (coordinator/strategy/fold.py),
+but under rounding that divides a row's error by its share of the round's tokens: a token seen
+once in W would carry W steps of rounding error (tried: bits per byte 37 after one round).
+Presence bounds a row's error by one grid step per node that saw the token. Rows no node saw
+get 0 (they keep their value).
 """
 
 from __future__ import annotations
@@ -39,14 +46,14 @@ def digits_for(nominal: int, bits: int) -> int:
 @dataclass(frozen=True)
 class Layout:
     """Where each value of the summed vector comes from: the tensors in sorted name order,
-    then the weight's digits, then (token rows) each token's count digits, token by token."""
+    then the weight's digits, then (token rows) each token's presence level."""
 
     shapes: Shapes
     nominal: int
     """W: the most tokens a node trains in a round."""
     bits: int
     rows: tuple[str, ...] = ()
-    """Tensors whose row r is weighted by token r's count (their first dimension: vocab)."""
+    """Tensors whose row r is averaged over the nodes that saw token r (first dim: vocab)."""
 
     @property
     def params(self) -> int:
@@ -62,13 +69,14 @@ class Layout:
 
     @property
     def length(self) -> int:
-        return self.params + self.digits * (1 + self.vocab)
+        return self.params + self.digits + self.vocab
 
 
 def contribution(
     update: dict[str, torch.Tensor], weight: int, counts: torch.Tensor | None, layout: Layout
 ) -> np.ndarray:
-    """(params,) float32: the node's update scaled by its weight (token rows by its counts)."""
+    """(params,) float32: the node's update scaled by its weight (token rows: kept where the
+    node saw the token, 0 elsewhere)."""
     if not 0 <= weight <= layout.nominal:
         raise ValueError(f"weight {weight} outside [0, {layout.nominal}]")
     if layout.rows and (counts is None or counts.shape != (layout.vocab,)):
@@ -78,7 +86,7 @@ def contribution(
         t = update[name].detach().float()
         if name in layout.rows:
             assert counts is not None
-            t = t * (counts.to(torch.float32) / layout.nominal)[:, None]
+            t = t * (counts > 0).to(torch.float32)[:, None]
         else:
             t = t * (weight / layout.nominal)
         pieces.append(t.reshape(-1).numpy())
@@ -93,16 +101,16 @@ def node_levels(
     grid: Grid,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(length,) uint32 levels of a contribution (``scaled`` plus the node's carried error)
-    and its weight and counts as digits; and (params,) float32, the error to carry into the
-    next round (the clipped and rounded-off part)."""
+    """(length,) uint32 levels of a contribution (``scaled`` plus the node's carried error),
+    its weight as digits and which tokens it saw; and (params,) float32, the error to carry
+    into the next round (the clipped and rounded-off part)."""
     clipped = clip(scaled, grid.clip)
     levels = quantise(clipped, grid, rng)
     residual = scaled - (levels.astype(np.float64) * grid.step - grid.range).astype(np.float32)
     parts = [levels, _digits(np.array([weight]), layout)]
     if layout.rows:
         assert counts is not None
-        parts.append(_digits(counts.numpy().astype(np.int64), layout))
+        parts.append((counts.numpy() > 0).astype(np.uint32))
     return np.concatenate(parts), residual
 
 
@@ -124,10 +132,10 @@ def summed_update(
     total: np.ndarray, count: int, layout: Layout, grid: Grid
 ) -> tuple[dict[str, torch.Tensor], int, np.ndarray | None]:
     """From the unmasked sum of ``count`` nodes' vectors: the sum of their contributions per
-    tensor (float32), their total weight, and with token rows each token's total count."""
+    tensor (float32), their total weight, and with token rows how many saw each token."""
     p = layout.params
     tokens = int(_undigits(total[p : p + layout.digits], layout)[0])
-    seen = _undigits(total[p + layout.digits :], layout) if layout.rows else None
+    seen = total[p + layout.digits :].astype(np.int64) if layout.rows else None
     summed = dequantise_sum(total[:p], count, grid)
     out, start = {}, 0
     for name in sorted(layout.shapes):
@@ -151,7 +159,7 @@ def mean_update(
             wide = wide / count
         elif name in layout.rows:
             assert seen is not None
-            scale = np.where(seen > 0, layout.nominal / np.maximum(seen, 1), 0.0)
+            scale = np.where(seen > 0, 1.0 / np.maximum(seen, 1), 0.0)
             wide = wide * torch.from_numpy(scale)[:, None]
         else:
             wide = wide * (layout.nominal / tokens if tokens else 0.0)

@@ -32,7 +32,8 @@ INSTITUTIONS = [
     {"name": "alpine", "languages": {"de": 0.4}},
     {"name": "iberia", "languages": {"el": 0.4, "et": 0.4}},
 ]
-SECURE = dict(secure_aggregation=True, secure_clip=100.0, secure_range=0.05, secure_bits=10,
+RANGE = 0.05
+SECURE = dict(secure_aggregation=True, secure_clip=100.0, secure_range=RANGE, secure_bits=10,
               min_nodes=2, update_encoding="fp32")  # fmt: skip
 
 
@@ -59,8 +60,10 @@ def spy_step(run: RoundRunner) -> list[dict[str, torch.Tensor]]:
 def test_the_secure_mean_is_the_plain_mean_up_to_the_grid(
     tiny_corpus: Path, tmp_path: Path
 ) -> None:
-    plain, _ = runner(tmp_path, tiny_corpus, "plain", min_nodes=2)
-    secure, _ = runner(tmp_path, tiny_corpus, "secure", **SECURE)
+    # token rows are averaged by presence under secure aggregation, by count in the plain mean
+    # (step_fed/secagg/vector.py): compared without them, every tensor is within a step
+    plain, _ = runner(tmp_path, tiny_corpus, "plain", min_nodes=2, token_rows=False)
+    secure, _ = runner(tmp_path, tiny_corpus, "secure", token_rows=False, **SECURE)
     want, got = spy_step(plain), spy_step(secure)
     plain.train_round(1)
     record = secure.train_round(1)
@@ -69,13 +72,9 @@ def test_the_secure_mean_is_the_plain_mean_up_to_the_grid(
     assert "update_norm" not in record  # the coordinator never sees a node's update
     assert secure.secure is not None
     step = secure.secure.grid.step
-    for name, value in want[0].items():
+    for name, value in want[0].items():  # every node trained W tokens: within a step
         err = float((got[0][name] - value).abs().max())
-        if name in (P.EMBEDDING_WEIGHT, P.OUTPUT_WEIGHT):
-            # a row's rounding error is divided by the share of the round's tokens it got
-            assert err < 4 * step * 4 * 3 * 2 * 32, name
-        else:  # every node trained W tokens: the mean's error is below one step
-            assert err <= step, (name, err, step)
+        assert err <= step, (name, err, step)
     moved = max(float(v.abs().max()) for v in want[0].values())
     assert moved > 50 * step  # the comparison is not of two near-zero updates
 
@@ -86,7 +85,10 @@ def test_a_node_that_drops_at_any_stage_leaves_the_sum_of_the_others(
 ) -> None:
     run, transport = runner(tmp_path, tiny_corpus, "drop", **SECURE)
     transport.drop_at.add((stage, 101))  # baltic
+    means = spy_step(run)
     record = run.train_round(1)
+    # the survivors' mean: every value on the grid's range (a mask left in would be anywhere)
+    assert max(float(v.abs().max()) for v in means[0].values()) <= RANGE
     survivors = 3 if stage != "secagg_reveal" else 4  # a reveal missing: others' shares do
     assert record["secure"]["survivors"] == survivors
     if stage == "secagg_input":
