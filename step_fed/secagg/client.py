@@ -85,8 +85,10 @@ class SecAggClient:
                     "swapped or replayed them; this node leaves the round"
                 )
         if len(adverts) + 1 < self.setup.threshold:
-            raise SecAggError(f"{self.name}: {len(adverts)} live neighbours and itself, fewer "
-                              f"than the threshold {self.setup.threshold}: leaving the round")  # fmt: skip
+            raise SecAggError(
+                f"{self.name}: {len(adverts)} live neighbours and itself, fewer than the "
+                f"threshold {self.setup.threshold}: leaving the round"
+            )
         self.peers = dict(adverts)
         live = sorted(adverts)
         points = [self.setup.point(n) for n in (*live, self.name)]
