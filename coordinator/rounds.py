@@ -272,15 +272,14 @@ class RoundRunner:
         self._enough(round_, result.ok, result.rejected)
         with clock("step"):
             self.weights = self.strategy.step(self.weights, result.delta)
-        bytes_down = self.broadcaster.sent + result.record["stage_bytes_down"]
-        self._count(result.ok, bytes_down)
+        self.totals.bytes_up += result.bytes_up
+        self.totals.bytes_down += result.bytes_down
         self.totals.tokens += result.tokens
         record = self._round_record(
-            round_, result.ok, result.rejected, bytes_down, time.monotonic() - t0
+            round_, result.ok, result.rejected, result.bytes_down, time.monotonic() - t0
         )
         record["tokens"] = result.tokens
-        record["bytes_up"] += result.record["stage_bytes_up"]
-        self.totals.bytes_up += result.record["stage_bytes_up"]
+        record["bytes_up"] = result.bytes_up
         record["secure"] = result.record
         record["phase_s"] = clock.record()
         if accepted:

@@ -71,6 +71,9 @@ class SecureResult:
     rejected: list[Rejection]
     raws: list[RawReply]
     """Every train reply's metrics (an interim evaluation rides on them)."""
+    bytes_up: int
+    bytes_down: int
+    """Every byte of the round's messages, abandoned attempts included."""
     record: dict[str, Any] = field(default_factory=dict)
     """For metrics.jsonl: attempts, who dropped, the protocol's own bytes."""
 
@@ -82,6 +85,10 @@ class _Attempt:
     """Node name -> node id, of the nodes that advertised keys."""
     bytes_up: int = 0
     bytes_down: int = 0
+    """The stages' records' bytes (keys, shares, reveals) both ways."""
+    input_up: int = 0
+    input_down: int = 0
+    """The train message's bytes (weights, config) and the masked inputs'."""
 
 
 class SecureRounds:
@@ -116,17 +123,22 @@ class SecureRounds:
         """The round's mean update from the sum of the nodes' masked vectors; ``check``: a
         train reply's checks (round, epsilon report) besides its masked input's."""
         last: SecAggError | None = None
+        spent = _Attempt("")  # the bytes of abandoned attempts
         for attempt in range(1, ATTEMPTS + 1):
-            ids = self.broadcaster.nodes()
+            at = _Attempt(f"r{config.round}-{secrets.token_hex(8)}")
             try:
-                result = self._attempt(config, weights, ids, check)
+                result = self._attempt(at, config, weights, check)
             except SecAggAbandoned as exc:
                 log.warning("round %d: secure aggregation attempt %d of %d abandoned (%s): "
                             "trying again with the nodes still there", config.round, attempt,
                             ATTEMPTS, exc)  # fmt: skip
                 last = exc
+                for key in ("bytes_up", "bytes_down", "input_up", "input_down"):
+                    setattr(spent, key, getattr(spent, key) + getattr(at, key))
                 continue
             result.record["attempts"] = attempt
+            result.bytes_up += spent.bytes_up + spent.input_up
+            result.bytes_down += spent.bytes_down + spent.input_down
             return result
         raise StepError(
             f"round {config.round}: secure aggregation abandoned {ATTEMPTS} times, last: {last}; "
@@ -135,10 +147,9 @@ class SecureRounds:
         )
 
     def _attempt(
-        self, config: P.RoundConfig, weights: Weights, ids: list[int], check: Check
+        self, at: _Attempt, config: P.RoundConfig, weights: Weights, check: Check
     ) -> SecureResult:
-        at = _Attempt(f"r{config.round}-{secrets.token_hex(8)}")
-        adverts = self._keys(at, config.round, ids)
+        adverts = self._keys(at, config.round, self.broadcaster.nodes())
         setup = self._setup(at.round_id, sorted(adverts), self.layout(config).length)
         server = SecAggServer(setup)
         boxes = self._shares(at, setup, config, server.route_adverts(adverts))
@@ -150,7 +161,8 @@ class SecureRounds:
         ok = [r for r in ok if r.node in survivors]
         record = {"round_id": at.round_id, "survivors": len(survivors), "dropped": dropped,
                   "stage_bytes_up": at.bytes_up, "stage_bytes_down": at.bytes_down}  # fmt: skip
-        return SecureResult(delta, tokens, ok, rejected, raws, record)
+        up, down = at.bytes_up + at.input_up, at.bytes_down + at.input_down
+        return SecureResult(delta, tokens, ok, rejected, raws, up, down, record)
 
     # --- the stages --------------------------------------------------------------------------
 
@@ -228,6 +240,7 @@ class SecureRounds:
         replies = self.broadcaster.send("secagg_input", config, weights, list(extra), extra)
         for raw in replies:
             raws.append(RawReply(raw.node_id, raw.node, raw.metrics, error=raw.error))
+            at.input_up += sum(t.numel() * t.element_size() for t in raw.arrays.values())
             checked = check_secure_reply(raw, config.round, setup.bits, setup.length)
             del raw  # the next masked input is pulled while only this one waits
             if isinstance(checked, Rejection):
@@ -242,6 +255,7 @@ class SecureRounds:
                 continue
             ok.append(reply)
             masked[reply.node] = values
+        at.input_down += self.broadcaster.sent
         return ok, rejected, raws, masked
 
     def _reveal(

@@ -186,13 +186,16 @@ def _levels(done: Trained, req: SharesRequest) -> np.ndarray:
 
 def _metrics(done: Trained, sent: int) -> dict[str, Any]:
     """A secure reply's metrics: no token counts (they are in the sum), nor the loss (one
-    node's loss tells of its update); bytes, time, and under DP the epsilon spent."""
+    node's loss tells of its update); bytes, the time (not under DP: it grows with the drawn
+    batches) and under DP the epsilon spent."""
     metrics: dict[str, Any] = {
         P.M_ROUND: done.cfg.round,
         P.M_BYTES_RECEIVED: done.received,
         P.M_BYTES_SENT: sent,
     }
-    if done.spent is not None:
+    if done.spent is None:
+        metrics[P.M_WALL_S] = done.result.wall_s
+    else:
         metrics[P.M_EPSILON] = done.spent.epsilon
         metrics[P.M_DELTA] = done.spent.delta
     client_app.add_eval_metrics(metrics, done.evaluated)

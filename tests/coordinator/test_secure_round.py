@@ -113,6 +113,8 @@ def test_too_many_drops_abandon_the_round_and_retry_with_fresh_masks(
     with caplog.at_level(logging.WARNING):
         record = run.train_round(1)
     assert record["secure"]["attempts"] == 2 and record["secure"]["survivors"] == 4
+    # the abandoned attempt's masked inputs count too: 3 + 4 of 2 bytes per parameter (b = 12)
+    assert 7 * 2 * run.params < record["bytes_up"] < 7 * 2 * run.params + 100_000
     assert "fewer than min_survivors 4: abandoned" in caplog.text
     assert "secagg_reveal" not in calls[: calls.index("secagg_keys", 1)]  # nothing unmasked
 
