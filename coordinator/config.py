@@ -121,15 +121,21 @@ class FederationConfig(LocalSchedule):
     the nodes' updates, never one node's. Nodes clip and quantise their update onto a shared
     grid (the secure_* keys below) and mask it; needs aggregation mean, update_encoding fp32
     (the grid is the encoding) and no max_update_norm (the coordinator cannot read a norm)."""
-    secure_clip: YamlFloat = 8.0
+    secure_clip: YamlFloat = 16.0
     """L2 norm each node clips its (token-share-scaled) update to before it is masked: the
     most one node can move the sum, and with central DP its sensitivity."""
-    secure_range: YamlFloat = 0.05
+    secure_range: YamlFloat = 0.02
     """Each coordinate of a node's scaled update is clamped to [-range, range] and rounded
     onto 2^secure_bits levels (the cut-off part is carried to the node's next round)."""
-    secure_bits: int = 8
+    secure_bits: int = 5
     """Levels per coordinate: 2^bits; masked values take bits + ceil(log2 nodes) bits (sent
-    as 1 byte per parameter up to 8 bits in all, else 2)."""
+    as 1 byte per parameter up to 8 bits in all, else 2). 5 bits over [-0.02, 0.02] cost 1%
+    in bits per byte on the default example (bench/RESULTS.md)."""
+    secure_row_cap: int = 1
+    """With token_rows: a node's embedding and output row of token r weighs min(c, cap) / cap
+    in the mean over the nodes that saw it (c: how often it saw the token); 1: every node
+    that saw the token weighs the same. Larger caps follow the token counts further but let
+    rounding error grow up to cap grid steps in rare tokens' rows. At most 2^secure_bits - 1."""
     secure_degree: int = 0
     """Neighbours each node shares secrets with (0: about 2 log2 n, at least 4; n - 1 or
     more: every other node)."""
@@ -217,6 +223,8 @@ class FederationConfig(LocalSchedule):
             raise self._bad("secure_range", "must be positive")
         if not 1 <= self.secure_bits <= 12:
             raise self._bad("secure_bits", "must be in [1, 12]")
+        if not 1 <= self.secure_row_cap < 1 << self.secure_bits:
+            raise self._bad("secure_row_cap", "must be in [1, 2^secure_bits - 1]")
         for key in ("secure_degree", "secure_threshold", "secure_min_survivors"):
             if getattr(self, key) < 0:
                 raise self._bad(key, "must be >= 0 (0: chosen from the number of nodes)")

@@ -112,7 +112,9 @@ class SecureRounds:
         self.rows = (P.EMBEDDING_WEIGHT, P.OUTPUT_WEIGHT) if cfg.token_rows and not central else ()
 
     def layout(self, config: P.RoundConfig) -> Layout:
-        return Layout(self.shapes, self.nominal(config), self.grid.bits, self.rows)
+        return Layout(
+            self.shapes, self.nominal(config), self.grid.bits, self.rows, self.cfg.secure_row_cap
+        )
 
     @staticmethod
     def nominal(config: P.RoundConfig) -> int:
@@ -211,7 +213,7 @@ class SecureRounds:
         config: P.RoundConfig,
         routed: dict[str, dict[str, Advert]],
     ) -> dict[str, dict[str, bytes]]:
-        terms = Terms(self.nominal(config), bool(self.rows), self.equal)
+        terms = Terms(self.nominal(config), bool(self.rows), self.equal, self.cfg.secure_row_cap)
         extra = {at.ids[n]: SharesRequest(setup, terms, got).to_wire() for n, got in routed.items()}
         at.bytes_down += sum(_bytes_of(e) for e in extra.values())
         sent = {}

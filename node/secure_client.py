@@ -164,7 +164,7 @@ def _levels(done: Trained, req: SharesRequest) -> np.ndarray:
     update, terms, grid = done.result.update, req.terms, req.setup.grid
     shapes = {k: v.shape for k, v in update.items()}
     rows = (P.EMBEDDING_WEIGHT, P.OUTPUT_WEIGHT) if terms.token_rows else ()
-    layout = Layout(shapes, terms.nominal, grid.bits, rows)
+    layout = Layout(shapes, terms.nominal, grid.bits, rows, terms.row_cap)
     if layout.length != req.setup.length:
         raise SecAggError(f"the round sums vectors of {req.setup.length} values; this node's "
                           f"model gives {layout.length}")  # fmt: skip

@@ -66,6 +66,8 @@ class Terms:
     """Weigh the input embedding's and output head's rows by token counts."""
     equal_weights: bool
     """Central DP: every node weighs 1 (contributes its whole clipped update)."""
+    row_cap: int = 1
+    """Token rows: a node's row r weighs min(count, row_cap) / row_cap (vector.py)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class SharesRequest:
             "secagg.nominal": t.nominal,
             "secagg.token-rows": int(t.token_rows),
             "secagg.equal-weights": int(t.equal_weights),
+            "secagg.row-cap": t.row_cap,
         }
         for node, advert in self.adverts.items():
             for field, value in advert_record(advert).items():
@@ -108,8 +111,12 @@ class SharesRequest:
         setup = RoundSetup(round_id_of(wire), nodes, _get(wire, "degree", int),
                            _get(wire, "threshold", int), _get(wire, "min-survivors", int), grid,
                            _get(wire, "length", int))  # fmt: skip
-        terms = Terms(_get(wire, "nominal", int), bool(_get(wire, "token-rows", int)),
-                      bool(_get(wire, "equal-weights", int)))  # fmt: skip
+        terms = Terms(
+            _get(wire, "nominal", int),
+            bool(_get(wire, "token-rows", int)),
+            bool(_get(wire, "equal-weights", int)),
+            _get(wire, "row-cap", int),
+        )
         records: dict[str, dict[str, object]] = {}
         for key, value in wire.items():
             if key.startswith(_ADVERT):

@@ -16,13 +16,14 @@ see a node's weighted update nor its weight, so both are summed under the masks,
 The mean is then (sum of contributions) x W / (sum of w_i).
 
 Token rows (the input embedding's and output head's row r belongs to token r) are averaged over
-the nodes that saw token r, each counting once: a node's row r is sent unscaled where it saw the
-token (0 elsewhere), with a presence level 1 / 0 per token, and the mean row is the sum over the
-presences. The plain mean weighs rows by token counts instead (coordinator/strategy/fold.py),
-but under rounding that divides a row's error by its share of the round's tokens: a token seen
-once in W would carry W steps of rounding error (tried: bits per byte 37 after one round).
-Presence bounds a row's error by one grid step per node that saw the token. Rows no node saw
-get 0 (they keep their value).
+the nodes that saw token r: a node's row r is weighed v = min(c[r], K) / K (c[r]: how often it
+saw token r, K: ``row_cap``), and min(c[r], K) goes into the sum as one level per token; the
+mean row is (sum of rows) x K / (sum of levels). K = 1 is presence: each node that saw the
+token counts once. The plain mean weighs rows by the counts themselves
+(coordinator/strategy/fold.py), but under rounding that divides a row's error by its share of
+the round's tokens: a token seen once in W would carry W grid steps of error (tried: bits per
+byte 37 after one round). With the cap a row's error is at most K steps per node that saw it.
+Rows no node saw get 0 (they keep their value).
 """
 
 from __future__ import annotations
@@ -54,6 +55,15 @@ class Layout:
     bits: int
     rows: tuple[str, ...] = ()
     """Tensors whose row r is averaged over the nodes that saw token r (first dim: vocab)."""
+    row_cap: int = 1
+    """K: a node's row r weighs min(c[r], K) / K (c[r]: how often it saw token r); 1:
+    presence, every node that saw the token counts once. At most 2^bits - 1 (one level)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.row_cap < 1 << self.bits:
+            raise ValueError(
+                f"row_cap {self.row_cap} must be in [1, 2^bits - 1 = {(1 << self.bits) - 1}]"
+            )
 
     @property
     def params(self) -> int:
@@ -86,7 +96,7 @@ def contribution(
         t = update[name].detach().float()
         if name in layout.rows:
             assert counts is not None
-            t = t * (counts > 0).to(torch.float32)[:, None]
+            t = t * (counts.clamp(max=layout.row_cap).to(torch.float32) / layout.row_cap)[:, None]
         else:
             t = t * (weight / layout.nominal)
         pieces.append(t.reshape(-1).numpy())
@@ -110,7 +120,7 @@ def node_levels(
     parts = [levels, _digits(np.array([weight]), layout)]
     if layout.rows:
         assert counts is not None
-        parts.append((counts.numpy() > 0).astype(np.uint32))
+        parts.append(np.minimum(counts.numpy(), layout.row_cap).astype(np.uint32))
     return np.concatenate(parts), residual
 
 
@@ -159,7 +169,7 @@ def mean_update(
             wide = wide / count
         elif name in layout.rows:
             assert seen is not None
-            scale = np.where(seen > 0, 1.0 / np.maximum(seen, 1), 0.0)
+            scale = np.where(seen > 0, layout.row_cap / np.maximum(seen, 1), 0.0)
             wide = wide * torch.from_numpy(scale)[:, None]
         else:
             wide = wide * (layout.nominal / tokens if tokens else 0.0)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from coordinator.config import load_federation_config
@@ -214,3 +215,34 @@ def first_two_stages(secure: SecureRounds, config: P.RoundConfig) -> str:
     setup = secure._setup(at.round_id, sorted(adverts), secure.layout(config).length)
     secure._shares(at, setup, config, SecAggServer(setup).route_adverts(adverts))
     return at.round_id
+
+
+def test_central_dp_adds_its_noise_once_to_the_unmasked_sum(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """Every node weighs 1 and clips to central_dp_clip; the coordinator adds N(0, (sigma C')^2)
+    to the sum (C': the clip plus rounding's most) and divides by the node count."""
+    run, _ = runner(tmp_path, tiny_corpus, "central", central_dp_noise=1.0, central_dp_clip=0.5,
+                    token_rows=False, **{**SECURE, "secure_bits": 8})  # fmt: skip
+    means = spy_step(run)
+    record = run.train_round(1)
+    assert record["epsilon_central"] > 0 and record["secure"]["survivors"] == 4
+    assert run.secure is not None
+    sensitivity = run.secure.sensitivity(run.secure.layout(run.round_config(1)))
+    assert 0.5 < sensitivity < 0.5 + run.secure.grid.step * run.params**0.5 * 1.0001
+    values = torch.cat([v.reshape(-1) for v in means[0].values()])
+    # the updates themselves are below the grid's range (0.05): the noise dominates
+    assert float(values.std()) == pytest.approx(1.0 * sensitivity / 4, rel=0.02)
+
+
+def test_a_node_with_local_dp_takes_part(tiny_corpus: Path, tmp_path: Path) -> None:
+    cfg_file = write_sim_config(tmp_path / "dp.yaml", tiny_corpus, INSTITUTIONS, rounds=1,
+                                **SECURE)  # fmt: skip
+    doc = yaml.safe_load(cfg_file.read_text())
+    doc["institutions"][0]["privacy"] = {"epsilon": 8.0, "delta": 1e-6, "rounds": 2}
+    cfg_file.write_text(yaml.safe_dump(doc))
+    transport = LocalTransport(cfg_file, tmp_path / "dp", len(INSTITUTIONS))
+    run = RoundRunner(load_federation_config(cfg_file), tmp_path / "dp", transport)
+    record = run.train_round(1)
+    assert record["secure"]["survivors"] == 4
+    assert set(record["epsilon"]) == {"hellas"} and record["epsilon"]["hellas"] > 0
