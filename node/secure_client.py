@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,14 @@ def shares(msg: Message, context: Context) -> Message:
         settings = client_app.node_settings(context)
         wire = _stage_record(msg)
         session = _session(context, "keys", round_id_of(wire))
-        req = SharesRequest.from_wire({**_config(msg), **wire})
-        client = _client(settings, session, req)
-        sealed = client.share_keys(req.adverts)
-        assert client.own is not None
-        kept = {f"{_REQUEST}{k}": v for k, v in {**_config(msg), **wire}.items()}
-        own = client.own[0].to_bytes() + client.own[1].to_bytes()
-        _put(context, {**session, **kept, "own": own, "stage": "shares"})
+        with _leaving_on_error(context):
+            req = SharesRequest.from_wire({**_config(msg), **wire})
+            client = _client(settings, session, req)
+            sealed = client.share_keys(req.adverts)
+            assert client.own is not None
+            kept = {f"{_REQUEST}{k}": v for k, v in {**_config(msg), **wire}.items()}
+            own = client.own[0].to_bytes() + client.own[1].to_bytes()
+            _put(context, {**session, **kept, "own": own, "stage": "shares"})
     except (StepError, ValueError) as exc:
         return error_reply(msg, exc)
     return _reply(msg, settings, boxes_reply(sealed))
@@ -103,18 +105,20 @@ def masked_input(msg: Message, context: Context) -> Message:
         settings = client_app.node_settings(context)
         wire = _stage_record(msg)
         session = _session(context, "shares", round_id_of(wire))
-        req = _kept_request(session)
-        asked = _config(msg).get(P.CFG_ROUND)
-        if asked != session["round"]:
-            raise SecAggError(f"a train message of round {asked} in secure round "
-                              f"{session[P.SECAGG]!s} of round {session['round']}")  # fmt: skip
-        done = client_app.train_message(msg, context)
-        levels = _levels(done, req)
-        client = _client(settings, session, req)
-        client.peers = dict(req.adverts)  # verified at stage 2, kept on this side since
-        masked = client.masked_input(levels, boxes_for(wire, settings.name))
-        held = {f"held/{n}": s.to_bytes() + m.to_bytes() for n, (s, m) in client.held.items()}
-        _put(context, {**session, **held, "stage": "input"})
+        with _leaving_on_error(context):
+            req = _kept_request(session)
+            asked = _config(msg).get(P.CFG_ROUND)
+            if asked != session["round"]:
+                raise SecAggError(f"a train message of round {asked} in secure round "
+                                  f"{session[P.SECAGG]!s} of round {session['round']}")  # fmt: skip
+            done = client_app.train_message(msg, context)
+            levels = _levels(done, req)
+            client = _client(settings, session, req)
+            client.peers = dict(req.adverts)  # verified at stage 2, kept on this side since
+            masked = client.masked_input(levels, boxes_for(wire, settings.name))
+            held = {f"held/{n}": s.to_bytes() + m.to_bytes()
+                    for n, (s, m) in client.held.items()}  # fmt: skip
+            _put(context, {**session, **held, "stage": "input"})
     except (StepError, ValueError) as exc:
         return error_reply(msg, exc)
     arrays = ArrayRecord({P.SECAGG_MASKED: torch.from_numpy(pack(masked, req.setup.bits))})
@@ -132,13 +136,11 @@ def reveal(msg: Message, context: Context) -> Message:
         settings = client_app.node_settings(context)
         req = RevealRequest.from_wire(_stage_record(msg))
         session = _session(context, "input", req.round_id)
-        try:
+        with _leaving(context):  # one reveal per round, whatever it answers
             client = _client(settings, session, _kept_request(session))
             client.held = _held(session)
             client.own = _pair(bytes(session["own"]))
             revealed = client.unmask(req.survivors, req.dropped)
-        finally:
-            context.state.pop(SESSION, None)  # one reveal per round, whatever it answered
     except (StepError, ValueError) as exc:
         return error_reply(msg, exc)
     return _reply(msg, settings, dict(reveal_record(revealed)))
@@ -282,6 +284,26 @@ def _pair(value: bytes) -> tuple[Share, Share]:
     """A node's (self-mask seed, mask key) shares, as kept: one after the other."""
     half = len(value) // 2
     return Share.from_bytes(value[:half]), Share.from_bytes(value[half:])
+
+
+@contextmanager
+def _leaving_on_error(context: Context) -> Iterator[None]:
+    """A stage of the round this node is in that fails ends its part in the round: its
+    secrets are deleted (a coordinator cannot ask again until some request passes)."""
+    try:
+        yield
+    except BaseException:
+        context.state.pop(SESSION, None)
+        raise
+
+
+@contextmanager
+def _leaving(context: Context) -> Iterator[None]:
+    """The round's last stage: its secrets are deleted however it ends."""
+    try:
+        yield
+    finally:
+        context.state.pop(SESSION, None)
 
 
 def _put(context: Context, session: Mapping[str, Any]) -> None:

@@ -140,6 +140,8 @@ def test_a_swapped_key_is_caught_by_the_nodes_and_the_round_fails_safely(
     with caplog.at_level(logging.WARNING), pytest.raises(StepError, match="abandoned 3 times"):
         run.train_round(1)
     assert "not signed by hellas's enrolled key" in caplog.text
+    for node in (101, 102, 103):  # the nodes that caught it left the round: secrets deleted
+        assert secure_client.SESSION not in transport.contexts[node].state
     assert not list((tmp_path / "swap").glob("round-*"))  # nothing committed
 
 
