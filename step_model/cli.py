@@ -1,4 +1,5 @@
-"""``step-model``: inspect presets, train tokenizers, look at corpora, train and evaluate models."""
+"""``step-model``: inspect presets, train tokenizers, look at corpora, train and evaluate models,
+and move them to and from the Hugging Face format."""
 
 from __future__ import annotations
 
@@ -343,6 +344,73 @@ def verify(
     if json_out:
         emit_json({"verified": True, "path": str(folder), "files": sorted(listed),
                    "federation_key": key_fingerprint(key)})  # fmt: skip
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="hf: Hugging Face transformers.")]
+
+
+def _check_format(value: str) -> None:
+    if value != "hf":
+        raise StepError(f"--format {value!r}: the one format is hf (Hugging Face transformers)")
+
+
+@app.command("export")
+@user_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint, or a run folder (LATEST).")],
+    out: Annotated[Path, typer.Argument(help="A new folder for the exported model.")],
+    format_: FormatOpt = "hf",
+    shard_size_: Annotated[
+        str,
+        typer.Option("--shard-size", help="Weights above this split into shards (5GB, 500MB)."),
+    ] = "5GB",
+    json_out: JsonFlag = False,
+) -> None:
+    """Write a checkpoint as a Hugging Face model: AutoModelForCausalLM and AutoTokenizer
+    load it with no custom code (LlamaForCausalLM, transformers 5)."""
+    from step_model.checkpoint import load_checkpoint
+    from step_model.hf_format import export_hf, shard_size
+
+    _check_format(format_)
+    limit = shard_size(shard_size_)
+    console = console_for(json_out)
+    with console.status(f"exporting {checkpoint}"):
+        ckpt = load_checkpoint(checkpoint, with_optimizer=False)
+        folder = export_hf(ckpt, out, limit)
+    files = sorted(p.name for p in folder.iterdir())
+    console.print(f"exported to {folder}: {', '.join(files)}", markup=False)
+    console.print(
+        f"load it with AutoModelForCausalLM.from_pretrained({str(folder)!r})", markup=False
+    )
+    if json_out:
+        emit_json({"out": str(folder), "files": files, "params": ckpt.config.num_params()})
+
+
+@app.command("import")
+@user_errors
+def import_(
+    folder: Annotated[Path, typer.Argument(help="A Hugging Face model folder (LlamaForCausalLM).")],
+    out: Annotated[Path, typer.Argument(help="A new folder for the STEP checkpoint.")],
+    format_: FormatOpt = "hf",
+    json_out: JsonFlag = False,
+) -> None:
+    """Read a Hugging Face model of this family into a STEP checkpoint, e.g. to warm-start a
+    federation (federation.init_from, or --init-from)."""
+    from step_model.checkpoint import save_checkpoint
+    from step_model.hf_format import import_hf
+
+    _check_format(format_)
+    if out.exists():
+        raise StepError(f"{out} exists: import into a new folder (or remove it first)")
+    console = console_for(json_out)
+    with console.status(f"importing {folder}"):
+        ckpt = import_hf(folder)
+        save_checkpoint(out, ckpt)
+    console.print(f"imported {folder} into {out} ({ckpt.tokenizer.name} tokenizer, "
+                  f"{ckpt.config.num_params():,} parameters)", markup=False)  # fmt: skip
+    if json_out:
+        emit_json({"out": str(out), "params": ckpt.config.num_params(),
+                   "tokenizer": ckpt.tokenizer.name})  # fmt: skip
 
 
 def main() -> None:
