@@ -10,6 +10,8 @@
     step-coord stop                           stop a running `step-coord start`
     step-coord audit [--verify] [--json]      the signed audit log; --verify checks it
     step-coord signing-key                    the federation's public signing key and fingerprint
+    step-coord export OUT [--run RUN]         the last model as a Hugging Face folder, with its
+                                              model card and training summary
 
 Every command but init works on the federation folder given by --dir (default: the current
 folder). See deployment.py for the folder's layout.
@@ -707,6 +709,51 @@ def signing_key(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
               f"give node operators {fed.verify_key} with ca.crt", soft_wrap=True)  # fmt: skip
     if json_out:
         emit_json(report)
+
+
+@app.command("export")
+@user_errors
+def export(
+    out: Annotated[Path, typer.Argument(help="A new folder for the exported model.")],
+    folder: DirOpt = Path("."),
+    run: Annotated[
+        Path | None, typer.Option(help="A step-sim run folder (instead of --dir's run).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="The model's name in its card.")] = "",
+    license_id: Annotated[
+        str, typer.Option("--license", help="The model's license id for its card's metadata.")
+    ] = "other",
+    shard_size: Annotated[
+        str, typer.Option(help="Weights above this split into shards (5GB, 500MB).")
+    ] = "5GB",
+    json_out: JsonOpt = False,
+) -> None:
+    """The federation's last committed model as a Hugging Face folder (transformers loads it
+    with no custom code), with a model card and training_summary.json from the run's records."""
+    from coordinator.model_card import model_card
+    from coordinator.training_summary import TrainingSummary, summarize
+    from step_model.checkpoint import load_checkpoint
+    from step_model.hf_format import export_hf
+    from step_model.hf_format import shard_size as parse_size
+
+    run_dir = run if run is not None else FederationFolder(folder).require().run
+    limit = parse_size(shard_size)
+    ckpt = load_checkpoint(run_dir, with_optimizer=False)
+    summary = summarize(run_dir, ckpt, name or f"step-{Path(run_dir).resolve().name}")
+    extra = {
+        "README.md": model_card(summary, license_id),
+        "training_summary.json": summary.model_dump_json(indent=1) + "\n",
+        "training_summary.schema.json": json.dumps(TrainingSummary.model_json_schema(),
+                                                   indent=1) + "\n",
+    }  # fmt: skip
+    exported = export_hf(ckpt, out, limit, extra)
+    console = console_for(json_out)
+    console.print(f"exported round {ckpt.state.get('round')} of {run_dir} to {exported} "
+                  "(model, tokenizer, README.md model card, training_summary.json)",
+                  markup=False)  # fmt: skip
+    if json_out:
+        emit_json({"out": str(exported), "round": ckpt.state.get("round"),
+                   "files": sorted(p.name for p in exported.iterdir())})  # fmt: skip
 
 
 def main() -> None:

@@ -153,8 +153,14 @@ def tokenizer_files(tok: Tokenizer, max_len: int) -> dict[str, str]:
     }
 
 
-def export_hf(ckpt: Checkpoint, out: Path, shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
-    """Write ``ckpt`` into the new folder ``out`` (all of it or nothing)."""
+def export_hf(
+    ckpt: Checkpoint,
+    out: Path,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+    extra: dict[str, str] | None = None,
+) -> Path:
+    """Write ``ckpt`` into the new folder ``out`` (all of it or nothing); ``extra``: more
+    text files to put beside it (a model card)."""
     out = Path(out)
     if out.exists():
         raise StepError(f"{out} exists: export into a new folder (or remove it first)")
@@ -165,7 +171,8 @@ def export_hf(ckpt: Checkpoint, out: Path, shard_bytes: int = DEFAULT_SHARD_BYTE
                       config["eos_token_id"], "pad_token_id": config["pad_token_id"]}  # fmt: skip
         atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=1) + "\n")
         _write_weights(ckpt.weights, tmp, shard_bytes)
-        for name, text in tokenizer_files(ckpt.tokenizer, ckpt.config.max_seq_len).items():
+        files = {**tokenizer_files(ckpt.tokenizer, ckpt.config.max_seq_len), **(extra or {})}
+        for name, text in files.items():
             atomic_write_text(tmp / name, text)
     return out
 
