@@ -42,6 +42,7 @@ from coordinator.secure_round import SecureRounds
 from coordinator.spill import Spill
 from coordinator.strategy import CentralDP, make_strategy
 from coordinator.strategy.fold import RoundAggregate, node_order
+from coordinator.tensorboard_log import TensorBoardLog
 from step_common.errors import StepError
 from step_fed import protocol as P
 from step_fed.secagg.roster import ROSTER
@@ -478,6 +479,7 @@ class RoundRunner:
             self.cfg.preset,
             self.params,
         )
+        board = TensorBoardLog(self.run_dir)
         while self.round < self.cfg.rounds:
             r = self.round + 1
             record, raws = self._train_round(r)
@@ -493,8 +495,10 @@ class RoundRunner:
             record["phase_s"]["checkpoint"] = round(time.monotonic() - start, 3)
             for rec in records:
                 self.folder.log({**rec, "wall_total_s": self.wall_s()})
+                board.record(rec)
                 if self.on_round:
                     self.on_round(rec)
+        board.close()
         summary = self.summary()
         self.folder.write_summary(summary)
         return summary
