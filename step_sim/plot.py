@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display: write files only
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
@@ -21,14 +23,37 @@ def plot_bpb(metrics: Path, out: Path, title: str) -> Path | None:
     ]
     if not evals:
         return None
-    rounds = [r["round"] for r in evals]
+    fig = bpb_figure(evals, title)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def bpb_figure(evals: list[dict[str, Any]], title: str) -> Figure:
+    """Lines join the quick evaluations (the same first ``eval_max_tokens`` of each language
+    every time); the final evaluation reads all held-out text, other text, so it is drawn apart
+    (dots, a star for the mean) instead of continuing the lines: a jump there is not the model
+    getting worse."""
+    quick = [r for r in evals if not r.get("final")]
+    final = [r for r in evals if r.get("final")]
     langs = sorted({lang for r in evals for lang in r["bpb"]})
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     cmap = plt.get_cmap("tab20")
     for i, lang in enumerate(langs):
-        pts = [(r["round"], r["bpb"][lang]) for r in evals if lang in r["bpb"]]
-        ax.plot(*zip(*pts, strict=True), color=cmap(i % 20), linewidth=1, alpha=0.8, label=lang)
-    ax.plot(rounds, [r["mean_bpb"] for r in evals], color="black", linewidth=2.5, label="mean")
+        color = cmap(i % 20)
+        pts = [(r["round"], r["bpb"][lang]) for r in quick if lang in r["bpb"]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), color=color, linewidth=1, alpha=0.8, label=lang)
+        ends = [(r["round"], r["bpb"][lang]) for r in final if lang in r["bpb"]]
+        if ends:
+            ax.scatter(*zip(*ends, strict=True), color=color, s=14, marker="o",
+                       label=None if pts else lang)  # fmt: skip
+    if quick:
+        ax.plot([r["round"] for r in quick], [r["mean_bpb"] for r in quick], color="black",
+                linewidth=2.5, label="mean (quick evaluations)")  # fmt: skip
+    if final:
+        ax.scatter([r["round"] for r in final], [r["mean_bpb"] for r in final], color="black",
+                   marker="*", s=160, zorder=3, label="final: all held-out text")  # fmt: skip
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("held-out bits per byte")
@@ -36,6 +61,4 @@ def plot_bpb(metrics: Path, out: Path, title: str) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=7, loc="upper right", frameon=False, bbox_to_anchor=(1.18, 1.0))
     fig.tight_layout()
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return fig
