@@ -44,10 +44,10 @@ def bpb_figure(evals: list[dict[str, Any]], title: str) -> Figure:
         pts = [(r["round"], r["bpb"][lang]) for r in quick if lang in r["bpb"]]
         if pts:
             ax.plot(*zip(*pts, strict=True), color=color, linewidth=1, alpha=0.8, label=lang)
-        ends = [(r["round"], r["bpb"][lang]) for r in final if lang in r["bpb"]]
+        ends = [r for r in final if lang in r["bpb"]]
         if ends:
-            ax.scatter(*zip(*ends, strict=True), color=color, s=14, marker="o",
-                       label=None if pts else lang)  # fmt: skip
+            x, y = [r["round"] for r in ends], [r["bpb"][lang] for r in ends]
+            ax.scatter(x, y, color=color, s=14, marker="o", label=None if pts else lang)
     if quick:
         ax.plot([r["round"] for r in quick], [r["mean_bpb"] for r in quick], color="black",
                 linewidth=2.5, label="mean (quick evaluations)")  # fmt: skip
