@@ -117,6 +117,8 @@ def _evaluation(s: TrainingSummary) -> list[str]:
         "",
     ]
     if e.bits_per_byte:
-        out += ["| language | bits per byte |", "|---|---|"]
-        out += [f"| {k} | {v:.4f} |" for k, v in sorted(e.bits_per_byte.items())]
+        out += ["| language | bits per byte | characters per token |", "|---|---|---|"]
+        for k, v in sorted(e.bits_per_byte.items()):
+            cpt = s.chars_per_token.get(k)
+            out.append(f"| {k} | {v:.4f} | {'' if cpt is None else f'{cpt:.2f}'} |")
     return out
