@@ -28,7 +28,7 @@ from coordinator.config import SEEN_ROWS_LEVELS, FederationConfig, check_same_se
 from coordinator.in_order import InOrder
 from coordinator.phases import Phases
 from coordinator.privacy_reports import ReportPolicy
-from coordinator.records import latest_epsilons
+from coordinator.records import latest_epsilons, read_records
 from coordinator.replies import (
     EvalReply,
     Rejection,
@@ -158,7 +158,18 @@ class RoundRunner:
         self.totals = Totals(**ckpt.state["totals"])
         self.history = list(ckpt.state["history"])
         self.elapsed_before = float(ckpt.state.get("wall_s", 0.0))
+        self._log_missing_records()
         log.info("resuming after round %d", self.round)
+
+    def _log_missing_records(self) -> None:
+        """The committed rounds' records that metrics.jsonl lacks (a crash between the commit
+        and the appends), from the checkpoint's history: every committed round is logged."""
+        logged = {(r.get("kind"), r.get("round")) for r in read_records(self.folder.metrics)}
+        for rec in self.history:
+            if (rec.get("kind"), rec.get("round")) not in logged:
+                log.info("metrics.jsonl lacked the %s record of round %s: written from the "
+                         "checkpoint", rec.get("kind"), rec.get("round"))  # fmt: skip
+                self.folder.log(rec)
 
     def _save(self) -> None:
         state = {

@@ -96,6 +96,10 @@ class RunFolder:
         name = f"{self.unit}-{int(ckpt.state[self.unit]):0{self.digits}d}"
         return save_in_run(self.path, name, ckpt, keep=self.keep)
 
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
     def log(self, record: dict[str, Any]) -> None:
         """Append one record to metrics.jsonl (fsync'ed: a crash loses at most this line)."""
         append_jsonl(self.path / METRICS, record)

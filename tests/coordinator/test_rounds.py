@@ -234,3 +234,23 @@ def test_a_node_evaluates_one_set_of_weights_per_round(tiny_corpus: Path, tmp_pa
     kept = json.loads((tmp_path / "probe" / "nodes" / "hellas" / "evaluations.json").read_text())
     (rounds,) = kept["runs"].values()
     assert list(rounds) == ["1"] and len(rounds["1"]["weights"]) == 16
+
+
+def test_a_crash_between_the_commit_and_the_log_loses_no_record(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """Killed after round 2's checkpoint but before its records reached metrics.jsonl: the
+    resumed run writes them from the checkpoint's history, so every round is logged once."""
+    part = run(tmp_path, tiny_corpus, "gap", rounds=3)
+    for r in (1, 2):
+        record = part.train_round(r)
+        part.round = r
+        part.history.append(record)
+        part._save()
+        if r == 1:
+            part.folder.log(record)  # round 2's record never made it to the file
+    resumed = run(tmp_path, tiny_corpus, "gap", resume=True, rounds=3)
+    resumed.run()
+    lines = (tmp_path / "gap" / "metrics.jsonl").read_text().splitlines()
+    rounds = [json.loads(x)["round"] for x in lines if json.loads(x)["kind"] == "round"]
+    assert rounds == [1, 2, 3]
