@@ -32,7 +32,7 @@ def _setup(tmp: Path, corpus: Path) -> Path:
     cfg = fed / "coordinator.yaml"
     text = cfg.read_text().replace("update_encoding: int8 ", "update_encoding: fp32 ")
     text = text.replace("secure_aggregation: false", "secure_aggregation: true")
-    cfg.write_text(text.replace("round_timeout_s: 600", "round_timeout_s: 10"))
+    cfg.write_text(text.replace("round_timeout_s: 600", "round_timeout_s: 20"))
     for name, lang in LANGS.items():
         node = tmp / name
         _ok(quick("step-node", "init", node, "--coordinator", f"127.0.0.1:{fleet}",
