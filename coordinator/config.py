@@ -129,14 +129,14 @@ class FederationConfig(LocalSchedule):
     onto 2^secure_bits levels (the cut-off part is carried to the node's next round)."""
     secure_bits: int = 5
     """Levels per coordinate: 2^bits; masked values take bits + ceil(log2 nodes) bits (sent
-    as 1 byte per parameter up to 8 bits in all, else 2). 5 bits over [-0.02, 0.02] cost 1%
+    as 1 byte per parameter up to 8 bits in all, else 2). 5 bits over [-0.02, 0.02] cost 1.0-1.3%
     in bits per byte on the default example (bench/RESULTS.md)."""
     secure_row_cap: int = 8
     """With token_rows: a node's embedding and output row of token r weighs min(c, cap) / cap
     in the mean over the nodes that saw it (c: how often it saw the token); 1: every node
     that saw the token weighs the same. Larger caps follow the token counts further but let
     rounding error grow up to cap grid steps in rare tokens' rows. At most 2^secure_bits - 1.
-    8 was the best of 1, 8 and 31 on the default example (bench/RESULTS.md)."""
+    8 was the best of 1, 8 and 31 at round 40 of the default example (bench/RESULTS.md)."""
     secure_degree: int = 0
     """Neighbours each node shares secrets with (0: about 2 log2 n, at least 4; n - 1 or
     more: every other node)."""
