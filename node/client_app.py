@@ -1,4 +1,5 @@
-"""The Flower ClientApp of a node (Message API): ``train`` and ``evaluate``.
+"""The Flower ClientApp of a node (Message API): ``train`` and ``evaluate``, and the four stages
+of a secure round (``train.secagg_*``, node/secure_client.py, registered at the end).
 
 Node settings come from the node itself (settings.py); the round config and the global weights
 come from the coordinator's message. Every failure is answered with an error reply naming the
