@@ -1,31 +1,46 @@
 """Federated (DiLoCo and FedAvg) vs centralized training on the same data and token budget.
 
-Runs, in one invocation and on the same simulation config:
+Runs, in one invocation and on the same simulation config, for each seed (``--seeds N``: the
+config's seed, then the next ones; each seed changes the initial weights, the batches and the
+nodes' randomness, in both runs alike):
   1. `step-sim --config C`                     the federation as configured (DiLoCo by default)
   2. `step-sim --config C --centralized`       synchronous data parallelism on the pooled data
+and once, with the first seed:
   3. `step-sim --config C` with FedAvg          (skip with --no-fedavg)
-and prints one JSON line: mean held-out bpb of each, federated / centralized (overall and per
-language), and the communication ratio: the bytes synchronous data parallelism would all-reduce
-for the same steps (fp32 model bytes x steps x nodes) over the bytes the federation moved
-(updates up + weights, tokenizer and config down).
+and prints one JSON line: mean held-out bpb of each, federated / centralized per seed, their mean
+and spread (sample standard deviation, min, max), per language for the first seed, and the
+communication ratio (``comm_ratio`` of the federation's summary): the bytes synchronous data
+parallelism would all-reduce for the same steps (fp32 model bytes x steps x nodes) over the
+bytes the federation moved (updates up + weights, tokenizer and config down).
+``<out>/fed_vs_central.png`` shows the first seed's runs: mean bpb at every evaluation and each
+run's final bpb per language over the centralized one. Every run keeps its final model
+(``<out>/seed-S/{federated,centralized}/LATEST``) for ``step-model eval --checkpoint`` on other
+text.
 
     python bench/fed_vs_central.py [--config examples/sim-eu8.yaml] [--out runs/bench-fvc]
-                                   [--no-fedavg] [--slow]
+                                   [--seeds 3] [--no-fedavg] [--slow]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from step_sim.plot import plot_comparison
+
+FED_KEYS = ("strategy", "mean_bpb", "bytes_up", "bytes_down", "comm_ratio", "tokens", "wall_s",
+            "rounds", "inner_steps")  # fmt: skip
+CENTRAL_KEYS = ("mean_bpb", "tokens", "wall_s", "steps", "allreduce_bytes")
 
 
 def step_sim(config: Path, out: Path, *extra: str) -> dict[str, Any]:
@@ -37,10 +52,11 @@ def step_sim(config: Path, out: Path, *extra: str) -> dict[str, Any]:
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def with_strategy(config: Path, strategy: str, folder: Path) -> Path:
+def with_federation(config: Path, folder: Path, tag: str, **keys: Any) -> Path:
+    """A copy of ``config`` with these federation keys changed (the corpus path kept)."""
     doc = yaml.safe_load(config.read_text(encoding="utf-8"))
-    doc.setdefault("federation", {})["strategy"] = strategy
-    path = folder / f"{config.stem}-{strategy}.yaml"
+    doc.setdefault("federation", {}).update(keys)
+    path = folder / f"{config.stem}-{tag}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path
 
@@ -51,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--out", type=Path, default=Path("runs") / f"bench-fvc-{time.strftime('%H%M%S')}"
     )
+    ap.add_argument("--seeds", type=int, default=1, help="seeds to run both trainings with")
     ap.add_argument("--no-fedavg", action="store_true")
     ap.add_argument(
         "--slow",
@@ -60,48 +77,69 @@ def parse_args() -> argparse.Namespace:
     return ap.parse_args()
 
 
+def one_seed(
+    args: argparse.Namespace, seed: int, extra: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """The federated and the centralized run of one seed: (fed summary, central, config)."""
+    folder = args.out / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    config = with_federation(args.config, folder, f"seed{seed}", seed=seed)
+    fed = step_sim(config, folder / "federated", *extra)
+    central = step_sim(config, folder / "centralized", "--centralized", *extra)
+    print(f"seed {seed}: federated {fed['mean_bpb']:.4f}, centralized {central['mean_bpb']:.4f}, "
+          f"ratio {fed['mean_bpb'] / central['mean_bpb']:.4f}, comm {fed['comm_ratio']:.1f}x",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return fed, central, config
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
 def compare(
-    args: argparse.Namespace, fed: dict[str, Any], central: dict[str, Any]
+    args: argparse.Namespace, runs: list[tuple[dict[str, Any], dict[str, Any], Path]]
 ) -> dict[str, Any]:
-    """The federated run against the centralized one: bpb and communication ratios."""
+    """The federated runs against the centralized ones: bpb and communication ratios."""
+    seeds = [int(yaml.safe_load(c.read_text())["federation"]["seed"]) for _, _, c in runs]
+    ratios = [fed["mean_bpb"] / central["mean_bpb"] for fed, central, _ in runs]
+    fed0, central0, _ = runs[0]
     return {
         "bench": "fed_vs_central",
         "config": str(args.config),
-        "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-        "federated": {
-            k: fed[k]
-            for k in (
-                "strategy",
-                "mean_bpb",
-                "bytes_up",
-                "bytes_down",
-                "tokens",
-                "wall_s",
-                "rounds",
-                "inner_steps",
-            )
-        },
-        "centralized": {
-            k: central[k] for k in ("mean_bpb", "tokens", "wall_s", "steps", "allreduce_bytes")
-        },
-        "bpb_ratio": fed["mean_bpb"] / central["mean_bpb"],
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "seeds": seeds,
+        "federated": [{k: fed[k] for k in FED_KEYS} for fed, _, _ in runs],
+        "centralized": [{k: c[k] for k in CENTRAL_KEYS} for _, c, _ in runs],
+        "bpb_ratio": spread(ratios),
+        "bpb_ratios": ratios,
         "bpb_ratio_per_language": {
-            lang: round(fed["bpb"][lang] / central["bpb"][lang], 4)
-            for lang in sorted(central["bpb"])
+            lang: round(fed0["bpb"][lang] / central0["bpb"][lang], 4)
+            for lang in sorted(central0["bpb"])
         },
-        "communication_ratio": central["allreduce_bytes"] / (fed["bytes_up"] + fed["bytes_down"]),
+        "comm_ratio": spread([fed["comm_ratio"] for fed, _, _ in runs]),
+        "checkpoints": {
+            str(seed): {
+                "federated": str(args.out / f"seed-{seed}" / "federated"),
+                "centralized": central["checkpoint"],
+            }
+            for seed, (_, central, _) in zip(seeds, runs, strict=True)
+        },
         "slow": args.slow,
     }
 
 
 def compare_fedavg(
-    args: argparse.Namespace, fed: dict[str, Any], extra: tuple[str, ...]
+    args: argparse.Namespace, fed: dict[str, Any], config: Path, extra: tuple[str, ...]
 ) -> dict[str, Any]:
-    """Run the same config with FedAvg; its bpb against the federated run's."""
-    with tempfile.TemporaryDirectory() as tmp:
-        fedavg = step_sim(
-            with_strategy(args.config, "fedavg", Path(tmp)), args.out / "fedavg", *extra
-        )
+    """Run the first seed's config with FedAvg; its bpb against the federated run's."""
+    folder = config.parent
+    fedavg_config = with_federation(config, folder, "fedavg", strategy="fedavg")
+    fedavg = step_sim(fedavg_config, folder / "fedavg", *extra)
     return {
         "fedavg": {"mean_bpb": fedavg["mean_bpb"], "wall_s": fedavg["wall_s"]},
         "fedavg_vs_diloco": fedavg["mean_bpb"] / fed["mean_bpb"],
@@ -110,16 +148,29 @@ def compare_fedavg(
 
 def main() -> None:
     args = parse_args()
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be at least 1")
     args.out.mkdir(parents=True, exist_ok=False)
+    doc = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]
     extra: tuple[str, ...] = ()
     if args.slow:
-        rounds = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]["rounds"]
-        extra = ("--rounds", str(4 * int(rounds)))
-    fed = step_sim(args.config, args.out / "federated", *extra)
-    central = step_sim(args.config, args.out / "centralized", "--centralized", *extra)
-    result = compare(args, fed, central)
+        extra = ("--rounds", str(4 * int(doc["rounds"])))
+    first = int(doc.get("seed", 0))
+    runs = [one_seed(args, first + i, extra) for i in range(args.seeds)]
+    result = compare(args, runs)
+    folder = args.out / f"seed-{first}"
+    curves = {"centralized": folder / "centralized",
+              f"federated ({runs[0][0]['strategy']})": folder / "federated"}  # fmt: skip
     if not args.no_fedavg:
-        result |= compare_fedavg(args, fed, extra)
+        result |= compare_fedavg(args, runs[0][0], runs[0][2], extra)
+        curves["federated (fedavg)"] = folder / "fedavg"
+    metrics = {label: path / "metrics.jsonl" for label, path in curves.items()}
+    title = f"{args.config.stem}: federated vs centralized, same data and tokens (seed {first})"
+    result["plot"] = str(plot_comparison(metrics, args.out / "fed_vs_central.png", title))
+    r, c = result["bpb_ratio"], result["comm_ratio"]
+    print(f"federated / centralized bpb: mean {r['mean']:.4f} (std {r['std']:.4f}, "
+          f"{r['min']:.4f}-{r['max']:.4f}, {args.seeds} seeds); communication "
+          f"{c['mean']:.1f}x less; plot {result['plot']}", file=sys.stderr)  # fmt: skip
     print(json.dumps(result))
 
 

@@ -6,7 +6,8 @@
     step-coord revoke NAME                    shut an institution out (next connection attempt)
     step-coord start [--config FILE] [--resume] [--from CKPT]  SuperLink + the run, foreground
     step-coord accept-reset NAME              let in a node whose privacy ledger was reset
-    step-coord status [--json]                run state, round, nodes, last metrics, bytes
+    step-coord status [--json] [--watch]      run state, round, ETA, nodes, last metrics,
+                                              bytes, privacy; --watch: a live view
     step-coord stop                           stop a running `step-coord start`
     step-coord audit [--verify] [--json]      the signed audit log; --verify checks it
     step-coord signing-key                    the federation's public signing key and fingerprint
@@ -30,7 +31,8 @@ from typing import Annotated, Any
 
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.live import Live
 from rich.markup import escape
 
 from coordinator.app_signing import SignedApp
@@ -52,6 +54,7 @@ from coordinator.registry import Registry
 from coordinator.resume_point import resume_point
 from coordinator.roster_file import publish_roster
 from coordinator.round_audit import RoundAuditor
+from coordinator.status_view import round_times, status_view
 from coordinator.superlink import (
     CONNECTION,
     FlowerAdmin,
@@ -63,6 +66,7 @@ from coordinator.superlink import (
     write_app,
 )
 from coordinator.tls import TlsFiles, create_tls, san_entry
+from step_common.byte_progress import byte_progress
 from step_common.cli_common import (
     command_line,
     console_for,
@@ -72,6 +76,7 @@ from step_common.cli_common import (
 )
 from step_common.errors import StepError
 from step_common.fileio import atomic_directory, atomic_write_text, file_lock, sha256_file
+from step_common.round_progress import format_duration
 from step_common.signatures import (
     create_signing_key,
     key_fingerprint,
@@ -523,7 +528,7 @@ def _serve(launch: _Launch, state: ProcessState, log_path: Path) -> tuple[str, s
         with log_path.open("ab") as log:
             procs.spawn([executable("flwr"), "log", str(state.run_id), CONNECTION,
                          "--stream"], env, log, log)  # fmt: skip
-        follower = Follower(guard, RoundAuditor(fed, key), launch.resume, out)
+        follower = Follower(guard, RoundAuditor(fed, key), launch.resume, out, cfg.rounds)
         return guard.outcome(*follower.follow(superlink, state.run_id, log_path))
 
 
@@ -557,16 +562,28 @@ def _check_files(cfg: FederationConfig, config_path: Path) -> None:
 
 @app.command()
 @user_errors
-def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
-    """Run state, current round, nodes, last metrics and bytes moved."""
+def status(
+    folder: DirOpt = Path("."),
+    json_out: JsonOpt = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="A live view, refreshed until Ctrl-C.")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).")] = 5.0,
+) -> None:
+    """Run state, current round, nodes, last metrics and bytes moved; --watch keeps a live view
+    (round, ETA, connected nodes, bits per byte per language, privacy spent)."""
     fed = FederationFolder(folder).require()
+    if watch:
+        _watch(fed, interval, json_out)
+        return
     report = status_report(fed)
     if json_out:
         emit_json(report)
         return
     out = console_for(False)
+    eta = "" if report["eta_s"] is None else f", ETA {format_duration(report['eta_s'])}"
     out.print(f"run {report['run_id']}: {report['status']}  round {report['round']} of "
-              f"{report['rounds']}")  # fmt: skip
+              f"{report['rounds']}{eta}")  # fmt: skip
     n = report["nodes"]
     out.print(f"nodes: {len(n['connected'])} connected {n['connected']}, "
               f"{len(n['enrolled'])} enrolled, {len(n['revoked'])} revoked")  # fmt: skip
@@ -590,6 +607,32 @@ def status(folder: DirOpt = Path("."), json_out: JsonOpt = False) -> None:
     if report["epsilon_central"] is not None:
         out.print(f"central DP: epsilon {report['epsilon_central']:.3f} "
                   f"(delta {report['delta_central']:g}, per institution)")  # fmt: skip
+
+
+def _watch(fed: FederationFolder, interval: float, json_out: bool) -> None:
+    """Redraw the status view every ``interval`` seconds until Ctrl-C; without a terminal
+    (a log), print each view one after the other."""
+    if json_out:
+        raise StepError("--watch draws a live view and --json prints one report: pick one")
+    if interval <= 0:
+        raise StepError(f"--interval {interval:g}: give a number of seconds above 0")
+    out = console_for(False)
+
+    def view() -> RenderableType:
+        return status_view(status_report(fed), time.strftime("%H:%M:%S"))
+
+    try:
+        if not out.is_terminal:
+            while True:
+                out.print(view())
+                out.rule()
+                time.sleep(interval)
+        with Live(view(), console=out, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 def status_report(fed: FederationFolder) -> dict[str, Any]:
@@ -629,6 +672,7 @@ def status_report(fed: FederationFolder) -> dict[str, Any]:
         "epsilon": latest_epsilons(rounds),
         "epsilon_central": central[-1] if central else None,
         "delta_central": cfg.central_dp_delta,
+        **round_times(rounds, cfg.rounds, running=status == "running"),
     }
 
 
@@ -738,16 +782,18 @@ def export(
 
     run_dir = run if run is not None else FederationFolder(folder).require().run
     limit = parse_size(shard_size)
-    ckpt = load_checkpoint(run_dir, with_optimizer=False)
-    summary = summarize(run_dir, ckpt, name or f"step-{Path(run_dir).resolve().name}")
+    console = console_for(json_out)
+    with console.status(f"reading the last checkpoint of {run_dir} and the run's records"):
+        ckpt = load_checkpoint(run_dir, with_optimizer=False)
+        summary = summarize(run_dir, ckpt, name or f"step-{Path(run_dir).resolve().name}")
     extra = {
         "README.md": model_card(summary, license_id),
         "training_summary.json": summary.model_dump_json(indent=1) + "\n",
         "training_summary.schema.json": json.dumps(TrainingSummary.model_json_schema(),
                                                    indent=1) + "\n",
     }  # fmt: skip
-    exported = export_hf(ckpt, out, limit, extra)
-    console = console_for(json_out)
+    with byte_progress(console, "writing the weights") as progress:
+        exported = export_hf(ckpt, out, limit, extra, progress)
     console.print(f"exported round {ckpt.state.get('round')} of {run_dir} to {exported} "
                   "(model, tokenizer, README.md model card, training_summary.json)",
                   markup=False)  # fmt: skip

@@ -16,6 +16,7 @@ from coordinator.control_client import RunInfo
 from coordinator.guard import ControlGuard
 from coordinator.round_audit import RoundAuditor
 from step_common.errors import StepError
+from step_common.round_progress import RoundProgress
 
 POLL_S = 2.0
 GUARD_PATIENCE = 15
@@ -25,13 +26,19 @@ SuperLink may miss one answer, and the run should not end for that."""
 
 class Follower:
     def __init__(
-        self, guard: ControlGuard, auditor: RoundAuditor, resume: bool, out: Console
+        self,
+        guard: ControlGuard,
+        auditor: RoundAuditor,
+        resume: bool,
+        out: Console,
+        total_rounds: int,
     ) -> None:
         self.guard, self.auditor, self.out = guard, auditor, out
         self.metrics = guard.fed.run / "metrics.jsonl"
         # On --resume, rounds committed before are not news: print only what comes now (the
         # ServerApp first drops lines after its last checkpoint; those are never reprinted).
         self.printed = auditor.done if resume else 0
+        self.progress = RoundProgress(out, total_rounds, self.printed)
         self.offset = 0
         self.failures = 0
 
@@ -39,6 +46,12 @@ class Follower:
         self, superlink: subprocess.Popen[bytes], run_id: int, log_path: Path
     ) -> tuple[str, str]:
         """(status, details) once the run is finished."""
+        with self.progress:
+            return self._follow(superlink, run_id, log_path)
+
+    def _follow(
+        self, superlink: subprocess.Popen[bytes], run_id: int, log_path: Path
+    ) -> tuple[str, str]:
         while True:
             time.sleep(POLL_S)
             self._new_records()
@@ -78,8 +91,18 @@ class Follower:
         for line in chunk[:end].decode("utf-8").splitlines():
             rec = json.loads(line)
             if int(rec.get("round", 0)) > self.printed:
-                self.out.print(describe(rec), markup=False)
+                self._show(rec)
             self.auditor.record(rec)
+
+    def _show(self, rec: dict[str, Any]) -> None:
+        """A round moves the progress bar (with its line above it); an evaluation is a line."""
+        if rec.get("kind") == "round":
+            loss = "-" if rec["loss"] is None else f"{rec['loss']:.3f}"
+            self.progress.advance(int(rec["round"]), f"loss {loss}", describe(rec))
+            return
+        self.out.print(describe(rec), markup=False)
+        if rec.get("kind") == "eval" and rec.get("mean_bpb") is not None:
+            self.progress.update(f"bpb {rec['mean_bpb']:.3f}")
 
 
 def describe(rec: dict[str, Any]) -> str:

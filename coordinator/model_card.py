@@ -75,11 +75,23 @@ def _content(s: TrainingSummary) -> list[str]:
 
 
 def _institutions(s: TrainingSummary) -> list[str]:
-    out = ["| institution | languages | rounds | training tokens |", "|---|---|---|---|"]
+    out = ["| institution | kind | languages | rounds | training tokens |",
+           "|---|---|---|---|---|"]  # fmt: skip
     for i in s.institutions:
         tokens = f"{i.tokens:,}" + (" (expected: DP)" if i.tokens_expected else "")
-        out.append(f"| {i.name} | {', '.join(i.languages) or 'not declared'} | {i.rounds} | "
-                   f"{tokens} |")  # fmt: skip
+        out.append(f"| {i.name} | {i.kind} | {', '.join(i.languages) or 'not declared'} | "
+                   f"{i.rounds} | {tokens} |")  # fmt: skip
+    out += ["", "| kind of institution | institutions | training tokens |", "|---|---|---|"]
+    for kind, k in s.tokens_per_institution_kind.items():
+        tokens = f"{k.tokens:,}" + (" (expected: DP)" if k.expected else "")
+        out.append(f"| {kind} | {', '.join(k.institutions)} | {tokens} |")
+    if any(i.tokens_expected for i in s.institutions):
+        out += [
+            "",
+            "Counts marked *expected* are those of institutions training with "
+            "differential privacy: their batches are drawn at random (Poisson sampling) "
+            "and the count drawn is not released, so the figure is the expected one.",
+        ]
     return out
 
 

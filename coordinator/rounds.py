@@ -527,6 +527,7 @@ class RoundRunner:
             "bpb": last["bpb"],
             "bytes_up": self.totals.bytes_up,
             "bytes_down": self.totals.bytes_down,
+            **self.communication(rounds),
             "tokens": self.totals.tokens,
             "tokens_per_language": self.totals.tokens_per_language,
             "params": self.params,
@@ -534,6 +535,16 @@ class RoundRunner:
             "wall_s": self.wall_s(),
             **self.privacy_summary(),
         }
+
+    def communication(self, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+        """``allreduce_bytes``: what synchronous data parallelism would move for the same steps
+        and nodes, each node's fp32 gradient once per step (model bytes x steps x nodes: a
+        lower bound, a ring all-reduce moves ~2x); ``comm_ratio``: that over the bytes the
+        federation moved, up and down (every message's tensors and config text)."""
+        steps = sum(self.cfg.steps_in_round(int(r["round"])) * int(r["nodes"]) for r in rounds)
+        allreduce = 4 * self.params * steps
+        moved = self.totals.bytes_up + self.totals.bytes_down
+        return {"allreduce_bytes": allreduce, "comm_ratio": allreduce / moved if moved else None}
 
     def privacy_summary(self) -> dict[str, Any]:
         """``epsilon``: each DP node's latest epsilon spent (local DP, sample level);

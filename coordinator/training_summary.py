@@ -27,6 +27,8 @@ from step_model.corpus import LanguageSelection, read_corpus
 from step_model.evaluate import mean_bpb
 
 SCHEMA = "step-training-summary-v1"
+UNSPECIFIED = "not declared"
+"""The kind of an institution that did not declare one (every deployed node, today)."""
 
 
 class Strict(BaseModel):
@@ -36,6 +38,8 @@ class Strict(BaseModel):
 class Institution(Strict):
     name: str
     description: str = ""
+    kind: str = UNSPECIFIED
+    """What sort of institution, as the simulation config declares it."""
     languages: list[str]
     """The languages it held ([] where the coordinator was not told: a deployment)."""
     rounds: int
@@ -46,6 +50,13 @@ class Institution(Strict):
     tokens_expected: bool
     epsilon: float | None = None
     """Local DP: the epsilon it reported last (sample level), None without DP."""
+
+
+class KindTokens(Strict):
+    institutions: list[str]
+    tokens: int
+    expected: bool
+    """Part of the tokens are expected counts (an institution of this kind trained with DP)."""
 
 
 class DataSource(Strict):
@@ -95,6 +106,7 @@ class TrainingSummary(Strict):
     training_tokens: int
     tokens_per_language: dict[str, int]
     """Empty under secure aggregation: only the total is in the sum."""
+    tokens_per_institution_kind: dict[str, KindTokens]
     institutions: list[Institution]
     public_datasets: list[DataSource]
     private_datasets: str
@@ -144,6 +156,7 @@ def summarize(run_dir: Path, ckpt: Checkpoint, name: str) -> TrainingSummary:
         languages=sorted(set(last["bpb"]) | set(per_language)),
         training_tokens=tokens,
         tokens_per_language=per_language,
+        tokens_per_institution_kind=_per_kind(institutions),
         institutions=institutions,
         public_datasets=_sources(sim.get("corpus")),
         private_datasets=(
@@ -213,6 +226,7 @@ def _institutions(
         out.append(Institution(
             name=node,
             description=str(inst.get("description", "")),
+            kind=str(inst.get("kind") or UNSPECIFIED),
             languages=sorted(inst.get("languages", {})),
             rounds=len(counted.get(node, [])),
             tokens=sum(counted.get(node, [])),
@@ -220,6 +234,18 @@ def _institutions(
             epsilon=epsilons.get(node),
         ))  # fmt: skip
     return out
+
+
+def _per_kind(institutions: list[Institution]) -> dict[str, KindTokens]:
+    """Tokens trained by each kind of institution (expected counts where one trained with
+    DP: its batches are Poisson-drawn, and the count drawn is not released)."""
+    kinds: dict[str, KindTokens] = {}
+    for i in institutions:
+        k = kinds.setdefault(i.kind, KindTokens(institutions=[], tokens=0, expected=False))
+        k.institutions.append(i.name)
+        k.tokens += i.tokens
+        k.expected = k.expected or i.tokens_expected
+    return dict(sorted(kinds.items()))
 
 
 def _steps(fed: dict[str, Any], round_: int) -> int:
@@ -274,8 +300,9 @@ def _not_known(secure: bool, sim: dict[str, Any]) -> list[str]:
         "packages, not in this run)",
     ]
     if not sim:
-        out.append("which languages each institution held (a deployment's nodes do not "
-                   "declare them; the evaluation shows which they evaluate)")  # fmt: skip
+        out.append("which languages each institution held and what kind of institution it "
+                   "is (a deployment's nodes do not declare them; the evaluation shows which "
+                   "languages they evaluate)")  # fmt: skip
     if secure:
         out.append("tokens per language and per institution in a round: under secure "
                    "aggregation only their sum reaches the coordinator; per institution "

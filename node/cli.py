@@ -13,8 +13,9 @@ the coordinator admin; check reads the local data exactly as training will, befo
 connects anywhere; start runs the Flower SuperNode (TLS, node key, only apps signed with the
 federation key) and the node's torchrun workers until Ctrl-C; workers runs a host's share of
 the workers on each other host of a node whose workers span several hosts; status shows
-whether it runs and every app it refused; privacy shows the privacy ledger: every DP round
-trained or refused, epsilon spent and what is left.
+whether it runs, every app it refused and the rounds it trained (bytes, time, epsilon);
+privacy shows the privacy ledger: every DP round trained or refused, epsilon spent and what is
+left.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from node.keys import PUBLIC_KEY, create_key_pair, node_signer
 from node.ledger import RESET_MEANING, PrivacyLedger
 from node.memory_plan import FILL, GIB, device_bytes, step_memory
 from node.node_config import NODE_FILE, check_address, load_node_file, write_node_file
+from node.round_journal import journal_summary
 from node.settings import NodeSettings
 from node.supernode import FEDERATION_KEY, node_status, run_node, run_workers
 from step_common.cli_common import (
@@ -49,6 +51,7 @@ from step_common.cli_common import (
 )
 from step_common.errors import StepError
 from step_common.fileio import atomic_write_text, check_writable
+from step_common.round_progress import format_duration
 from step_common.signatures import fingerprint, key_fingerprint, public_line, read_verify_key
 from step_fed.identity import read_public_key
 from step_model.config import preset as model_preset
@@ -323,12 +326,14 @@ def status(
     folder: DirOpt = Path("."),
     json_out: Annotated[bool, typer.Option("--json", help="Last line: one JSON object.")] = False,
 ) -> None:
-    """Whether the node runs, where it connects, which keys it trusts, and every app it refused
-    (not signed with the federation key)."""
+    """Whether the node runs, where it connects, which keys it trusts, every app it refused
+    (not signed with the federation key), and the rounds it trained: bytes, time, epsilon."""
     nf = load_node_file(folder / NODE_FILE)
     report = node_status(nf)
+    report["training"] = journal_summary(nf.settings.state_dir)
     out = console_for(json_out)
     out.print(f"{nf.name}: {report['state']}; coordinator {nf.coordinator}", markup=False)
+    _print_training(report["training"], out)
     out.print(f"node key {report['node_key']}; runs only apps signed by "
               f"{report['federation_key']}", markup=False)  # fmt: skip
     for r in report["refused_apps"]:
@@ -338,6 +343,25 @@ def status(
     out.print(f"log: {report['log']}", markup=False)
     if json_out:
         emit_json(report)
+
+
+def _print_training(t: dict[str, Any], out: Console) -> None:
+    """The node's rounds (its journal, node/round_journal.py): totals of the last run, then
+    its last rounds one by one."""
+    if not t["rounds_trained"]:
+        out.print("no round trained yet")
+        return
+    eps = "" if t["epsilon"] is None else f"; epsilon spent {t['epsilon']:.3f}"
+    out.print(f"run {t['run_id']}: trained {t['run_rounds']} rounds (last: round "
+              f"{t['last_round']} of {t['total_rounds']}), {t['tokens']:,} tokens, received "
+              f"{t['bytes_received'] / 1e6:,.2f} MB, sent {t['bytes_sent'] / 1e6:,.2f} MB, "
+              f"{format_duration(t['mean_round_s'])} per round{eps}", markup=False)  # fmt: skip
+    rows = [[str(e["round"]), str(e["steps"]), f"{e['tokens']:,}",
+             f"{e['bytes_received'] / 1e6:,.2f}", f"{e['bytes_sent'] / 1e6:,.2f}",
+             f"{e['wall_s']:.1f}", "-" if e["epsilon"] is None else f"{e['epsilon']:.3f}",
+             e["time"]] for e in t["last_rounds"]]  # fmt: skip
+    out.print(table("last rounds", ["round", "steps", "tokens", "MB in", "MB out", "s",
+                                    "epsilon", "time"], rows))  # fmt: skip
 
 
 privacy_app = typer.Typer(

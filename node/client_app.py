@@ -26,6 +26,7 @@ from node.eval_ledger import EvalLedger, EvaluationRefused
 from node.keys import node_signer
 from node.ledger import LedgerEntry, PrivacyBudgetExhausted, PrivacyLedger
 from node.node_config import CONSOLE_PREFIX, NODE_CONFIG_KEY, load_node_file
+from node.round_journal import record_round
 from node.settings import NodeSettings
 from node.sharded_dp import WorkerDP
 from node.state import NodeStateStore
@@ -245,7 +246,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics), P.NODE_INFO: reply_info(done, context)}
     )
-    say_trained(context, done, metrics)
+    report_trained(context, done, metrics)
     return Message(content, reply_to=msg)
 
 
@@ -259,8 +260,16 @@ def reply_info(done: Trained, context: Context) -> ConfigRecord:
     return info
 
 
-def say_trained(context: Context, done: Trained, metrics: dict[str, Any]) -> None:
+def report_trained(context: Context, done: Trained, metrics: dict[str, Any]) -> None:
+    """The round in the node's journal (step-node status) and on the operator's console."""
     spent, cfg = done.spent, done.cfg
+    record_round(done.settings.state_dir, {
+        "run_id": context.run_id, "round": cfg.round, "total_rounds": cfg.total_rounds,
+        "steps": cfg.inner_steps, "tokens": sum(done.result.tokens_per_language.values()),
+        "bytes_received": metrics[P.M_BYTES_RECEIVED], "bytes_sent": metrics[P.M_BYTES_SENT],
+        "wall_s": round(done.result.wall_s, 3), "loss": done.result.mean_loss,
+        "epsilon": None if spent is None else spent.epsilon,
+    })  # fmt: skip
     privacy = "" if spent is None else f", epsilon {spent.epsilon:.3f} (delta {spent.delta:g})"
     say(context, f"round {cfg.round}/{cfg.total_rounds}: trained {cfg.inner_steps} steps in "
         f"{done.result.wall_s:.1f} s, received {_mb(metrics[P.M_BYTES_RECEIVED])}, sent "

@@ -125,7 +125,7 @@ def masked_input(msg: Message, context: Context) -> Message:
     metrics = _metrics(done, arrays.count_bytes())
     content = RecordDict({P.ARRAYS: arrays, P.METRICS: MetricRecord(metrics),
                           P.NODE_INFO: client_app.reply_info(done, context)})  # fmt: skip
-    client_app.say_trained(context, done, metrics)
+    client_app.report_trained(context, done, metrics)
     return Message(content, reply_to=msg)
 
 

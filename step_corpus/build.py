@@ -90,11 +90,12 @@ def collect_source(
     wanted = {locale for lang in to_read for locale in locale_candidates(lang)}
     by_locale: dict[str, LocaleText] = {}
     packages: dict[str, DebPackage] = {}
-    for name in _source_packages(source, archive, to_read):
+    names = _source_packages(source, archive, to_read)
+    for i, name in enumerate(names, 1):
         package = archive.get(name)
         packages[name] = package
         deb = archive.fetch(package)
-        progress(f"extracting {name}")
+        progress(f"{source.name}: extracting {name} (package {i} of {len(names)})")
         _read_package(source, name, deb, wanted, by_locale, progress)
     by_lang = {}
     for lang in to_read:

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from step_common.byte_progress import byte_progress
 from step_common.cli_common import (
     command_line,
     console_for,
@@ -89,11 +90,13 @@ def tokenizer_train(
     from step_model.tokenizer import balanced_sample, save_tokenizer, train_bpe
 
     console = console_for(json_out)
-    texts = read_corpus(resolve_corpus(corpus), "train", LanguageSelection.parse(languages))
-    with console.status(f"training a {vocab_size}-token BPE on {len(texts)} languages"):
-        tok = train_bpe(balanced_sample(texts, sample_chars), vocab_size)
+    with console.status("reading the corpus"):
+        texts = read_corpus(resolve_corpus(corpus), "train", LanguageSelection.parse(languages))
+    console.print(f"training a {vocab_size}-token BPE on {len(texts)} languages")
+    tok = train_bpe(balanced_sample(texts, sample_chars), vocab_size, console.is_terminal)
     save_tokenizer(tok, out)
-    stats = language_stats(texts, tok)
+    with console.status("measuring characters per token on each language's text"):
+        stats = language_stats(texts, tok)
     cpt = {lang: round(s.chars_per_token, 3) for lang, s in stats.items()}
     console.print(
         table("characters per token (train split)", ["lang", "chars/token"], sorted(cpt.items()))
@@ -374,9 +377,10 @@ def export(
     _check_format(format_)
     limit = shard_size(shard_size_)
     console = console_for(json_out)
-    with console.status(f"exporting {checkpoint}"):
+    with console.status(f"reading {checkpoint}"):
         ckpt = load_checkpoint(checkpoint, with_optimizer=False)
-        folder = export_hf(ckpt, out, limit)
+    with byte_progress(console, "writing the weights") as progress:
+        folder = export_hf(ckpt, out, limit, progress=progress)
     files = sorted(p.name for p in folder.iterdir())
     console.print(f"exported to {folder}: {', '.join(files)}", markup=False)
     console.print(

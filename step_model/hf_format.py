@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from step_common.byte_progress import BytesDone
 from step_common.errors import StepError
 from step_common.fileio import atomic_directory, atomic_write_text
 from step_model.checkpoint import Checkpoint
@@ -158,9 +159,10 @@ def export_hf(
     out: Path,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     extra: dict[str, str] | None = None,
+    progress: BytesDone | None = None,
 ) -> Path:
     """Write ``ckpt`` into the new folder ``out`` (all of it or nothing); ``extra``: more
-    text files to put beside it (a model card)."""
+    text files to put beside it (a model card); ``progress`` is told of each weights file."""
     out = Path(out)
     if out.exists():
         raise StepError(f"{out} exists: export into a new folder (or remove it first)")
@@ -170,20 +172,24 @@ def export_hf(
         generation = {"bos_token_id": config["bos_token_id"], "eos_token_id":
                       config["eos_token_id"], "pad_token_id": config["pad_token_id"]}  # fmt: skip
         atomic_write_text(tmp / "generation_config.json", json.dumps(generation, indent=1) + "\n")
-        _write_weights(ckpt.weights, tmp, shard_bytes)
+        _write_weights(ckpt.weights, tmp, shard_bytes, progress or (lambda done, total: None))
         files = {**tokenizer_files(ckpt.tokenizer, ckpt.config.max_seq_len), **(extra or {})}
         for name, text in files.items():
             atomic_write_text(tmp / name, text)
     return out
 
 
-def _write_weights(weights: dict[str, torch.Tensor], folder: Path, shard_bytes: int) -> None:
+def _write_weights(
+    weights: dict[str, torch.Tensor], folder: Path, shard_bytes: int, progress: BytesDone
+) -> None:
     """One model.safetensors, or shards of at most ``shard_bytes`` and their index."""
     sizes = {k: v.numel() * v.element_size() for k, v in weights.items()}
     total = sum(sizes.values())
     tensors = {k: v.contiguous() for k, v in weights.items()}
+    progress(0, total)
     if total <= shard_bytes:
         save_file(tensors, str(folder / WEIGHTS), metadata={"format": "pt"})
+        progress(total, total)
         return
     shards: list[list[str]] = [[]]
     held = 0
@@ -195,10 +201,13 @@ def _write_weights(weights: dict[str, torch.Tensor], folder: Path, shard_bytes: 
         held += sizes[name]
     count = len(shards)
     index: dict[str, str] = {}
+    written = 0
     for i, names in enumerate(shards, 1):
         file = f"model-{i:05d}-of-{count:05d}.safetensors"
         save_file({n: tensors[n] for n in names}, str(folder / file), metadata={"format": "pt"})
         index.update(dict.fromkeys(names, file))
+        written += sum(sizes[n] for n in names)
+        progress(written, total)
     doc = {"metadata": {"total_size": total}, "weight_map": index}
     atomic_write_text(folder / INDEX, json.dumps(doc, indent=1) + "\n")
 

@@ -167,8 +167,9 @@ def save_tokenizer(tok: Tokenizer, path: Path) -> None:
     atomic_write_text(path, tok.to_json())
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
-    """Train a byte-level BPE of ``vocab_size`` tokens (special tokens included) on ``texts``.
+def train_bpe(texts: Iterable[str], vocab_size: int, show_progress: bool = False) -> BPETokenizer:
+    """Train a byte-level BPE of ``vocab_size`` tokens (special tokens included) on ``texts``;
+    ``show_progress``: the tokenizers library's own bars on stderr (a terminal only).
 
     The initial alphabet is all 256 bytes, so any UTF-8 text (any script) encodes losslessly.
     """
@@ -187,7 +188,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BPETokenizer:
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=show_progress,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return BPETokenizer(tok)
@@ -218,10 +219,12 @@ def balanced_sample(texts: dict[str, str], chars_per_language: int, seed: int = 
 BPE_SAMPLE_CHARS = 500_000
 
 
-def resolve_tokenizer(spec: str, corpus: Path | None, cache_dir: Path) -> Tokenizer:
+def resolve_tokenizer(
+    spec: str, corpus: Path | None, cache_dir: Path, show_progress: bool = False
+) -> Tokenizer:
     """``"byte"``, a tokenizer.json path, or ``"bpe:N"``: an N-token BPE trained on a balanced
     sample of the corpus's train split (all languages), saved once as
-    ``cache_dir/tokenizer-bpeN.json`` and reused from there."""
+    ``cache_dir/tokenizer-bpeN.json`` and reused from there (``show_progress``: train_bpe's)."""
     if not spec.startswith("bpe:"):
         return load_tokenizer(spec)
     try:
@@ -239,6 +242,6 @@ def resolve_tokenizer(spec: str, corpus: Path | None, cache_dir: Path) -> Tokeni
     from step_model.corpus import LanguageSelection, read_step_corpus
 
     texts = read_step_corpus(Path(corpus), "train", LanguageSelection(None, strict=False))
-    tok = train_bpe(balanced_sample(texts, BPE_SAMPLE_CHARS), vocab_size)
+    tok = train_bpe(balanced_sample(texts, BPE_SAMPLE_CHARS), vocab_size, show_progress)
     save_tokenizer(tok, cached)
     return tok

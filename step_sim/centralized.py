@@ -24,7 +24,7 @@ from coordinator.config import FederationConfig
 from node.data import NodeData, load_node_data
 from node.trainer import node_seed
 from step_common.errors import StepError
-from step_model.checkpoint import initial_weights
+from step_model.checkpoint import Checkpoint, initial_weights
 from step_model.config import preset
 from step_model.data import LanguageMixture
 from step_model.evaluate import language_nll, mean_bpb, pooled_bpb
@@ -75,7 +75,8 @@ def run_centralized(
             baseline.history.append(rec)
             if on_record:
                 on_record(rec)
-    summary = baseline.summary(time.monotonic() - t_start)
+    checkpoint = folder.save(baseline.checkpoint())
+    summary = {**baseline.summary(time.monotonic() - t_start), "checkpoint": str(checkpoint)}
     folder.write_summary(summary)
     return summary
 
@@ -191,6 +192,15 @@ class PooledBaseline:
             )
         return records
 
+    def checkpoint(self) -> Checkpoint:
+        """The final model (no optimizer: a baseline is rerun, not resumed), so that it can be
+        evaluated on any text (``step-model eval --checkpoint``) or exported like the
+        federation's."""
+        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state = {"round": self.rounds, "mode": "centralized", "steps": self.fed.total_inner_steps,
+                 "history": self.history}  # fmt: skip
+        return Checkpoint(self.model.config, weights, self.data.tok, state)
+
     def summary(self, wall_s: float) -> dict[str, Any]:
         final = self.history[-1]
         params = self.model.num_params()
@@ -205,6 +215,7 @@ class PooledBaseline:
             "mean_bpb": final["mean_bpb"],
             "bpb": final["bpb"],
             "allreduce_bytes": allreduce,
+            "comm_ratio": 1.0,  # it is the synchronous data parallelism the ratio is against
             "bytes_up": allreduce,
             "bytes_down": allreduce,
             "tokens": self.tokens,

@@ -19,7 +19,6 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from step_common.cli_common import (
     command_line,
@@ -31,6 +30,7 @@ from step_common.cli_common import (
 )
 from step_common.errors import StepError
 from step_common.fileio import atomic_write_text
+from step_common.round_progress import RoundProgress
 from step_fed import protocol as P
 from step_model.checkpoint import resolve_checkpoint, verify_checkpoint
 from step_model.corpus import project_root
@@ -44,12 +44,14 @@ from step_sim.worker_groups import worker_groups
 app = command_line(__doc__, "step-sim", commands=False)
 
 
-def _resolve_tokenizer(sim: SimConfig, out: Path) -> SimConfig:
+def _resolve_tokenizer(sim: SimConfig, out: Path, console: Console) -> SimConfig:
     """Train (or reuse) a ``bpe:N`` tokenizer into the run folder and point the config at it."""
     spec = sim.federation.tokenizer
     if not spec.startswith("bpe:"):
         return sim
-    resolve_tokenizer(spec, sim.corpus, out)
+    if not (out / f"tokenizer-bpe{spec[4:]}.json").is_file():
+        console.print(f"training the {spec} tokenizer on a language-balanced sample of the corpus")
+    resolve_tokenizer(spec, sim.corpus, out, show_progress=console.is_terminal)
     return sim.with_overrides(tokenizer=str(out / f"tokenizer-bpe{spec[4:]}.json"))
 
 
@@ -82,37 +84,25 @@ class MetricsFollower:
         return [json.loads(x) for x in complete.splitlines() if x.strip()]
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[nodes]} nodes"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("{task.fields[bpb]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
-
-
-def _show(record: dict[str, Any], bar: Progress, task: Any, console: Console) -> None:
+def _show(record: dict[str, Any], progress: RoundProgress, console: Console) -> None:
     if record["kind"] == "round":
-        loss = "-" if record["loss"] is None else f"{record['loss']:.3f}"  # None: all DP nodes
-        bar.update(task, completed=record["round"], loss=loss, nodes=record["nodes"])
         for node, reason in record.get("rejected", {}).items():
             console.print(f"[yellow]round {record['round']}: {node} rejected: {reason}[/]")
         for node in record.get("missing", []):
             console.print(f"[yellow]round {record['round']}: {node} did not reply in time[/]")
+        loss = "-" if record["loss"] is None else f"{record['loss']:.3f}"  # None: all DP nodes
+        progress.advance(record["round"], f"{record['nodes']} nodes, loss {loss}")
     elif record["kind"] == "eval" and record.get("mean_bpb") is not None:
-        bar.update(task, bpb=f"bpb {record['mean_bpb']:.3f}")
         console.print(f"round {record['round']}: mean held-out bpb {record['mean_bpb']:.4f}")
+        progress.update(f"bpb {record['mean_bpb']:.3f}")
 
 
 def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) -> dict[str, Any]:
     from step_sim.flower_runner import SimulationSpec, run_simulation_app
 
     follower = MetricsFollower(out / "metrics.jsonl")
-    follower.new_records()  # a resumed run's earlier rounds are not news
+    earlier = follower.new_records()  # a resumed run's earlier rounds are not news
+    done = max((int(r["round"]) for r in earlier if r.get("kind") == "round"), default=0)
     node_files = write_node_files(sim, out)
     spec = SimulationSpec(
         app_dir=project_root(),
@@ -126,14 +116,14 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
         },
         cpus_per_client=1,
     )
-    with worker_groups(node_files, out) as grouped, _progress(console) as bar:
+    progress = RoundProgress(console, sim.federation.rounds, done)
+    with worker_groups(node_files, out) as grouped, progress:
         for name in grouped:
             console.print(f"{name} trains on torchrun workers (logs/workers-{name}.log)")
-        task = bar.add_task("rounds", total=sim.federation.rounds, loss="-", bpb="", nodes="-")
 
         def poll() -> None:
             for record in follower.new_records():
-                _show(record, bar, task, console)
+                _show(record, progress, console)
 
         run_simulation_app(spec, on_poll=poll)
         poll()
@@ -143,11 +133,8 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
 def _run_centralized(sim: SimConfig, out: Path, console: Console) -> dict[str, Any]:
     from step_sim.centralized import run_centralized
 
-    with _progress(console) as bar:
-        task = bar.add_task(
-            "rounds (centralized)", total=sim.federation.rounds, loss="-", bpb="", nodes="-"
-        )
-        return run_centralized(sim, out, on_record=lambda r: _show(r, bar, task, console))
+    with RoundProgress(console, sim.federation.rounds, title="rounds (centralized)") as progress:
+        return run_centralized(sim, out, on_record=lambda r: _show(r, progress, console))
 
 
 @app.command()
@@ -225,8 +212,7 @@ def _start_run_folder(
     """
     _prepare_run_folder(out, resume)
     out = out.resolve()
-    with console.status("preparing the tokenizer"):
-        sim = _resolve_tokenizer(sim, out)
+    sim = _resolve_tokenizer(sim, out, console)
     if not resume:  # a resumed run keeps the sim.yaml it was started with
         atomic_write_text(out / "sim.yaml", yaml.safe_dump(sim.to_yaml_dict(), sort_keys=False))
     return sim, out
@@ -268,6 +254,9 @@ def _report(
         f"{summary['tokens']:,} training tokens; up {summary['bytes_up'] / 1e6:,.1f} MB, "
         f"down {summary['bytes_down'] / 1e6:,.1f} MB; {summary['wall_s']:.0f} s"
     )
+    if summary.get("mode") == "federated" and summary.get("comm_ratio"):
+        console.print(f"communication: {summary['comm_ratio']:.1f}x less than synchronous data "
+                      "parallelism would all-reduce for the same steps (comm_ratio)")  # fmt: skip
     _print_privacy(summary, console)
     if plot:
         console.print(f"plot: {plot}")

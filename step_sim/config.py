@@ -40,6 +40,9 @@ class Institution(BaseModel):
     languages: Annotated[dict[LangCode, Share], Field(min_length=1)]
     """Share of each language's text it holds, e.g. {el: 1.0, en: 0.125}."""
     description: str = ""
+    kind: str = ""
+    """What sort of institution (university, public broadcaster, HPC centre...): the model card
+    sums the tokens trained per kind, as the AI Act's training-content summary asks."""
     privacy: PrivacyConfig | None = None
     """Its own local DP (null: none); absent: the file's top-level privacy."""
     gpus: int = Field(default=1, ge=1)

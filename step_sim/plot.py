@@ -16,11 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 def plot_bpb(metrics: Path, out: Path, title: str) -> Path | None:
     """One line per language plus the mean (bold); None when there is no evaluation yet."""
-    evals = [
-        r
-        for r in (json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines() if x)
-        if r.get("kind") == "eval" and r.get("bpb")
-    ]
+    evals = read_evals(metrics)
     if not evals:
         return None
     fig = bpb_figure(evals, title)
@@ -62,3 +58,69 @@ def bpb_figure(evals: list[dict[str, Any]], title: str) -> Figure:
     ax.legend(ncol=2, fontsize=7, loc="upper right", frameon=False, bbox_to_anchor=(1.18, 1.0))
     fig.tight_layout()
     return fig
+
+
+def read_evals(metrics: Path) -> list[dict[str, Any]]:
+    """The evaluation records of a run's metrics.jsonl (those with a bpb per language)."""
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    return [
+        r for r in (json.loads(x) for x in lines if x) if r.get("kind") == "eval" and r.get("bpb")
+    ]
+
+
+def plot_comparison(runs: dict[str, Path], out: Path, title: str) -> Path:
+    """``runs``: label -> metrics.jsonl, the baseline first; one PNG (comparison_figure)."""
+    fig = comparison_figure({label: read_evals(path) for label, path in runs.items()}, title)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def comparison_figure(evals: dict[str, list[dict[str, Any]]], title: str) -> Figure:
+    """Federated against centralized. Left: the mean bpb of each run at every evaluation
+    (quick ones joined, the final one apart, as in bpb_figure). Right: per language, the final
+    bpb of each run over the first run's (the baseline, e.g. centralized)."""
+    fig, (curves, ratios) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110,
+                                         gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+    for i, (label, recs) in enumerate(evals.items()):
+        color = plt.get_cmap("tab10")(i)
+        quick = [r for r in recs if not r.get("final")]
+        final = [r for r in recs if r.get("final")]
+        curves.plot([r["round"] for r in quick], [r["mean_bpb"] for r in quick], color=color,
+                    linewidth=2, marker=".", label=f"{label} (quick evaluations)")  # fmt: skip
+        if final:
+            curves.scatter([r["round"] for r in final], [r["mean_bpb"] for r in final],
+                           color=color, marker="*", s=160, zorder=3,
+                           label=f"{label}: final {final[-1]['mean_bpb']:.4f}")  # fmt: skip
+    curves.set_xlabel("round (the centralized run: the same number of optimizer steps)")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves.set_ylabel("mean held-out bits per byte")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=8, frameon=False)
+    _final_ratios(ratios, evals)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _final_ratios(ax: Any, evals: dict[str, list[dict[str, Any]]]) -> None:
+    """Horizontal bars: each run's final bpb per language over the baseline's (1.0 = equal)."""
+    labels = list(evals)
+    last = {label: recs[-1]["bpb"] for label, recs in evals.items() if recs}
+    base = labels[0]
+    if base not in last:
+        return
+    langs = sorted(last[base])
+    height = 0.8 / max(1, len(labels) - 1)
+    for i, label in enumerate(labels[1:]):
+        ys = [j + i * height for j in range(len(langs))]
+        xs = [last[label].get(lang, float("nan")) / last[base][lang] for lang in langs]
+        ax.barh(ys, xs, height=height, color=plt.get_cmap("tab10")(i + 1), label=label)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(range(len(langs)), langs, fontsize=7)
+    ax.invert_yaxis()
+    widths = [w for b in ax.patches if (w := b.get_width()) == w]  # w != w: a missing language
+    lo = min([0.98, *widths])
+    ax.set_xlim(lo - 0.01, None)
+    ax.set_xlabel(f"final bpb / {base}'s")
+    ax.legend(fontsize=8, frameon=False)

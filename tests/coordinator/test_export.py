@@ -19,7 +19,12 @@ from tests.local_federation import LocalTransport, write_sim_config
 
 runner = CliRunner()
 INSTITUTIONS = [
-    {"name": "hellas", "description": "Greek university", "languages": {"el": 1.0, "de": 0.5}},
+    {
+        "name": "hellas",
+        "description": "Greek university",
+        "kind": "university",
+        "languages": {"el": 1.0, "de": 0.5},
+    },
     {"name": "baltic", "description": "Baltic alliance", "languages": {"et": 1.0, "de": 0.5}},
 ]
 
@@ -57,6 +62,10 @@ def test_the_card_and_summary_carry_the_runs_own_numbers(run_dir: Path, tmp_path
         assert per_node[name].rounds == sum(name in r["node_wall_s"] for r in rounds) == 2
         assert per_node[name].tokens == 2 * 3 * 2 * 32 and not per_node[name].tokens_expected
     assert per_node["hellas"].languages == ["de", "el"]
+    kinds = {k: (v.institutions, v.tokens, v.expected)
+             for k, v in s.tokens_per_institution_kind.items()}  # fmt: skip
+    assert kinds == {"not declared": (["baltic"], 2 * 3 * 2 * 32, False),
+                     "university": (["hellas"], 2 * 3 * 2 * 32, False)}  # fmt: skip
     manifest = Path(str(yaml.safe_load((run_dir / "sim.yaml").read_text())["corpus"]))
     sources = json.loads((manifest / "MANIFEST.json").read_text()).get("sources", {})
     assert [d.name for d in s.public_datasets] == sorted(sources)
@@ -71,6 +80,7 @@ def test_the_card_and_summary_carry_the_runs_own_numbers(run_dir: Path, tmp_path
     }
     assert f"{summary['tokens']:,}" in card and "Secure aggregation: off" in card
     assert "what an institution's private text contained" in card
+    assert f"| university | hellas | {2 * 3 * 2 * 32:,} |" in card
 
 
 def test_transformers_loads_the_export(run_dir: Path, tmp_path: Path) -> None:

@@ -118,6 +118,20 @@ def test_federation_over_tls_with_refusals(tmp_path: Path, tiny_corpus: Path) ->
     signed = [r["epsilon_reports"]["gamma"] for r in records if r["kind"] == "round"]
     assert [json.loads(x["report"])["round"] for x in signed] == [1, 2]  # signed by gamma's key
     assert len(report["alerts"]) == 2, report["alerts"]
+    _assert_node_status(tmp_path / "gamma", report["epsilon"]["gamma"])
+
+
+def _assert_node_status(node: Path, epsilon: float) -> None:
+    """The operator's account of the run: both rounds, bytes both ways, the time per round
+    and the epsilon the coordinator was told."""
+    status = cli("step-node", "status", "--dir", node, "--json")
+    _ok(status)
+    training = last_json(status.stdout)["training"]
+    assert training["run_rounds"] == 2 and training["last_round"] == 2
+    assert training["bytes_received"] > 0 and training["bytes_sent"] > 0
+    assert training["mean_round_s"] > 0 and training["tokens"] > 0
+    assert training["epsilon"] == pytest.approx(epsilon)
+    assert "trained 2 rounds (last: round 2 of 2)" in status.stderr  # --json: humans on stderr
 
 
 def _assert_outsider_undone(tmp: Path, fed: Path, coord_log: str) -> None:

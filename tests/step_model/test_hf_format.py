@@ -105,8 +105,14 @@ def test_gqa_shards_and_the_way_back(tiny_corpus: Path, tmp_path: Path) -> None:
     weights = {k: v + 0.01 * torch.randn(v.shape, generator=gen)  # not the init's symmetry
                for k, v in seeded_weights(cfg, 0).items()}  # fmt: skip
     ckpt = Checkpoint(cfg, weights, tok)
-    out = export_hf(ckpt, tmp_path / "hf", shard_bytes=4 * 2**20)
-    assert (out / INDEX).is_file() and len(list(out.glob("model-*-of-*.safetensors"))) > 2
+    told: list[tuple[int, int]] = []
+    out = export_hf(ckpt, tmp_path / "hf", shard_bytes=4 * 2**20,
+                    progress=lambda done, total: told.append((done, total)))  # fmt: skip
+    shards = sorted(out.glob("model-*-of-*.safetensors"))
+    assert (out / INDEX).is_file() and len(shards) > 2
+    total = sum(v.numel() * 4 for v in weights.values())
+    assert told[0] == (0, total) and told[-1] == (total, total)  # then once per shard
+    assert len(told) == len(shards) + 1 and told == sorted(set(told))  # growing, each once
     assert_same_model(out, ckpt, text_of(tiny_corpus))
     back = import_hf(out)
     assert back.config == cfg and back.tokenizer.name == "byte"

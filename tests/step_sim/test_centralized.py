@@ -1,6 +1,8 @@
 from pathlib import Path
 
-from step_sim.centralized import run_centralized
+from step_model.checkpoint import load_checkpoint
+from step_model.model import Transformer
+from step_sim.centralized import PooledData, evaluate_pooled, run_centralized
 from step_sim.config import load_sim_config
 from tests.local_federation import write_sim_config
 
@@ -24,3 +26,11 @@ def test_the_baseline_uses_the_federations_token_budget_and_held_out_text(
     assert summary["tokens"] == 2 * 3 * 2 * 2 * 32
     assert set(summary["bpb"]) == {"de", "el", "et"}
     assert summary["allreduce_bytes"] == summary["params"] * 4 * 6 * 2
+    # the final model is kept: loaded back, it scores what the run reported, on all held-out text
+    ckpt = load_checkpoint(Path(summary["checkpoint"]), with_optimizer=False)
+    assert ckpt.state["round"] == 2 and ckpt.state["mode"] == "centralized"
+    model = Transformer(ckpt.config)
+    model.load_state_dict(ckpt.weights)
+    data = PooledData.load(sim, tmp_path / "run")
+    again = evaluate_pooled(model, data.nodes, data.tok, sim.federation, final=True)
+    assert again == summary["bpb"]

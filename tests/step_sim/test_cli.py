@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from step_sim.cli import app
@@ -90,3 +91,7 @@ def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_pat
     assert train[0]["resynced"] == [] and train[0]["bytes_down"] < 0.2 * train[1]["bytes_down"]
     assert (out / "nodes" / "baltic" / "broadcast").is_dir()
     assert all(r["bytes_up"] > 0 for r in rounds if r["kind"] == "round")
+    moved = summary["bytes_up"] + summary["bytes_down"]
+    assert summary["allreduce_bytes"] == summary["params"] * 4 * (2 * 3) * 2  # steps x nodes
+    assert summary["comm_ratio"] == pytest.approx(summary["allreduce_bytes"] / moved)
+    assert f"communication: {summary['comm_ratio']:.1f}x less" in printed

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.collections import PathCollection
 
-from step_sim.plot import bpb_figure, plot_bpb
+from step_sim.plot import bpb_figure, comparison_figure, plot_bpb, plot_comparison
 
 EVALS = [
     {
@@ -48,3 +48,26 @@ def test_the_final_evaluation_is_not_joined_to_the_quick_ones(tmp_path: Path) ->
     metrics.write_text("".join(json.dumps(r) + "\n" for r in EVALS))
     assert plot_bpb(metrics, tmp_path / "bpb.png", "t") == tmp_path / "bpb.png"
     assert (tmp_path / "bpb.png").stat().st_size > 10_000
+
+
+def test_the_comparison_draws_both_runs_and_the_final_ratio_per_language(tmp_path: Path) -> None:
+    fed = [
+        {**r, "bpb": {k: v * 1.1 for k, v in r["bpb"].items()}, "mean_bpb": r["mean_bpb"] * 1.1}
+        for r in EVALS
+    ]
+    fig = comparison_figure({"centralized": EVALS, "federated": fed}, "t")
+    curves, ratios = fig.axes
+    lines = {line.get_label(): line for line in curves.get_lines()}
+    assert list(lines["centralized (quick evaluations)"].get_ydata()) == [1.50, 1.355]
+    assert list(lines["federated (quick evaluations)"].get_ydata()) == [1.50 * 1.1, 1.355 * 1.1]
+    stars = [c.get_label() for c in curves.collections if isinstance(c, PathCollection)]
+    assert stars == ["centralized: final 1.4050", "federated: final 1.5455"]
+    bars = [b.get_width() for b in ratios.patches]
+    assert len(bars) == 2 and all(abs(b - 1.1) < 1e-12 for b in bars)  # bg, el: final/final
+    assert [t.get_text() for t in ratios.get_yticklabels()] == ["bg", "el"]
+    runs = {}
+    for label, recs in (("centralized", EVALS), ("federated", fed)):
+        runs[label] = tmp_path / f"{label}.jsonl"
+        runs[label].write_text("".join(json.dumps(r) + "\n" for r in recs))
+    png = plot_comparison(runs, tmp_path / "fvc.png", "t")
+    assert png.stat().st_size > 10_000
