@@ -170,8 +170,9 @@ federation:
   inner_lr: 3.0e-3
   outer_lr: 1.0
   outer_momentum: 0.5
-  update_encoding: int8     # updates up: fp32, bf16, int8 (1 byte per parameter), int4, int2
-  broadcast_encoding: int8-delta  # weights down: fp32, bf16, or intN-delta (the change only)
+  update_encoding: int8     # updates up: fp32, bf16, int8 (1 byte per parameter), int4, int2,
+                            #   or sparse top<K>-sign / top<K>-int4 (K of every 256 values)
+  broadcast_encoding: int8-delta  # weights down: fp32, bf16, or <encoding>-delta (the change)
   eval_every: 5             # federated evaluation every K rounds (and after the last)
   min_nodes: {min_nodes}              # updates needed per round (a restarted node is waited for)
   round_timeout_s: 600      # a round waits this long for replies, then goes on without stragglers

@@ -62,7 +62,7 @@ from node.trainer import (
 )
 from step_common.errors import StepError
 from step_fed.protocol import SEEN_ROWS, RoundConfig
-from step_fed.update_codec import QUANTISED, decode, encode
+from step_fed.update_codec import decode, encode, lossy
 from step_model.config import ModelConfig
 from step_model.data import LanguageMixture
 from step_model.model import Transformer
@@ -246,7 +246,7 @@ def _encoded(
 ) -> tuple[Weights, Weights | None]:
     """(encoded update, residual to keep) on worker 0, built one gathered tensor at a time;
     ({}, None) on the others, which only take part in the gathers."""
-    quantised = cfg.update_encoding in QUANTISED
+    quantised = lossy(cfg.update_encoding)
     carried = state.residual if quantised and state.model_sha == sha else None
     names = SEEN_ROWS[cfg.seen_rows] if seen is not None else ()  # under DP: every row
     encoded: Weights = {}

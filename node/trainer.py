@@ -36,7 +36,7 @@ from node.sharded import load_optimizer
 from node.state import InnerState, NodeStateStore
 from step_common.errors import StepError
 from step_fed.protocol import SEEN_ROWS, RoundConfig
-from step_fed.update_codec import QUANTISED, decode, decode_one, encode
+from step_fed.update_codec import decode, decode_one, encode, lossy
 from step_model.config import ModelConfig
 from step_model.data import LanguageMixture
 from step_model.evaluate import language_nll
@@ -205,7 +205,7 @@ def with_error_feedback(
     of these tensors send only the rows of the tokens seen (round config ``seen_rows``); the
     other rows' change this round is dropped (the coordinator would weigh it 0), and their
     residual waits for a round in which the token is seen."""
-    if encoding not in QUANTISED:
+    if not lossy(encoding):
         return encode(seen_only(delta, seen, names), encoding), None
     carried = state.residual if state.model_sha == sha else None
     encoded: Weights = {}

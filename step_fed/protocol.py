@@ -94,14 +94,25 @@ ERR_PRIVACY_BUDGET: Final = 1004  # the round would exceed the node's privacy bu
 ERR_STALE_VIEW: Final = 1005  # intN-delta: the node lacks the weights the change applies to
 
 # --- update encodings (see update_codec.py) ---
-UpdateEncoding = Literal["fp32", "bf16", "int8", "int4", "int3", "int2"]
+UpdateEncoding = Literal[
+    "fp32", "bf16", "int8", "int4", "int3", "int2",
+    "top2-sign", "top4-sign", "top8-sign", "top16-sign", "top32-sign",
+    "top2-int4", "top4-int4", "top8-int4", "top16-int4", "top32-int4",
+]  # fmt: skip
+"""Dense (update_codec.py) or sparse: ``top<K>-<values>``, the K largest of every 256 values
+(sparse_codec.py)."""
 ENCODINGS: Final[tuple[str, ...]] = get_args(UpdateEncoding)
 DELTA_SUFFIX: Final = "-delta"
-BroadcastEncoding = Literal["fp32", "bf16", "int8-delta", "int4-delta", "int3-delta", "int2-delta"]
+BroadcastEncoding = Literal[
+    "fp32", "bf16", "int8-delta", "int4-delta", "int3-delta", "int2-delta",
+    "top2-sign-delta", "top4-sign-delta", "top8-sign-delta", "top16-sign-delta",
+    "top32-sign-delta", "top2-int4-delta", "top4-int4-delta", "top8-int4-delta",
+    "top16-int4-delta", "top32-int4-delta",
+]  # fmt: skip
 BROADCAST_ENCODINGS: Final[tuple[str, ...]] = get_args(BroadcastEncoding)
-"""Weights down: whole (fp32, bf16; quantised weights would lose too much), or ``intN-delta``:
-the change since the weights the nodes already hold, quantised per row, with error feedback
-(coordinator/broadcast.py)."""
+"""Weights down: whole (fp32, bf16; quantised weights would lose too much), or ``<enc>-delta``:
+the change since the weights the nodes already hold, quantised per row (intN) or sparse
+(topK), with error feedback (coordinator/broadcast.py)."""
 SEED_BROADCAST: Final = "seed"
 """intN-delta, a fresh run's first message: no weights; the node draws the initial weights
 with the round config's seed itself (step_model.checkpoint.seeded_weights) and checks that

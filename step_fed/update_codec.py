@@ -19,6 +19,9 @@ int4 within max|row| / 14 and int3 within max|row| / 6 (the same factor). The lo
 are meant to be used with error feedback (what rounding lost is sent with the next update): the
 nodes do it for updates (node/trainer.py), the coordinator for the broadcast.
 
+- ``top<K>-sign``, ``top<K>-int4``: sparse, the K largest of every 256 values with their
+  chunk-local positions (sparse_codec.py); 0.02-0.16 bytes per parameter.
+
 ``apply_delta`` adds a quantised change to weights both sides hold (the ``intN-delta``
 broadcast); ``view_id`` names such weights by their content, so that both sides can check they
 hold the same bits.
@@ -34,6 +37,7 @@ import torch
 
 from step_common.errors import StepError
 from step_fed.protocol import ENCODINGS
+from step_fed.sparse_codec import VALUES_SUFFIX, decode_sparse, encode_sparse, sparse_spec
 
 SCALE_SUFFIX = "#scale"
 
@@ -44,6 +48,12 @@ _PACKING = {"int4": (2, 1), "int3": (8, 3), "int2": (5, 1)}
 """Packed encodings: (values, bytes) per group. A group of bytes holds, little-endian, the
 number sum(v_i * base**i) with base = 2 * level + 1 levels; a group >= base**values cannot come
 from the encoder."""
+
+
+def lossy(encoding: str) -> bool:
+    """Whether decode(encode(x)) may differ from x beyond bf16 rounding: what the sender then
+    keeps as its error-feedback residual."""
+    return encoding in QUANTISED or sparse_spec(encoding) is not None
 
 
 def _check(encoding: str) -> None:
@@ -123,6 +133,8 @@ def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Te
             out[name] = t.contiguous()
         elif encoding == "bf16":
             out[name] = t.to(torch.bfloat16).view(torch.int16).contiguous()
+        elif sparse_spec(encoding) is not None:
+            out.update(encode_sparse(t, encoding, name))
         else:
             level = QUANTISED[encoding]
             rows = _rows(t)
@@ -150,8 +162,11 @@ def check_keys(
 ) -> None:
     """ValueError unless ``encoded`` holds exactly the tensors (and row scales) of ``shapes``."""
     _check(encoding)
-    quantised = encoding in QUANTISED
-    expected = set(shapes) | ({n + SCALE_SUFFIX for n in shapes} if quantised else set())
+    expected = set(shapes)
+    if lossy(encoding):
+        expected |= {n + SCALE_SUFFIX for n in shapes}
+    if sparse_spec(encoding) is not None:
+        expected |= {n + VALUES_SUFFIX for n in shapes}
     if set(encoded) != expected:
         missing, extra = sorted(expected - set(encoded)), sorted(set(encoded) - expected)
         raise ValueError(
@@ -164,6 +179,8 @@ def decode_one(
 ) -> torch.Tensor:
     """The fp32 tensor ``name`` of an encoded update (its keys checked by ``check_keys``): one
     tensor at a time, so a holder of many encoded updates never holds them all decoded."""
+    if sparse_spec(encoding) is not None:
+        return decode_sparse(encoded, encoding, name, shape)
     t = encoded[name]
     _check_wire_shape(name, t, encoding, shape)
     if encoding in QUANTISED:

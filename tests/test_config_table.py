@@ -62,7 +62,8 @@ SIM_CASES: list[tuple[str, Edit, str]] = [
      "institutions[0].name = 'north pole': must be a short name of letters"),
     ("repeated names", inst(1, name="north"), "names must be unique, repeated: ['north']"),
     ("unknown institution key", inst(0, weight=2),
-     "unknown key institutions[0].weight; allowed: description, gpus, kind, languages, name, privacy"),
+     "unknown key institutions[0].weight; allowed: description, gpus, kind, languages, name, "
+     "privacy"),
     ("privacy without delta", top(privacy={"epsilon": 8.0, "rounds": 3}),
      "privacy.delta is missing: add it"),
     ("privacy with both noise sources", inst(0, privacy={**PRIVACY, "noise_multiplier": 1.0}),

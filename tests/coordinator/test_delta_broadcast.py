@@ -96,10 +96,17 @@ def test_a_node_that_lost_its_copy_is_sent_the_weights_whole(
         assert torch.equal(v, lossy.weights[k]), k
 
 
-def test_resume_with_int8_delta_is_exact_even_when_nodes_hold_a_newer_copy(
-    tiny_corpus: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "encodings",
+    [{"broadcast_encoding": "int8-delta"},
+     {"broadcast_encoding": "top8-sign-delta", "update_encoding": "top4-int4"}],
+)  # fmt: skip
+def test_resume_with_a_delta_broadcast_is_exact_even_when_nodes_hold_a_newer_copy(
+    tiny_corpus: Path, tmp_path: Path, encodings: dict[str, str]
 ) -> None:
-    fed = {"rounds": 3, "broadcast_encoding": "int8-delta"}
+    """Sparse both ways: the coordinator's residual (weights - view) and the nodes' (their
+    error feedback) come back from the checkpoint and the node state: the same bits."""
+    fed = {"rounds": 3, **encodings}
     straight = run(tmp_path, tiny_corpus, "straight", **fed)
     straight.run()
     part = run(tmp_path, tiny_corpus, "resumed", **fed)
