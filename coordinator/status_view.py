@@ -45,10 +45,12 @@ def _headline(report: dict[str, Any], refreshed: str) -> Text:
     if eta is not None:
         timing += f"   ETA {format_duration(eta)}"
     loss = "" if report["loss"] is None else f"   loss {report['loss']:.3f}"
-    text = Text(f"run {report['run_id']}: {report['status']}", style="bold")
-    text.append(f"   round {report['round']}/{report['rounds']}{timing}{loss}   ({refreshed})")
-    text.append(f"\nbytes up {report['bytes_up']:,}, down {report['bytes_down']:,}")
-    return text
+    run = "no run yet" if report["run_id"] is None else f"run {report['run_id']}"
+    return Text.assemble(
+        (f"{run}: {report['status']}", "bold"),
+        f"   round {report['round']}/{report['rounds']}{timing}{loss}   ({refreshed})",
+        f"\nbytes up {report['bytes_up']:,}, down {report['bytes_down']:,}",
+    )
 
 
 def _nodes(report: dict[str, Any]) -> Text:
