@@ -61,13 +61,14 @@ class FederationConfig(LocalSchedule):
     update_encoding: UpdateEncoding = "fp32"
     """How nodes send their update: fp32, bf16, or quantised per row with error feedback at the
     node: int8 (absmax, 1 byte per parameter), int4 (half a byte), int3 (7 levels, 3/8 of a
-    byte), int2 (ternary at the row's mean magnitude, a fifth of a byte); or sparse with error
+    byte), int2 (ternary at the row's mean magnitude, a fifth of a byte), int1 (the sign at the
+    row's mean magnitude, an eighth of a byte); or sparse with error
     feedback: top<K>-sign / top<K>-int4, the K (2, 4, 8, 16, 32) largest of every 256 values
     with their positions, one sign bit or 4 bits each (top8-sign: 11 bytes per 256
     parameters; step_fed/sparse_codec.py)."""
     broadcast_encoding: BroadcastEncoding = "fp32"
     """How the global weights go to the nodes: whole in fp32 or bf16 (the coordinator keeps
-    fp32), or int8-delta / int4-delta / int3-delta / int2-delta / top<K>-sign-delta /
+    fp32), or int8-delta / int4-delta / int3-delta / int2-delta / int1-delta / top<K>-sign-delta /
     top<K>-int4-delta: only the change since the weights the nodes hold, what is not sent kept
     for the next round (coordinator/broadcast.py)."""
     token_rows: bool = True

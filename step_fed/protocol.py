@@ -95,7 +95,7 @@ ERR_STALE_VIEW: Final = 1005  # intN-delta: the node lacks the weights the chang
 
 # --- update encodings (see update_codec.py) ---
 UpdateEncoding = Literal[
-    "fp32", "bf16", "int8", "int4", "int3", "int2",
+    "fp32", "bf16", "int8", "int4", "int3", "int2", "int1",
     "top2-sign", "top4-sign", "top8-sign", "top16-sign", "top32-sign",
     "top2-int4", "top4-int4", "top8-int4", "top16-int4", "top32-int4",
 ]  # fmt: skip
@@ -104,7 +104,7 @@ UpdateEncoding = Literal[
 ENCODINGS: Final[tuple[str, ...]] = get_args(UpdateEncoding)
 DELTA_SUFFIX: Final = "-delta"
 BroadcastEncoding = Literal[
-    "fp32", "bf16", "int8-delta", "int4-delta", "int3-delta", "int2-delta",
+    "fp32", "bf16", "int8-delta", "int4-delta", "int3-delta", "int2-delta", "int1-delta",
     "top2-sign-delta", "top4-sign-delta", "top8-sign-delta", "top16-sign-delta",
     "top32-sign-delta", "top2-int4-delta", "top4-int4-delta", "top8-int4-delta",
     "top16-int4-delta", "top32-int4-delta",

@@ -12,6 +12,8 @@
 - ``int2``: ternary (-1, 0, 1) times the row's *mean* absolute value (absmax would round almost
   everything to 0), five values per byte (base 3: 3**5 = 243 <= 256, 1.6 bits per value).
   Large values are clipped to the scale.
+- ``int1``: the sign times the row's mean absolute value (signSGD with error feedback), eight
+  values per byte (1 bit per value).
 
 ``decode(encode(x))`` returns fp32 tensors of the original shapes; int8 keeps every element within
 half a quantisation step (max|row| / 254, times 1 + 2**-8 for the bf16 scale) of the original,
@@ -42,9 +44,10 @@ from step_fed.sparse_codec import VALUES_SUFFIX, decode_sparse, encode_sparse, s
 SCALE_SUFFIX = "#scale"
 
 
-QUANTISED: dict[str, int] = {"int8": 127, "int4": 7, "int3": 3, "int2": 1}
-"""Encoding -> largest level: values are round(x / scale * level), in -level..level."""
-_PACKING = {"int4": (2, 1), "int3": (8, 3), "int2": (5, 1)}
+QUANTISED: dict[str, int] = {"int8": 127, "int4": 7, "int3": 3, "int2": 1, "int1": 1}
+"""Encoding -> largest level: values are round(x / scale * level), in -level..level (int1:
+-1 or 1, the sign)."""
+_PACKING = {"int4": (2, 1), "int3": (8, 3), "int2": (5, 1), "int1": (8, 1)}
 """Packed encodings: (values, bytes) per group. A group of bytes holds, little-endian, the
 number sum(v_i * base**i) with base = 2 * level + 1 levels; a group >= base**values cannot come
 from the encoder."""
@@ -71,7 +74,8 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def _scale(rows: torch.Tensor, encoding: str) -> torch.Tensor:
     """(rows,) bfloat16: the value of the largest level (bf16 halves what scales cost; the
     quantiser divides by the rounded value, and error feedback takes what that changes)."""
-    mag = rows.abs().mean(dim=1) if encoding == "int2" else rows.abs().amax(dim=1)
+    mean = encoding in ("int2", "int1")
+    mag = rows.abs().mean(dim=1) if mean else rows.abs().amax(dim=1)
     return mag.clamp_min(1e-30).to(torch.bfloat16)
 
 
@@ -92,8 +96,8 @@ def _unpack(packed: torch.Tensor, base: int, per: int, width: int, numel: int) -
     """The values of ``_pack``, flat, as int8; raises ValueError on a group no encoder writes.
     Digits are looked up in tables (a decode runs several times a round): a byte's at once,
     a wider group's in two halves."""
-    if width == 1:
-        if bool((packed >= base**per).any()):
+    if width == 1:  # (int1's 2**8 fills the byte: nothing to check, and uint8 cannot hold 256)
+        if base**per < 256 and bool((packed >= base**per).any()):
             raise ValueError("packed values out of range (corrupted in transit)")
         return _digits(base, per, 256)[packed.long()].reshape(-1)[:numel]
     group = packed.to(torch.int32).reshape(-1, width)
@@ -119,6 +123,11 @@ def _digits(base: int, per: int, count: int) -> torch.Tensor:
     return ((torch.arange(count)[:, None] // powers) % base).to(torch.int8)
 
 
+def _base(encoding: str) -> int:
+    """Levels per packed value: -level..level, or the two signs of int1 (no zero)."""
+    return 2 if encoding == "int1" else 2 * QUANTISED[encoding] + 1
+
+
 def _packed_len(numel: int, encoding: str) -> int:
     per, width = _PACKING[encoding]
     return -(-numel // per) * width
@@ -139,12 +148,16 @@ def encode(update: dict[str, torch.Tensor], encoding: str) -> dict[str, torch.Te
             level = QUANTISED[encoding]
             rows = _rows(t)
             scale = _scale(rows, encoding)
+            if encoding == "int1":  # 1 for >= 0, 0 for < 0
+                out[name] = _pack((rows >= 0).to(torch.int32), 2, *_PACKING[encoding])
+                out[name + SCALE_SUFFIX] = scale.view(torch.int16).contiguous()
+                continue
             # in place after the first op: one temporary the size of the tensor, not four
             q = (rows / scale.float()[:, None]).mul_(level).round_().clamp_(-level, level)
             if encoding == "int8":
                 out[name] = q.to(torch.int8).reshape(t.shape).contiguous()
             else:
-                out[name] = _pack(q + level, 2 * level + 1, *_PACKING[encoding])
+                out[name] = _pack(q + level, _base(encoding), *_PACKING[encoding])
             out[name + SCALE_SUFFIX] = scale.view(torch.int16).contiguous()
     return out
 
@@ -212,10 +225,11 @@ def _dequantise(
         q = t.reshape(n_rows, -1).float()
     else:
         try:
-            values = _unpack(t, 2 * level + 1, *_PACKING[encoding], shape.numel())
+            values = _unpack(t, _base(encoding), *_PACKING[encoding], shape.numel())
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from None
-        q = values.float().reshape(n_rows, -1).sub_(level)
+        q = values.float().reshape(n_rows, -1)
+        q = q.mul_(2).sub_(1) if encoding == "int1" else q.sub_(level)
     # in place: q is this call's own tensor (one fp32 copy of the update, not two)
     return q.mul_(row_scales(scale)[:, None] / level).reshape(shape)
 

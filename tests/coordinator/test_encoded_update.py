@@ -16,7 +16,7 @@ def update() -> dict[str, torch.Tensor]:
     return {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
 
 
-@pytest.mark.parametrize("encoding", ["fp32", "bf16", "int8", "int4", "int3", "int2"])
+@pytest.mark.parametrize("encoding", ["fp32", "bf16", "int8", "int4", "int3", "int2", "int1"])
 def test_reading_tensor_by_tensor_gives_the_whole_decode(encoding: str) -> None:
     wire = encode(update(), encoding)
     lazy = EncodedUpdate(wire, encoding, SHAPES)

@@ -28,7 +28,8 @@ def test_round_trip_error_and_size(encoding: str, size: int, tol: float) -> None
 
 
 @pytest.mark.parametrize(
-    ("encoding", "per", "width"), [("int4", 2, 1), ("int3", 8, 3), ("int2", 5, 1)]
+    ("encoding", "per", "width"),
+    [("int4", 2, 1), ("int3", 8, 3), ("int2", 5, 1), ("int1", 8, 1)],
 )
 def test_packed_encodings_size_and_levels(encoding: str, per: int, width: int) -> None:
     """``per`` values travel in ``width`` bytes."""
@@ -48,14 +49,34 @@ def test_packed_encodings_size_and_levels(encoding: str, per: int, width: int) -
         steps = got / scale * level  # whole numbers in -level..level
         assert torch.allclose(steps, steps.round(), atol=1e-4)
         assert float(steps.abs().max()) <= level + 1e-4
-        if encoding != "int2":  # absmax: within half a step of every value
+        if encoding in ("int4", "int3"):  # absmax: within half a step of every value
             bound = float(rows.abs().max()) * (1 + 2**-8) / (2 * level)
             assert float((got - rows).abs().max()) <= bound + 1e-6
-        else:  # ternary at the row's mean |x|: the sign survives wherever a value is kept
+        else:  # at the row's mean |x|: the sign survives wherever a value is kept
             kept = got != 0
             assert bool((torch.sign(got[kept]) == torch.sign(rows[kept])).all())
             mean = rows.abs().mean(dim=1)
             assert torch.allclose(row_scales(enc[k + "#scale"]), mean, rtol=2**-8)
+        if encoding == "int1":  # every value kept, as its sign at the row's mean |x|
+            assert bool((got.abs() == scale).all())
+
+
+def test_int1_error_feedback_conserves_the_update() -> None:
+    """Signs lose magnitudes, not mass: over rounds of the same update with error feedback,
+    sent + residual is exactly what was accumulated, and the residual stops growing (what the
+    signs hold back goes out later), so the mean of what was sent tends to the update."""
+    torch.manual_seed(2)
+    x = torch.randn(32, 64) * 1e-3
+    shapes = {"w": x.shape}
+    residual, sent, largest = torch.zeros_like(x), torch.zeros_like(x), []
+    for _ in range(400):
+        acc = x + residual
+        back = decode(encode({"w": acc}, "int1"), "int1", shapes)["w"]
+        residual, sent = acc - back, sent + back
+        largest.append(float(residual.abs().max()))
+    assert torch.allclose(sent + residual, 400 * x, atol=1e-5)  # conservation
+    assert max(largest[200:]) <= 1.1 * max(largest[:200])  # bounded, not drifting
+    assert float((sent / 400 - x).abs().max()) < 0.1 * float(x.abs().max())
 
 
 @pytest.mark.parametrize(
