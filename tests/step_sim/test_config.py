@@ -17,7 +17,7 @@ def test_the_shipped_example_is_valid_and_covers_the_eu_languages() -> None:
 
     assert set(sim.languages()) == set(EU_LANGUAGES) - {"mt"}  # no Maltese text in STEP-35
     fed = sim.federation
-    assert fed.total_inner_steps == 798
+    assert fed.total_inner_steps == 796
     quick = sim.with_overrides(rounds=3).federation  # `step-sim --rounds 3`: all rounds early
     assert quick.total_inner_steps == 3 * fed.early_inner_steps
 
