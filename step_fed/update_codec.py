@@ -49,8 +49,8 @@ QUANTISED: dict[str, int] = {"int8": 127, "int4": 7, "int3": 3, "int2": 1, "int1
 -1 or 1, the sign)."""
 _PACKING = {"int4": (2, 1), "int3": (8, 3), "int2": (5, 1), "int1": (8, 1)}
 """Packed encodings: (values, bytes) per group. A group of bytes holds, little-endian, the
-number sum(v_i * base**i) with base = 2 * level + 1 levels; a group >= base**values cannot come
-from the encoder."""
+number sum(v_i * base**i) with base = ``_base(encoding)`` levels; a group >= base**values
+cannot come from the encoder."""
 
 
 def lossy(encoding: str) -> bool:
