@@ -61,6 +61,15 @@ def with_federation(config: Path, folder: Path, tag: str, **keys: Any) -> Path:
     return path
 
 
+def slow_schedule(federation: dict[str, Any]) -> dict[str, int]:
+    """4x the rounds of each kind (early and late, same H): exactly 4x the steps and tokens.
+    (``step-sim --rounds`` would lengthen only the late phase.)"""
+    return {
+        "rounds": 4 * int(federation["rounds"]),
+        "early_rounds": 4 * int(federation.get("early_rounds", 0)),
+    }
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=Path("examples/sim-eu8.yaml"))
@@ -72,20 +81,21 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--slow",
         action="store_true",
-        help="4x the rounds (same H): 4x the tokens, about 40 minutes per run on 2 cores",
+        help="4x the rounds, early and late (same H): 4x the tokens; about 80 minutes for the "
+        "federation of examples/sim-eu8.yaml on 2 cores",
     )
     return ap.parse_args()
 
 
 def one_seed(
-    args: argparse.Namespace, seed: int, extra: tuple[str, ...]
+    args: argparse.Namespace, seed: int, schedule: dict[str, int]
 ) -> tuple[dict[str, Any], dict[str, Any], Path]:
     """The federated and the centralized run of one seed: (fed summary, central, config)."""
     folder = args.out / f"seed-{seed}"
     folder.mkdir(parents=True)
-    config = with_federation(args.config, folder, f"seed{seed}", seed=seed)
-    fed = step_sim(config, folder / "federated", *extra)
-    central = step_sim(config, folder / "centralized", "--centralized", *extra)
+    config = with_federation(args.config, folder, f"seed{seed}", seed=seed, **schedule)
+    fed = step_sim(config, folder / "federated")
+    central = step_sim(config, folder / "centralized", "--centralized")
     print(f"seed {seed}: federated {fed['mean_bpb']:.4f}, centralized {central['mean_bpb']:.4f}, "
           f"ratio {fed['mean_bpb'] / central['mean_bpb']:.4f}, comm {fed['comm_ratio']:.1f}x",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -133,13 +143,11 @@ def compare(
     }
 
 
-def compare_fedavg(
-    args: argparse.Namespace, fed: dict[str, Any], config: Path, extra: tuple[str, ...]
-) -> dict[str, Any]:
+def compare_fedavg(fed: dict[str, Any], config: Path) -> dict[str, Any]:
     """Run the first seed's config with FedAvg; its bpb against the federated run's."""
     folder = config.parent
     fedavg_config = with_federation(config, folder, "fedavg", strategy="fedavg")
-    fedavg = step_sim(fedavg_config, folder / "fedavg", *extra)
+    fedavg = step_sim(fedavg_config, folder / "fedavg")
     return {
         "fedavg": {"mean_bpb": fedavg["mean_bpb"], "wall_s": fedavg["wall_s"]},
         "fedavg_vs_diloco": fedavg["mean_bpb"] / fed["mean_bpb"],
@@ -152,17 +160,15 @@ def main() -> None:
         raise SystemExit("--seeds must be at least 1")
     args.out.mkdir(parents=True, exist_ok=False)
     doc = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]
-    extra: tuple[str, ...] = ()
-    if args.slow:
-        extra = ("--rounds", str(4 * int(doc["rounds"])))
     first = int(doc.get("seed", 0))
-    runs = [one_seed(args, first + i, extra) for i in range(args.seeds)]
+    schedule = slow_schedule(doc) if args.slow else {}
+    runs = [one_seed(args, first + i, schedule) for i in range(args.seeds)]
     result = compare(args, runs)
     folder = args.out / f"seed-{first}"
     curves = {"centralized": folder / "centralized",
               f"federated ({runs[0][0]['strategy']})": folder / "federated"}  # fmt: skip
     if not args.no_fedavg:
-        result |= compare_fedavg(args, runs[0][0], runs[0][2], extra)
+        result |= compare_fedavg(runs[0][0], runs[0][2])
         curves["federated (fedavg)"] = folder / "fedavg"
     metrics = {label: path / "metrics.jsonl" for label, path in curves.items()}
     title = f"{args.config.stem}: federated vs centralized, same data and tokens (seed {first})"
