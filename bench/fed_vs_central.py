@@ -81,8 +81,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--slow",
         action="store_true",
-        help="4x the rounds, early and late (same H): 4x the tokens; about 80 minutes for the "
-        "federation of examples/sim-eu8.yaml on 2 cores",
+        help="4x the rounds, early and late (same H): 4x the tokens and 4x the time of a plain run",
     )
     return ap.parse_args()
 
