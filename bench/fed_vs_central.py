@@ -15,10 +15,13 @@ bytes the federation moved (updates up + weights, tokenizer and config down).
 ``<out>/fed_vs_central.png`` shows the first seed's runs: mean bpb at every evaluation and each
 run's final bpb per language over the centralized one. Every run keeps its final model
 (``<out>/seed-S/{federated,centralized}/LATEST``) for ``step-model eval --checkpoint`` on other
-text.
+text. ``--baselines DIR`` reuses the centralized runs of an earlier bench (``DIR/seed-S``)
+wherever they are the same baseline (step_sim/twin.py: the twin never reads the outer
+optimizer, the encodings, the aggregation rule, nor ``inner_lr`` when ``centralized_lr`` is
+set); a seed whose settings differ trains its own, saying why.
 
     python bench/fed_vs_central.py [--config examples/sim-eu8.yaml] [--out runs/bench-fvc]
-                                   [--seeds 3] [--no-fedavg] [--slow]
+                                   [--seeds 3] [--no-fedavg] [--slow] [--baselines DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 import yaml
 
 from step_sim.plot import plot_comparison
+from step_sim.twin import twin_differences
 
 FED_KEYS = ("strategy", "mean_bpb", "bytes_up", "bytes_down", "comm_ratio", "tokens", "wall_s",
             "rounds", "inner_steps")  # fmt: skip
@@ -83,6 +87,12 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="4x the rounds, early and late (same H): 4x the tokens and 4x the time of a plain run",
     )
+    ap.add_argument(
+        "--baselines",
+        type=Path,
+        help="an earlier bench's --out: reuse its centralized run of a seed where the settings "
+        "the baseline reads are the same",
+    )
     return ap.parse_args()
 
 
@@ -94,11 +104,34 @@ def one_seed(
     folder.mkdir(parents=True)
     config = with_federation(args.config, folder, f"seed{seed}", seed=seed, **schedule)
     fed = step_sim(config, folder / "federated")
-    central = step_sim(config, folder / "centralized", "--centralized")
+    central = earlier_baseline(args.baselines, seed, folder / "federated")
+    if central is None:
+        central = step_sim(config, folder / "centralized", "--centralized")
+        central["run_dir"] = str(folder / "centralized")
     print(f"seed {seed}: federated {fed['mean_bpb']:.4f}, centralized {central['mean_bpb']:.4f}, "
           f"ratio {fed['mean_bpb'] / central['mean_bpb']:.4f}, comm {fed['comm_ratio']:.1f}x",
           file=sys.stderr, flush=True)  # fmt: skip
     return fed, central, config
+
+
+def earlier_baseline(baselines: Path | None, seed: int, federated: Path) -> dict[str, Any] | None:
+    """The summary of an earlier bench's centralized run of this seed, if it is the same
+    baseline as ``federated``'s config would train; None: train one."""
+    if baselines is None:
+        return None
+    twin = baselines / f"seed-{seed}" / "centralized"
+    if not (twin / "summary.json").is_file():
+        print(f"seed {seed}: {twin} holds no finished centralized run: training one",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    differences = twin_differences(federated, twin)
+    if differences:
+        print(f"seed {seed}: the baseline in {twin} differs in {', '.join(differences)}: "
+              "training one", file=sys.stderr, flush=True)  # fmt: skip
+        return None
+    print(f"seed {seed}: reusing the centralized run {twin}", file=sys.stderr, flush=True)
+    summary = json.loads((twin / "summary.json").read_text(encoding="utf-8"))
+    return {**summary, "run_dir": str(twin)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -139,6 +172,7 @@ def compare(
             for seed, (_, central, _) in zip(seeds, runs, strict=True)
         },
         "slow": args.slow,
+        "baselines": [c["run_dir"] for _, c, _ in runs],
     }
 
 
@@ -164,7 +198,7 @@ def main() -> None:
     runs = [one_seed(args, first + i, schedule) for i in range(args.seeds)]
     result = compare(args, runs)
     folder = args.out / f"seed-{first}"
-    curves = {"centralized": folder / "centralized",
+    curves = {"centralized": Path(runs[0][1]["run_dir"]),
               f"federated ({runs[0][0]['strategy']})": folder / "federated"}  # fmt: skip
     if not args.no_fedavg:
         result |= compare_fedavg(runs[0][0], runs[0][2])
