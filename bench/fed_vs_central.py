@@ -191,6 +191,9 @@ def main() -> None:
     args = parse_args()
     if args.seeds < 1:
         raise SystemExit("--seeds must be at least 1")
+    if args.baselines and not args.baselines.is_dir():
+        raise SystemExit(f"--baselines {args.baselines}: no such folder; give the --out of an "
+                         "earlier fed_vs_central run")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=False)
     doc = yaml.safe_load(args.config.read_text(encoding="utf-8"))["federation"]
     first = int(doc.get("seed", 0))
