@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from step_common.errors import StepError
 from step_sim.plot import plot_comparison
 from step_sim.twin import twin_differences
 
@@ -120,11 +121,11 @@ def earlier_baseline(baselines: Path | None, seed: int, federated: Path) -> dict
     if baselines is None:
         return None
     twin = baselines / f"seed-{seed}" / "centralized"
-    if not (twin / "summary.json").is_file():
-        print(f"seed {seed}: {twin} holds no finished centralized run: training one",
-              file=sys.stderr, flush=True)  # fmt: skip
+    try:
+        differences = twin_differences(federated, twin)
+    except StepError as e:  # not a finished centralized run
+        print(f"seed {seed}: {e}; training one", file=sys.stderr, flush=True)
         return None
-    differences = twin_differences(federated, twin)
     if differences:
         print(f"seed {seed}: the baseline in {twin} differs in {', '.join(differences)}: "
               "training one", file=sys.stderr, flush=True)  # fmt: skip
