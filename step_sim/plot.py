@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from coordinator.config import federation_from_dict
+from step_common.fileio import read_yaml
+
 
 def plot_bpb(metrics: Path, out: Path, title: str) -> Path | None:
     """One line per language plus the mean (bold); None when there is no evaluation yet."""
@@ -70,10 +73,23 @@ def read_evals(metrics: Path) -> list[dict[str, Any]]:
 
 def plot_comparison(runs: dict[str, Path], out: Path, title: str) -> Path:
     """``runs``: label -> metrics.jsonl, the baseline first; one PNG (comparison_figure)."""
-    fig = comparison_figure({label: read_evals(path) for label, path in runs.items()}, title)
+    evals = {label: with_steps(read_evals(path), path.parent / "sim.yaml")
+             for label, path in runs.items()}  # fmt: skip
+    fig = comparison_figure(evals, title)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def with_steps(evals: list[dict[str, Any]], sim_yaml: Path) -> list[dict[str, Any]]:
+    """Each record with ``step``, the optimizer steps done when it was taken (after ``round``
+    rounds of that run's schedule), where the run folder has its sim.yaml: a centralized twin
+    reused for a federation that cuts the same steps into other rounds then lines up with it."""
+    if not sim_yaml.is_file():
+        return evals
+    doc = read_yaml(sim_yaml, "not a step-sim run folder")
+    fed = federation_from_dict(doc["federation"], str(sim_yaml))
+    return [{**r, "step": fed.step_offset(r["round"] + 1)} for r in evals]
 
 
 def comparison_figure(evals: dict[str, list[dict[str, Any]]], title: str) -> Figure:
@@ -82,17 +98,22 @@ def comparison_figure(evals: dict[str, list[dict[str, Any]]], title: str) -> Fig
     bpb of each run over the first run's (the baseline, e.g. centralized)."""
     fig, (curves, ratios) = plt.subplots(1, 2, figsize=(13, 5.5), dpi=110,
                                          gridspec_kw={"width_ratios": [3, 2]})  # fmt: skip
+    x = "step" if all("step" in r for recs in evals.values() for r in recs) else "round"
     for i, (label, recs) in enumerate(evals.items()):
         color = plt.get_cmap("tab10")(i)
         quick = [r for r in recs if not r.get("final")]
         final = [r for r in recs if r.get("final")]
-        curves.plot([r["round"] for r in quick], [r["mean_bpb"] for r in quick], color=color,
+        curves.plot([r[x] for r in quick], [r["mean_bpb"] for r in quick], color=color,
                     linewidth=2, marker=".", label=f"{label} (quick evaluations)")  # fmt: skip
         if final:
-            curves.scatter([r["round"] for r in final], [r["mean_bpb"] for r in final],
+            curves.scatter([r[x] for r in final], [r["mean_bpb"] for r in final],
                            color=color, marker="*", s=160, zorder=3,
                            label=f"{label}: final {final[-1]['mean_bpb']:.4f}")  # fmt: skip
-    curves.set_xlabel("round (the centralized run: the same number of optimizer steps)")
+    curves.set_xlabel(
+        "optimizer steps"
+        if x == "step"
+        else "round (the centralized run: the same number of optimizer steps)"
+    )
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_ylabel("mean held-out bits per byte")
     curves.grid(alpha=0.3)

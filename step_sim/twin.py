@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from coordinator.config import federation_from_dict
 from step_common.errors import StepError
 from step_common.fileio import read_yaml
 
@@ -34,11 +35,19 @@ out: node_files.py reads it, if only for key paths). ``inner_lr`` is not here ei
 the twin's lr when the config sets no ``centralized_lr``, so twin_settings replaces both by
 the lr the twin trains with."""
 
+SCHEDULE = ("rounds", "early_rounds", "early_inner_steps", "inner_steps")
+"""How the federation cuts its steps into rounds. The twin trains ``total_inner_steps`` steps,
+each on every institution's batch of that step, with the learning rate of that step: how the
+steps fall into rounds decides only where it evaluates on the way, not the model it ends with
+(tests/step_sim/test_twin.py trains two twins to check). twin_settings keeps the total."""
+
 
 def twin_settings(run_dir: Path) -> dict[str, Any]:
     """The settings of a step-sim run folder that decide its centralized twin."""
     doc = read_yaml(run_dir / "sim.yaml", "not a step-sim run folder")
     fed = dict(doc["federation"])
+    steps = federation_from_dict(fed, str(run_dir / "sim.yaml")).total_inner_steps
+    fed = {k: v for k, v in fed.items() if k not in SCHEDULE} | {"total_inner_steps": steps}
     # SimConfig.baseline_lr: the twin's peak lr.
     inner_lr = fed.pop("inner_lr")
     doc["centralized_lr"] = doc.get("centralized_lr") or inner_lr

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from matplotlib.collections import PathCollection
 
-from step_sim.plot import bpb_figure, comparison_figure, plot_bpb, plot_comparison
+from step_sim.plot import (
+    bpb_figure,
+    comparison_figure,
+    plot_bpb,
+    plot_comparison,
+    read_evals,
+    with_steps,
+)
+from tests.local_federation import write_sim_config
 
 EVALS = [
     {
@@ -71,3 +79,30 @@ def test_the_comparison_draws_both_runs_and_the_final_ratio_per_language(tmp_pat
         runs[label].write_text("".join(json.dumps(r) + "\n" for r in recs))
     png = plot_comparison(runs, tmp_path / "fvc.png", "t")
     assert png.stat().st_size > 10_000
+
+
+def test_a_reused_twin_lines_up_by_optimizer_steps_not_rounds(tmp_path: Path) -> None:
+    """A twin of 2 rounds of H 10 stands for a federation of 4 rounds of H 5: the plot puts
+    both runs' evaluations at the steps done, read from each run folder's sim.yaml."""
+    runs = {}
+    for label, schedule in (("centralized", dict(rounds=2, inner_steps=10)),
+                            ("federated", dict(rounds=4, early_rounds=2, early_inner_steps=2,
+                                               inner_steps=8))):  # fmt: skip
+        folder = tmp_path / label
+        folder.mkdir()
+        write_sim_config(folder / "sim.yaml", tmp_path, [{"name": "a", "languages": {"el": 1}}],
+                         **schedule)  # fmt: skip
+        rounds = [1, 2, 2] if label == "centralized" else [2, 4, 4]
+        recs = [{**r, "round": n} for r, n in zip(EVALS, rounds, strict=True)]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        runs[label] = folder / "metrics.jsonl"
+    steps = {label: [r["step"] for r in with_steps(read_evals(path), path.parent / "sim.yaml")]
+             for label, path in runs.items()}  # fmt: skip
+    assert steps == {"centralized": [10, 20, 20], "federated": [4, 20, 20]}
+    assert with_steps(EVALS, tmp_path / "no-such.yaml") == EVALS  # no run folder: rounds stay
+    plot_comparison(runs, tmp_path / "fvc.png", "t")
+    fig = comparison_figure({label: with_steps(read_evals(p), p.parent / "sim.yaml")
+                             for label, p in runs.items()}, "t")  # fmt: skip
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert list(lines["federated (quick evaluations)"].get_xdata()) == [4, 20]
+    assert fig.axes[0].get_xlabel() == "optimizer steps"

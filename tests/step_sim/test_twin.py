@@ -3,10 +3,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 from coordinator.config import FederationConfig
 from step_common.errors import StepError
+from step_model.checkpoint import load_checkpoint
+from step_sim.centralized import run_centralized
 from step_sim.config import load_sim_config
 from step_sim.twin import FEDERATION_ONLY, twin_differences
 from tests.local_federation import write_sim_config
@@ -47,11 +50,35 @@ def test_what_the_baseline_trains_with_must_match(tmp_path: Path) -> None:
     assert twin_differences(mine, run_folder(tmp_path, "lr", centralized_lr=2e-3)) == [
         "centralized_lr"
     ]
-    early = run_folder(tmp_path, "early", early_rounds=1, early_inner_steps=2)
-    assert twin_differences(mine, early) == [
-        "federation.early_inner_steps",
-        "federation.early_rounds",
-    ]
+    fewer = run_folder(tmp_path, "fewer", early_rounds=1, early_inner_steps=2)  # 2 + 3 steps
+    assert twin_differences(mine, fewer) == ["federation.total_inner_steps"]
+
+
+def test_the_same_steps_cut_into_other_rounds_are_the_same_baseline(tmp_path: Path) -> None:
+    mine = run_folder(tmp_path, "fed", rounds=2, inner_steps=3)  # 3 + 3
+    earlier = run_folder(tmp_path, "twin", rounds=3, early_rounds=2, early_inner_steps=1,
+                         inner_steps=4)  # 1 + 1 + 4  # fmt: skip
+    assert twin_differences(mine, earlier) == []
+
+
+def test_how_steps_fall_into_rounds_does_not_change_the_twins_model(
+    tiny_corpus: Path, tmp_path: Path
+) -> None:
+    """What SCHEDULE's docstring claims, trained: 3 + 3 steps and 1 + 1 + 4 end in the same
+    weights (only the evaluations on the way differ)."""
+    schedules = {
+        "even": dict(rounds=2, inner_steps=3),
+        "uneven": dict(rounds=3, early_rounds=2, early_inner_steps=1, inner_steps=4),
+    }
+    weights = {}
+    for name, schedule in schedules.items():
+        cfg = write_sim_config(tmp_path / f"{name}.yaml", tiny_corpus, INSTITUTIONS, **schedule)
+        (tmp_path / name).mkdir()
+        summary = run_centralized(load_sim_config(cfg), tmp_path / name)
+        weights[name] = load_checkpoint(Path(summary["checkpoint"]), with_optimizer=False).weights
+    assert weights["even"].keys() == weights["uneven"].keys()
+    for key, w in weights["even"].items():
+        assert torch.equal(w, weights["uneven"][key]), key
 
 
 def test_a_tokenizer_file_given_by_path_is_compared_by_its_bytes(tmp_path: Path) -> None:
