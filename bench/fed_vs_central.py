@@ -18,7 +18,8 @@ run's final bpb per language over the centralized one. Every run keeps its final
 text. ``--baselines DIR`` reuses the centralized runs of an earlier bench (``DIR/seed-S``)
 wherever they are the same baseline (step_sim/twin.py: the twin never reads the outer
 optimizer, the encodings, the aggregation rule, nor ``inner_lr`` when ``centralized_lr`` is
-set); a seed whose settings differ trains its own, saying why.
+set, and of the schedule only the total steps, not how they fall into rounds); a seed whose
+settings differ trains its own, saying why.
 
     python bench/fed_vs_central.py [--config examples/sim-eu8.yaml] [--out runs/bench-fvc]
                                    [--seeds 3] [--no-fedavg] [--slow] [--baselines DIR]
