@@ -10,7 +10,11 @@ The arithmetic is the deployed one (step_sim/local_transport.py); the variants r
 another with one torch thread each, so two sweeps can share a 2-core machine. `--stop-round N`
 ends each run after round N with a quick evaluation (the schedule still spans all rounds): a
 cheap look at the early rounds. A variant whose name starts with "centralized" runs the
-baseline with its overrides (e.g. "centralized-warm init_from=CKPT"). Overrides named
+baseline with its overrides (e.g. "centralized-warm init_from=CKPT"). `--resume` (runs that
+take hours, e.g. the `tiny` preset) keeps the run folders: a variant that finished is reported
+from its summary.json, an interrupted federated one continues after its last committed round
+(bit for bit as if uninterrupted), an interrupted baseline starts over (it keeps no checkpoint
+on the way). Overrides named
 ``privacy.KEY=VALUE`` set the config's top-level local-DP settings (``privacy=none`` removes
 them), e.g. "eps4 privacy.epsilon=4".
 """
@@ -55,16 +59,24 @@ def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
-def run_federated(sim: SimConfig, run_dir: Path, stop_round: int) -> dict[str, Any]:
+def run_federated(
+    sim: SimConfig, run_dir: Path, stop_round: int, resume: bool = False
+) -> dict[str, Any]:
     cfg_file = run_dir / "sim.yaml"
     cfg_file.write_text(yaml.safe_dump(sim.to_yaml_dict()), encoding="utf-8")
-    runner = RoundRunner(sim.federation, run_dir, LocalTransport(cfg_file, run_dir, len(sim.names)))
+    transport = LocalTransport(cfg_file, run_dir, len(sim.names))
+    runner = RoundRunner(sim.federation, run_dir, transport, resume=resume)
     if not stop_round:
         return runner.run()
     for r in range(1, stop_round + 1):
         runner.train_round(r)
         runner.round = r
     return runner.evaluate(stop_round, final=False)
+
+
+def fresh_folder(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
 
 
 def main() -> None:
@@ -75,6 +87,7 @@ def main() -> None:
     ap.add_argument("--centralized", action="store_true", help="also the pooled baseline")
     ap.add_argument("--stop-round", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/fed-sweep"))
+    ap.add_argument("--resume", action="store_true", help="continue the runs in --out")
     args = ap.parse_args()
     torch.set_num_threads(1)
     base = load_sim_config(args.config)
@@ -91,15 +104,19 @@ def main() -> None:
             held = sim.privacy.model_dump() if sim.privacy else {}
             sim = replace(sim, privacy=privacy_from_dict({**held, **private}, "--variant"))
         run_dir = args.out / name
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+        resume = args.resume and (run_dir / "LATEST").is_file()
         t0 = time.monotonic()
-        if name.startswith("centralized"):  # the baseline, with these overrides
+        if args.resume and (run_dir / "summary.json").is_file():
+            result = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        elif name.startswith("centralized"):  # the baseline, with these overrides
+            fresh_folder(run_dir)
             result = run_centralized(sim, run_dir)
         else:
-            result = run_federated(sim, run_dir, args.stop_round)
+            if not resume:
+                fresh_folder(run_dir)
+            result = run_federated(sim, run_dir, args.stop_round, resume)
         line = {"name": name, **overrides, "mean_bpb": result["mean_bpb"],
-                "wall_s": round(time.monotonic() - t0)}  # fmt: skip
+                "wall_s": round(result.get("wall_s", time.monotonic() - t0))}  # fmt: skip
         for key in ("epsilon", "epsilon_central"):
             if key in result:
                 line[key] = result[key]
