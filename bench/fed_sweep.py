@@ -12,11 +12,10 @@ ends each run after round N with a quick evaluation (the schedule still spans al
 cheap look at the early rounds. A variant whose name starts with "centralized" runs the
 baseline with its overrides (e.g. "centralized-warm init_from=CKPT"). `--resume` (runs that
 take hours, e.g. the `tiny` preset) keeps the run folders: a variant that finished is reported
-from its summary.json, an interrupted federated one continues after its last committed round
-(bit for bit as if uninterrupted), an interrupted baseline starts over (it keeps no checkpoint
-on the way). Overrides named
-``privacy.KEY=VALUE`` set the config's top-level local-DP settings (``privacy=none`` removes
-them), e.g. "eps4 privacy.epsilon=4".
+from its summary.json, an interrupted one continues after its last checkpoint (a federation's
+last committed round, a baseline's last evaluation), bit for bit as if uninterrupted.
+Overrides named ``privacy.KEY=VALUE`` set the config's top-level local-DP settings
+(``privacy=none`` removes them), e.g. "eps4 privacy.epsilon=4".
 """
 
 from __future__ import annotations
@@ -108,13 +107,13 @@ def main() -> None:
         t0 = time.monotonic()
         if args.resume and (run_dir / "summary.json").is_file():
             result = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        elif name.startswith("centralized"):  # the baseline, with these overrides
-            fresh_folder(run_dir)
-            result = run_centralized(sim, run_dir)
         else:
             if not resume:
                 fresh_folder(run_dir)
-            result = run_federated(sim, run_dir, args.stop_round, resume)
+            if name.startswith("centralized"):  # the baseline, with these overrides
+                result = run_centralized(sim, run_dir, resume=resume)
+            else:
+                result = run_federated(sim, run_dir, args.stop_round, resume)
         line = {"name": name, **overrides, "mean_bpb": result["mean_bpb"],
                 "wall_s": round(result.get("wall_s", time.monotonic() - t0))}  # fmt: skip
         for key in ("epsilon", "epsilon_central"):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from coordinator.config import FederationConfig
+from coordinator.config import FederationConfig, check_same_settings
 from node.data import NodeData, load_node_data
 from node.trainer import node_seed
 from step_common.errors import StepError
@@ -60,23 +60,41 @@ RecordFn = Callable[[dict[str, Any]], None]
 
 
 def run_centralized(
-    sim: SimConfig, run_dir: Path, on_record: RecordFn | None = None
+    sim: SimConfig, run_dir: Path, on_record: RecordFn | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """Train the pooled baseline for the federation's rounds x H steps; returns the summary
     (also in ``run_dir/summary.json``; the per-round records go to ``run_dir/metrics.jsonl``
-    and to ``on_record``)."""
+    and to ``on_record``). At every evaluation it commits a checkpoint with the optimizer, so
+    a baseline of hours (``tiny`` and up) can be continued (``resume``) where it stopped, bit
+    for bit: every step's batches and learning rate depend on the step alone."""
     t_start = time.monotonic()
-    baseline = PooledBaseline(sim, run_dir)
     folder = RunFolder(run_dir, "round", digits=6)
-    for step in range(sim.federation.total_inner_steps):
+    folder.prepare()
+    folder.check_start(
+        resume,
+        occupied=f"{run_dir} already holds a centralized run: resume it or choose another "
+        "run folder",
+        empty=f"nothing to resume in {run_dir} (no checkpoint committed yet): start without "
+        "--resume",
+    )
+    baseline = PooledBaseline(sim, run_dir)
+    if resume:
+        baseline.restore(folder.resume(baseline.check_same_run))
+    fed = sim.federation
+    for step in range(fed.step_offset(baseline.rounds + 1), fed.total_inner_steps):
         baseline.train_step(step)
-        for rec in baseline.round_end_records(step):
+        records = baseline.round_end_records(step)
+        for rec in records:
             folder.log(rec)
             baseline.history.append(rec)
             if on_record:
                 on_record(rec)
-    checkpoint = folder.save(baseline.checkpoint())
-    summary = {**baseline.summary(time.monotonic() - t_start), "checkpoint": str(checkpoint)}
+        wall_s = baseline.wall_before + time.monotonic() - t_start
+        if any(r["kind"] == "eval" for r in records) and baseline.rounds < fed.rounds:
+            folder.save(baseline.checkpoint(wall_s, with_optimizer=True))
+    wall_s = baseline.wall_before + time.monotonic() - t_start
+    checkpoint = folder.save(baseline.checkpoint(wall_s))
+    summary = {**baseline.summary(wall_s), "checkpoint": str(checkpoint)}
     folder.write_summary(summary)
     return summary
 
@@ -123,6 +141,8 @@ class PooledBaseline:
     losses: list[float] = field(default_factory=list)
     """The losses of the steps since the last round's end."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    wall_before: float = 0.0
+    """Seconds of the run before the checkpoint it was resumed from."""
 
     def __post_init__(self) -> None:
         fed = self.sim.federation
@@ -192,14 +212,42 @@ class PooledBaseline:
             )
         return records
 
-    def checkpoint(self) -> Checkpoint:
-        """The final model (no optimizer: a baseline is rerun, not resumed), so that it can be
-        evaluated on any text (``step-model eval --checkpoint``) or exported like the
-        federation's."""
+    def checkpoint(self, wall_s: float, with_optimizer: bool = False) -> Checkpoint:
+        """The model after ``rounds`` rounds' worth of steps: with the optimizer and the
+        tallies on the way (to resume), without at the end (the final model, to evaluate on any
+        text with ``step-model eval --checkpoint`` or export like the federation's)."""
         weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         state = {"round": self.rounds, "mode": "centralized", "steps": self.fed.total_inner_steps,
-                 "history": self.history}  # fmt: skip
-        return Checkpoint(self.model.config, weights, self.data.tok, state)
+                 "history": self.history, "federation": self.fed.to_dict(),
+                 "baseline_lr": self.sim.baseline_lr, "tokens": self.tokens,
+                 "train_s": self.train_s, "wall_s": wall_s}  # fmt: skip
+        optimizer = self.opt.state_dict() if with_optimizer else None
+        return Checkpoint(self.model.config, weights, self.data.tok, state, optimizer)
+
+    def check_same_run(self, ckpt: Checkpoint) -> None:
+        """StepError unless ``ckpt`` was committed by a baseline of these settings."""
+        if ckpt.state.get("mode") != "centralized" or ckpt.optimizer is None:
+            raise StepError(
+                f"{self.run_dir}: its last checkpoint is not a centralized run's to continue "
+                "(a federated run, or a finished baseline): choose another run folder"
+            )
+        check_same_settings(self.fed, ckpt.state)
+        if ckpt.state.get("baseline_lr") != self.sim.baseline_lr:
+            raise StepError(
+                f"resume with centralized_lr {self.sim.baseline_lr}, the run started with "
+                f"{ckpt.state.get('baseline_lr')}: use the original config or start a new run"
+            )
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue after ``ckpt`` (check_same_run passed): weights, AdamW, tallies."""
+        assert ckpt.optimizer is not None
+        self.model.load_state_dict(ckpt.weights)
+        self.opt.load_state_dict(ckpt.optimizer)
+        self.rounds = int(ckpt.state["round"])
+        self.history = list(ckpt.state["history"])
+        self.tokens = int(ckpt.state["tokens"])
+        self.train_s = float(ckpt.state["train_s"])
+        self.wall_before = float(ckpt.state["wall_s"])
 
     def summary(self, wall_s: float) -> dict[str, Any]:
         final = self.history[-1]

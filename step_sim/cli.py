@@ -130,11 +130,11 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
     return dict(json.loads((out / "summary.json").read_text(encoding="utf-8")))
 
 
-def _run_centralized(sim: SimConfig, out: Path, console: Console) -> dict[str, Any]:
+def _run_centralized(sim: SimConfig, out: Path, resume: bool, console: Console) -> dict[str, Any]:
     from step_sim.centralized import run_centralized
 
     with RoundProgress(console, sim.federation.rounds, title="rounds (centralized)") as progress:
-        return run_centralized(sim, out, on_record=lambda r: _show(r, progress, console))
+        return run_centralized(sim, out, lambda r: _show(r, progress, console), resume)
 
 
 @app.command()
@@ -172,7 +172,7 @@ def main(
     t0 = time.monotonic()
     console = console_for(json_out)
     mode = "centralized" if centralized else "federated"
-    _check_resume(out, resume=resume, centralized=centralized)
+    _check_resume(out, resume=resume)
     out = out or Path("runs") / f"{config.stem}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
     sim = _load_sim(config, rounds=rounds, preset=preset, init_from=init_from)
     sim, out = _start_run_folder(sim, out, resume=resume, console=console)
@@ -182,15 +182,10 @@ def main(
     _report(summary, out=out, title=f"{config.stem}: {mode}", console=console, json_out=json_out)
 
 
-def _check_resume(out: Path | None, *, resume: bool, centralized: bool) -> None:
+def _check_resume(out: Path | None, *, resume: bool) -> None:
     """Refuse a --resume that has nothing to continue."""
     if resume and out is None:
         raise StepError("--resume needs --out: the run folder to continue")
-    if resume and centralized:
-        raise StepError(
-            "--resume continues federated runs; a centralized baseline reruns in "
-            "minutes: drop --resume"
-        )
 
 
 def _load_sim(
@@ -240,7 +235,7 @@ def _train(
 ) -> dict[str, Any]:
     """Run the federation, or the centralized baseline; return the run's summary."""
     if centralized:
-        return _run_centralized(sim, out, console)
+        return _run_centralized(sim, out, resume, console)
     return _run_federated(sim, out, resume, console)
 
 
