@@ -147,10 +147,18 @@ class RoundRunner:
         # fresh weights: the nodes draw them from the seed (unless they are a warm start's)
         self.broadcaster.start_fresh(seeded=not self.cfg.init_from)
 
+    def _check_resumable(self, ckpt: Checkpoint) -> None:
+        if ckpt.state.get("mode") == "centralized":  # step_sim/centralized.py's checkpoints
+            raise StepError(
+                f"{self.run_dir} holds a centralized baseline, not a federation: resume it "
+                "with step-sim --centralized --resume"
+            )
+        check_same_settings(self.cfg, ckpt.state)
+
     def _restore(self) -> None:
         """Continue after the run folder's last committed round (the folder drops the metrics
         records of the rounds after it: they will be run again)."""
-        ckpt = self.folder.resume(lambda c: check_same_settings(self.cfg, c.state))
+        ckpt = self.folder.resume(self._check_resumable)
         self.weights = dict(ckpt.weights)  # loaded for us: no copy (one model less)
         # the optimizer tree: the strategy's state, and the intN-delta view kept beside it
         self.strategy.load_state_dict(self.broadcaster.restore(ckpt.optimizer))

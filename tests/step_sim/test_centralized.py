@@ -4,11 +4,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from coordinator.rounds import RoundRunner
 from step_common.errors import StepError
 from step_model.checkpoint import load_checkpoint
 from step_model.model import Transformer
 from step_sim.centralized import PooledData, evaluate_pooled, run_centralized
 from step_sim.config import load_sim_config
+from step_sim.local_transport import LocalTransport
 from tests.local_federation import write_sim_config
 
 INSTITUTIONS = [
@@ -89,6 +91,9 @@ def test_a_resume_with_other_settings_or_nothing_to_resume_is_refused(
                              inner_steps=2, eval_every=1, seed=1)  # fmt: skip
     with pytest.raises(StepError, match=r"different federation settings \['seed'\]"):
         run_centralized(load_sim_config(other), tmp_path / "run", resume=True)
+    with pytest.raises(StepError, match="holds a centralized baseline, not a federation"):
+        RoundRunner(sim.federation, tmp_path / "run", LocalTransport(cfg, tmp_path / "run", 2),
+                    resume=True)  # fmt: skip
     with pytest.raises(StepError, match=r"resume with centralized_lr 0\.001"):
         run_centralized(replace(sim, centralized_lr=1e-3), tmp_path / "run", resume=True)
     assert run_centralized(sim, tmp_path / "run", resume=True)["steps"] == 4
