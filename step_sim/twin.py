@@ -21,7 +21,7 @@ from step_common.fileio import read_yaml
 
 FEDERATION_ONLY = frozenset(
     {
-        "strategy", "outer_lr", "outer_momentum", "min_nodes", "round_timeout_s",
+        "strategy", "outer_lr", "outer_momentum", "outer_lr_rows", "min_nodes", "round_timeout_s",
         "update_encoding", "broadcast_encoding", "token_rows", "seen_rows", "drift_correction",
         "max_update_norm", "update_memory_mib", "aggregation", "trim_fraction",
         "aggregation_clip", "filter_cosine", "central_dp_noise", "central_dp_clip",

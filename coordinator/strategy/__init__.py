@@ -16,7 +16,7 @@ from coordinator.strategy.robust import Aggregation
 def make_strategy(cfg: FederationConfig) -> Strategy:
     inner: Strategy
     if cfg.strategy == "diloco":
-        inner = DiLoCo(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
+        inner = DiLoCo(cfg.outer_lr, cfg.outer_momentum, cfg.outer_lr_rows)
     else:
         inner = FedAvg()
     inner.aggregation = Aggregation(

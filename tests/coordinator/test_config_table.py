@@ -83,6 +83,10 @@ CASES: list[tuple[str, Callable[[Doc], None], str]] = [
     ("seen rows", fed(seen_rows="all"),
      "federation.seen_rows = 'all': input should be 'none', 'embedding'"),
     ("early rounds", fed(early_rounds=-1), "federation.early_rounds = -1: must be >= 0"),
+    ("row outer lr negative", fed(outer_lr_rows=-1.0),
+     "federation.outer_lr_rows = -1.0: must be >= 0 (0: outer_lr)"),
+    ("row outer lr with fedavg", fed(strategy="fedavg", outer_lr_rows=1.5),
+     "federation.outer_lr_rows = 1.5: is DiLoCo's (fedavg has no outer lr)"),
 ]  # fmt: skip
 
 

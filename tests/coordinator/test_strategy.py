@@ -48,6 +48,24 @@ def test_the_outer_steps_update_the_weights_in_place_with_the_same_bits() -> Non
     assert torch.equal(FedAvg().step(w2, d)["x"], expected)
 
 
+def test_the_token_rows_take_their_own_outer_lr() -> None:
+    """outer_lr_rows: the embedding and the output head step with row_lr, the body with lr,
+    each with its own momentum buffer; 0 keeps lr for all (the state records both)."""
+    torch.manual_seed(0)
+    names = (EMBEDDING_WEIGHT, OUTPUT_WEIGHT, "layers.0.attention.wq.weight")
+    w = {k: torch.randn(4, 3) for k in names}
+    plain, rows = DiLoCo(lr=1.0, momentum=0.5), DiLoCo(lr=1.0, momentum=0.5, row_lr=1.5)
+    wp, wr = {k: v.clone() for k, v in w.items()}, {k: v.clone() for k, v in w.items()}
+    for _ in range(3):
+        delta = {k: torch.randn_like(v) for k, v in w.items()}
+        wp, wr = plain.step(wp, delta), rows.step(wr, delta)
+    body = "layers.0.attention.wq.weight"
+    assert torch.equal(wp[body], wr[body])
+    for k in (EMBEDDING_WEIGHT, OUTPUT_WEIGHT):  # same momentum, 1.5x each step
+        assert torch.allclose(w[k] - wr[k], 1.5 * (w[k] - wp[k]), atol=1e-6)
+    assert DiLoCo(lr=0.7).row_lr == 0.7 and rows.state_dict()["row_lr"] == 1.5
+
+
 def test_fedavg_of_token_weighted_deltas_is_the_weighted_mean_of_models() -> None:
     g = {"x": torch.tensor([1.0, 1.0])}
     locals_ = [torch.tensor([0.0, 2.0]), torch.tensor([3.0, 5.0])]
