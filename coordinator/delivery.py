@@ -36,12 +36,8 @@ Sessions = Callable[[], dict[int, str] | None]
 """Node id -> a value that changes each time the node is let in (its activation time); None
 when it cannot be looked up this time."""
 RESENDS = 2
-POLL_MIN_S, POLL_MAX_S = 0.05, 1.0
-"""Between two looks at the replies: a quarter of the time since the last reply came (or the
-round began), within these bounds (Flower's own ``send_and_receive`` waits 3 s every time).
-Replies come in close together (the nodes train the same steps), so the last of a round is
-pulled a fraction of a gap late, where a fixed second lost half a second a round on average
-(a minute of the default example's ten); a round of slow nodes still costs one look a second."""
+POLL_S = 1.0
+"""Between two looks at the replies (Flower's own ``send_and_receive`` waits 3 s)."""
 SESSION_CHECK_S = 2.0
 
 
@@ -73,14 +69,11 @@ class Delivery:
         self.seen = self._look() or {}
         self._push(node_ids)
         checked = time.monotonic()
-        last = checked  # when the last reply came
         while self.pending or self.lost:
             self._pull()
-            if self.arrived:
-                while self.arrived:  # pull the others while replies keep coming
-                    yield from self._hand_on()
-                    self._pull()
-                last = time.monotonic()
+            while self.arrived:  # pull the others while replies keep coming
+                yield from self._hand_on()
+                self._pull()
             if self.sessions and time.monotonic() - checked >= SESSION_CHECK_S:
                 self._restarts()
                 checked = time.monotonic()
@@ -88,7 +81,7 @@ class Delivery:
             self._give_up()
             yield from self._hand_on()
             if self.pending or self.lost:
-                time.sleep(min(max((time.monotonic() - last) / 4, POLL_MIN_S), POLL_MAX_S))
+                time.sleep(POLL_S)
 
     def _hand_on(self) -> Iterator[tuple[int, Message]]:
         while self.arrived:

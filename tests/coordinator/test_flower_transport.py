@@ -121,8 +121,7 @@ def test_simulation_addresses_everyone() -> None:
 
 @pytest.fixture
 def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "POLL_MIN_S", 0.005)
-    monkeypatch.setattr(delivery, "POLL_MAX_S", 0.01)
+    monkeypatch.setattr(delivery, "POLL_S", 0.01)
     monkeypatch.setattr(delivery, "SESSION_CHECK_S", 0.0)
 
 
@@ -150,60 +149,3 @@ def test_a_node_that_does_not_come_back_is_reported_unavailable(quick: None) -> 
     assert grid.addressed == [11, 22]
     assert replies[1].node == "tallinn"  # named, although the SuperLink sent the reply
     assert replies[1].error_code == ErrorCode.NODE_UNAVAILABLE
-
-
-class Clock:
-    """Stands in for the ``time`` module in coordinator/delivery.py: sleeping moves it on."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class SlowGrid(FakeGrid):
-    """Each node's reply is there from its time on ``clock``; counts the looks."""
-
-    def __init__(self, ready: dict[int, float], clock: Clock) -> None:
-        super().__init__(list(ready))
-        self.ready, self.clock, self.looks = ready, clock, 0
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        self.looks += 1
-        done = [
-            i for i in message_ids if self.clock.now >= self.ready[self.out[i].metadata.dst_node_id]
-        ]
-        return super().pull_messages(done)
-
-
-def _deliver(ready: dict[int, float], monkeypatch: pytest.MonkeyPatch) -> tuple[Clock, SlowGrid]:
-    clock = Clock()
-    monkeypatch.setattr(delivery, "time", clock)
-    grid = SlowGrid(ready, clock)
-    transport = GridTransport(grid, timeout_s=60)  # type: ignore[arg-type]
-    replies = list(transport.send("train", list(ready), {"w": torch.zeros(1)}, {}))
-    assert len(replies) == len(ready)
-    return clock, grid
-
-
-def test_the_last_reply_of_a_round_is_pulled_soon_after_it_comes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Replies that come in close together end the round soon after the last one (a quarter
-    of its gap to the one before, at least the shortest wait): a fixed second between looks
-    ended this one 0.3 s late."""
-    ready = {1: 2.0, 2: 2.3, 3: 2.5, 4: 2.7}
-    clock, _ = _deliver(ready, monkeypatch)
-    assert clock.now - max(ready.values()) <= delivery.POLL_MIN_S + 1e-6
-
-
-def test_a_long_round_is_looked_at_about_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The waits grow while nothing comes: a node that trains 60 s costs about 60 looks, not
-    the 1,200 of the shortest wait."""
-    clock, grid = _deliver({1: 60.0}, monkeypatch)
-    assert clock.now - 60.0 <= delivery.POLL_MAX_S + 1e-6
-    assert grid.looks <= 60 / delivery.POLL_MAX_S + 25  # + the short waits of the first 4 s
