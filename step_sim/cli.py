@@ -67,6 +67,23 @@ def _prepare_run_folder(out: Path, resume: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+START_S = 900.0
+"""Time a Flower run may take to start before its first round: SuperLink, Ray's workers, the
+nodes' data."""
+
+
+def flower_time_limit(sim: SimConfig, rounds_done: int) -> float:
+    """How long step-sim lets the Flower run go before stopping it as stuck: each message still
+    to come (the rounds left and the final evaluation) may take ``round_timeout_s``, and as much
+    again for each resend to a node that dropped out, before the coordinator moves on. A fixed
+    hour stopped healthy runs (``--slow`` on 2 cores took 60 minutes for its first 263 rounds)."""
+    from coordinator.delivery import RESENDS  # Flower's import, only when a run goes to Flower
+
+    fed = sim.federation
+    messages = fed.rounds - rounds_done + 1
+    return START_S + messages * (1 + RESENDS) * fed.round_timeout_s
+
+
 class MetricsFollower:
     """Reads the records a run appends to metrics.jsonl, as they arrive."""
 
@@ -115,6 +132,7 @@ def _run_federated(sim: SimConfig, out: Path, resume: bool, console: Console) ->
             P.RUN_NODE_FILES: str(node_files),
         },
         cpus_per_client=1,
+        timeout_s=flower_time_limit(sim, done),
     )
     progress = RoundProgress(console, sim.federation.rounds, done)
     with worker_groups(node_files, out) as grouped, progress:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from coordinator.delivery import RESENDS
+from step_common.errors import StepError
 from step_sim.cli import app
 from tests.local_federation import write_sim_config
 
@@ -53,6 +55,34 @@ def test_a_non_empty_run_folder_is_refused(tiny_corpus: Path, tmp_path: Path) ->
     (tmp_path / "run" / "x").write_text("x")
     result = CliRunner().invoke(app, ["--config", str(cfg), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "not empty" in result.stderr
+
+
+def test_the_flower_run_may_last_as_long_as_its_rounds_may(
+    tiny_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """step-sim stops a Flower run as stuck only past what its rounds could take (each round and
+    the final evaluation round_timeout_s, once more per resend), not after a fixed hour: that
+    stopped a healthy --slow run on 2 cores at round 263 of 488."""
+    import step_sim.flower_runner as runner
+
+    limits: list[float] = []
+
+    def capture(spec: runner.SimulationSpec, on_poll: object) -> None:
+        limits.append(spec.timeout_s)
+        raise StepError("stopped before Flower starts")
+
+    monkeypatch.setattr(runner, "run_simulation_app", capture)
+    for rounds in (2, 488):
+        cfg = write_sim_config(
+            tmp_path / f"sim{rounds}.yaml", tiny_corpus, INSTITUTIONS, rounds=rounds,
+            round_timeout_s=60.0,
+        )  # fmt: skip
+        result = CliRunner().invoke(
+            app, ["--config", str(cfg), "--out", str(tmp_path / f"r{rounds}")]
+        )
+        assert "stopped before Flower starts" in result.stderr
+    assert limits[1] - limits[0] == 486 * (1 + RESENDS) * 60.0
+    assert limits[1] > 3600 * 24
 
 
 def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
