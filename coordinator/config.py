@@ -52,7 +52,8 @@ class FederationConfig(LocalSchedule):
     """DiLoCo outer learning rate of the token rows (the input embedding and the output head)
     instead of ``outer_lr`` (0: ``outer_lr``, as for every other tensor). In the non-IID default
     they want a larger step than the transformer body: 1.5 beat 1.0 by 0.03 bpb at the end,
-    0.5 lost 0.09 by round 60 (bench/RESULTS.md)."""
+    0.5 lost 0.09 by round 60 (bench/RESULTS.md). That is the ``debug`` model's value: at
+    ``tiny`` 1.5 lost 0.02 bpb to 1.0, so search it again for another model."""
     eval_every: int = 5
     """Federated evaluation every K rounds (and always after the last)."""
     eval_max_tokens: int = 0
