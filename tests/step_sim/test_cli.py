@@ -82,7 +82,7 @@ def test_the_flower_run_may_last_as_long_as_its_rounds_may(
         )
         assert "stopped before Flower starts" in result.stderr
     assert limits[1] - limits[0] == 486 * (1 + RESENDS) * 60.0
-    assert limits[1] > 3600 * 24
+    assert limits[1] > 3600  # the fixed hour it replaces
 
 
 def test_a_federated_run_on_flowers_simulation_engine(tiny_corpus: Path, tmp_path: Path) -> None:
