@@ -73,9 +73,10 @@ nodes' data."""
 
 
 def flower_time_limit(sim: SimConfig, rounds_done: int) -> float:
-    """How long step-sim lets the Flower run go before stopping it as stuck: each message still
-    to come (the rounds left and the final evaluation) may take ``round_timeout_s``, and as much
-    again for each resend to a node that dropped out, before the coordinator moves on. A fixed
+    """How long step-sim lets the Flower run go before stopping it as stuck: each round still to
+    come and the final evaluation get ``round_timeout_s`` (the coordinator's wait for a node),
+    once more per resend to a node that dropped out. A bound on a stuck run, far above a healthy
+    run's pace (secure aggregation's extra exchanges in a round are short ones), where a fixed
     hour stopped healthy runs (``--slow`` on 2 cores took 60 minutes for its first 263 rounds)."""
     from coordinator.delivery import RESENDS  # Flower's import, only when a run goes to Flower
 
