@@ -48,6 +48,9 @@ def main() -> None:
     torch.set_num_threads(1)
     for noise in noises:
         _steps(out / f"noise-{noise}", float(noise), sharding, steps, lr, seed, batch)
+    # Both workers tear gloo down together: worker 1 once aborted in teardown ("terminate called
+    # without an active exception", SIGABRT) while worker 0 was still writing its gradients.
+    dist.barrier()
     dist.destroy_process_group()
 
 
